@@ -1,0 +1,57 @@
+"""llmasr: large language models inside speech recognition, offline on a CPU.
+
+>>> import llmasr
+>>> transcript = llmasr.transcribe("talk.wav", prompt="A lecture on astronomy.")
+>>> transcript.text, transcript.segments[0].words[0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmasr.errors import AudioError, LlmasrError, ManifestError, ModelError
+from llmasr.types import Hypothesis, Segment, Transcript, Word
+
+__version__ = "0.1.0"
+__all__ = [
+    "AudioError",
+    "Hypothesis",
+    "LlmasrError",
+    "ManifestError",
+    "ModelError",
+    "Pipeline",
+    "Segment",
+    "Transcript",
+    "Word",
+    "transcribe",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Pipeline":  # imported lazily: it pulls in torch and CTranslate2
+        from llmasr.pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(name)
+
+
+def transcribe(
+    audio: str | Path | bytes,
+    *,
+    asr: str | None = None,
+    lm: str | None = None,
+    nbest: int | None = None,
+    prompt: str | None = None,
+    terms: list[str] | None = None,
+    profile: str | None = None,
+    **options: Any,
+) -> Transcript:
+    """Transcribe one input with shallow fusion. For many inputs, build one `Pipeline` and reuse it."""
+    from llmasr.config import resolve_options
+    from llmasr.pipeline import Pipeline
+
+    opts = resolve_options(
+        profile=profile, asr=asr, lm=lm, nbest=nbest, prompt=prompt, terms=terms, **options
+    )
+    return Pipeline(opts).transcribe(audio)

@@ -1,0 +1,396 @@
+"""The `llmasr` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmasr.errors import LlmasrError
+
+app = typer.Typer(
+    help="LLMs inside speech recognition: N-best rescoring with LLMs, domain prompts, long-form audio.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Named offline models (weights shipped inside packages).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _data_app() -> typer.Typer:
+    from llmasr.data.cli import app as data_app
+
+    return data_app
+
+
+app.add_typer(_data_app(), name="data", help="Build evaluation and training data offline.")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal and not os.environ.get("LLMASR_PROGRESS"),
+    )
+
+
+# Options shared by transcribe, eval and tune ------------------------------------------------------
+AsrOpt = Annotated[
+    str | None, typer.Option("--asr", help="Recogniser: a named model, a CTranslate2 Whisper folder.")
+]
+LmOpt = Annotated[
+    str | None,
+    typer.Option("--lm", help="Rescoring LM: a named model, a HF id, a local folder, or 'none'."),
+]
+NbestOpt = Annotated[int | None, typer.Option("--nbest", help="Hypotheses per segment (default 8).")]
+PromptOpt = Annotated[
+    str | None, typer.Option("--prompt", help="Domain description that conditions the LLM.")
+]
+TermsOpt = Annotated[Path | None, typer.Option("--terms", help="Term list file, one term a line.")]
+ProfileOpt = Annotated[
+    Path | None, typer.Option("--profile", help="Tuned profile (YAML) from `llmasr tune`.")
+]
+LmWeightOpt = Annotated[float | None, typer.Option("--lm-weight", help="Weight of the LM score.")]
+WordBonusOpt = Annotated[float | None, typer.Option("--word-bonus", help="Score added per word.")]
+AgreeOpt = Annotated[
+    float | None, typer.Option("--agreement-weight", help="Weight of N-best word agreement.")
+]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the models (0 = all).")]
+AsrPromptOpt = Annotated[
+    bool | None,
+    typer.Option("--asr-prompt/--no-asr-prompt", help="Also prompt Whisper with the domain text."),
+]
+
+
+def _options(
+    asr: str | None,
+    lm: str | None,
+    nbest: int | None,
+    prompt: str | None,
+    terms: Path | None,
+    profile: Path | None,
+    lm_weight: float | None,
+    word_bonus: float | None,
+    agreement_weight: float | None,
+    threads: int | None,
+    asr_prompt: bool | None = None,
+) -> Any:
+    from llmasr.config import resolve_options
+    from llmasr.shallow.context import read_terms
+
+    weights = {
+        k: v
+        for k, v in {
+            "lm_weight": lm_weight,
+            "word_bonus": word_bonus,
+            "agreement_weight": agreement_weight,
+        }.items()
+        if v is not None
+    }
+    return resolve_options(
+        profile=str(profile) if profile else None,
+        asr=asr,
+        lm=lm,
+        nbest=nbest,
+        prompt=prompt,
+        terms=read_terms(terms) if terms else None,
+        weights=weights or None,
+        threads=threads,
+        asr_prompt=asr_prompt,
+    )
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (any format ffmpeg/libsndfile reads).")],
+    asr: AsrOpt = None,
+    lm: LmOpt = None,
+    nbest: NbestOpt = None,
+    prompt: PromptOpt = None,
+    terms: TermsOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="txt, json, srt or vtt.")] = "txt",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write <stem>.<format> files here.")
+    ] = None,
+    profile: ProfileOpt = None,
+    lm_weight: LmWeightOpt = None,
+    word_bonus: WordBonusOpt = None,
+    agreement_weight: AgreeOpt = None,
+    threads: ThreadsOpt = None,
+    asr_prompt: AsrPromptOpt = None,
+) -> None:
+    """Transcribe audio files; with --out, one output file per input, else print to stdout."""
+    from llmasr.pipeline import Pipeline
+    from llmasr.writers import FORMATS, render, write
+
+    if fmt.lower().lstrip(".") not in FORMATS:
+        raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(FORMATS)}", 2)
+    try:
+        options = _options(
+            asr,
+            lm,
+            nbest,
+            prompt,
+            terms,
+            profile,
+            lm_weight,
+            word_bonus,
+            agreement_weight,
+            threads,
+            asr_prompt,
+        )
+        pipeline = Pipeline(options, log=lambda m: err.print(m))
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+    failures = 0
+    with _progress() as progress:
+        task = progress.add_task("transcribing", total=len(files))
+        for path in files:
+            try:
+                transcript = pipeline.transcribe(path)
+                if out_dir is not None:
+                    write(transcript, fmt, out_dir / f"{path.stem}.{fmt.lower().lstrip('.')}")
+                else:
+                    progress.stop()
+                    sys.stdout.write(render(transcript, fmt))
+                    sys.stdout.flush()
+                    progress.start()
+            except LlmasrError as exc:
+                failures += 1
+                err.print(f"[red]error:[/red] {exc}", highlight=False)
+            progress.advance(task)
+    if failures:
+        err.print(f"{failures} of {len(files)} input(s) failed", highlight=False)
+        raise typer.Exit(1)
+
+
+# models ------------------------------------------------------------------------------------------
+@models_app.command("list")
+def models_list() -> None:
+    """Named models: family, size, licence, whether installed and prepared."""
+    from llmasr.models import REGISTRY, is_installed, is_prepared
+
+    table = Table(
+        "name", "family", "size", "licence", "installed", "prepared", "package", title="llmasr models"
+    )
+    for spec in REGISTRY.values():
+        installed = is_installed(spec)
+        table.add_row(
+            spec.name,
+            spec.family,
+            f"{spec.size_mb} MB",
+            spec.licence,
+            "yes" if installed else "no",
+            "yes" if installed and is_prepared(spec) else "no",
+            spec.pip,
+        )
+    out.print(table)
+
+
+@models_app.command("prepare")
+def models_prepare(
+    names: Annotated[list[str], typer.Argument(help="Model names, or 'all' for every installed one.")],
+    force: Annotated[bool, typer.Option(help="Rebuild even if prepared.")] = False,
+) -> None:
+    """Assemble, verify and convert named models into the cache (LLMASR_HOME)."""
+    from llmasr.models import REGISTRY, is_installed, prepare
+
+    if names == ["all"]:
+        names = [n for n, s in REGISTRY.items() if is_installed(s)]
+    failures = 0
+    for name in names:
+        try:
+            started = time.perf_counter()
+            path = prepare(name, force=force, log=lambda m: err.print(m))
+            out.print(f"{name}: {path} ({time.perf_counter() - started:.1f} s)", highlight=False)
+        except LlmasrError as exc:
+            failures += 1
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+    if failures:
+        raise typer.Exit(1)
+
+
+# eval and tune -----------------------------------------------------------------------------------
+def _read_manifest(manifest: Path) -> list[Any]:
+    from llmasr.data.manifest import read_manifest
+
+    if not manifest.is_file():
+        raise _fail(f"{manifest}: manifest not found")
+
+    def report(exc: Exception) -> None:
+        err.print(f"[yellow]skipped:[/yellow] {exc}", highlight=False)
+
+    utts = list(read_manifest(manifest, on_error=report))
+    if not utts:
+        raise _fail(f"{manifest}: no usable utterances")
+    return utts
+
+
+def _fmt(x: float | None, pct: bool = True) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f}%" if pct else f"{x:.2f}"
+
+
+@app.command("eval")
+def eval_cmd(
+    manifest: Annotated[
+        Path, typer.Argument(help="JSONL manifest: audio, text, optional entities/prompt/terms.")
+    ],
+    asr: AsrOpt = None,
+    lm: LmOpt = None,
+    nbest: NbestOpt = None,
+    prompt: PromptOpt = None,
+    terms: TermsOpt = None,
+    profile: ProfileOpt = None,
+    lm_weight: LmWeightOpt = None,
+    word_bonus: WordBonusOpt = None,
+    agreement_weight: AgreeOpt = None,
+    threads: ThreadsOpt = None,
+    asr_prompt: AsrPromptOpt = None,
+    no_manifest_prompts: Annotated[
+        bool, typer.Option("--no-manifest-prompts", help="Ignore prompt/terms given in the manifest.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures and rows as JSON.")
+    ] = None,
+) -> None:
+    """WER (rescored, first pass, oracle N-best), entity recall and RTFx on a manifest."""
+    from llmasr.evaluate import evaluate
+    from llmasr.pipeline import Pipeline
+
+    utts = _read_manifest(manifest)
+    try:
+        options = _options(
+            asr,
+            lm,
+            nbest,
+            prompt,
+            terms,
+            profile,
+            lm_weight,
+            word_bonus,
+            agreement_weight,
+            threads,
+            asr_prompt,
+        )
+        pipeline = Pipeline(options, log=lambda m: err.print(m))
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+    with _progress() as progress:
+        task = progress.add_task("evaluating", total=len(utts))
+
+        def on_row(row: Any) -> None:
+            if row.error:
+                progress.console.print(f"[red]error:[/red] {row.error}", highlight=False)
+            progress.advance(task)
+
+        report = evaluate(pipeline, utts, use_prompts=not no_manifest_prompts, on_row=on_row)
+    s = report.summary()
+    table = Table("metric", "value", title=f"{manifest.name}: asr={options.asr} lm={options.lm or 'none'}")
+    table.add_row("WER (rescored)", _fmt(s["wer"]))
+    table.add_row("WER (first pass)", _fmt(s["first_pass_wer"]))
+    table.add_row(f"WER (oracle {options.nbest}-best)", _fmt(s["oracle_wer"]))
+    table.add_row("entity recall", _fmt(s["entity_recall"]))
+    table.add_row("RTFx", _fmt(s["rtfx"], pct=False))
+    table.add_row("utterances", f"{s['utterances']} ok, {s['failed']} failed")
+    out.print(table)
+    if json_out:
+        report.settings.update(
+            {"weights": vars(options.weights), "nbest": options.nbest, "manifest": str(manifest)}
+        )
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    if s["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    manifest: Annotated[Path, typer.Argument(help="Dev manifest (never the test set).")],
+    out_profile: Annotated[Path, typer.Option("--out", "-o", help="Profile YAML to write.")] = Path(
+        "profile.yaml"
+    ),
+    asr: AsrOpt = None,
+    lm: LmOpt = None,
+    nbest: NbestOpt = None,
+    threads: ThreadsOpt = None,
+    asr_prompt: AsrPromptOpt = None,
+) -> None:
+    """Grid-search the LM weight, word bonus and agreement weight on a dev manifest; write a profile."""
+    from llmasr.pipeline import Pipeline, load_scorer
+    from llmasr.shallow.tune import collect, grid_search
+
+    utts = _read_manifest(manifest)
+    try:
+        options = _options(asr, lm, nbest, None, None, None, None, None, None, threads, asr_prompt)
+        scorer = load_scorer(options.lm, options, log=lambda m: err.print(m))
+        pipeline = Pipeline(options, scorer=scorer, log=lambda m: err.print(m))
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+    with _progress() as progress:
+        task = progress.add_task("scoring dev set", total=len(utts))
+
+        def on_item(item: Any, error: str | None) -> None:
+            if error:
+                progress.console.print(f"[red]error:[/red] {error}", highlight=False)
+            progress.advance(task)
+
+        items = collect(pipeline, utts, on_item=on_item)
+    if not items:
+        raise _fail("no utterance could be decoded")
+    lm_grid = None if options.lm else (0.0,)
+    best, best_wer, results = grid_search(items, **({"lm_weights": lm_grid} if lm_grid else {}))
+    baseline = next(
+        r for w, r in results if w.lm_weight == 0 and w.word_bonus == 0 and w.agreement_weight == 0
+    )
+    options.weights = best
+    from llmasr.config import write_profile
+
+    write_profile(
+        options,
+        out_profile,
+        tuned={
+            "manifest": str(manifest),
+            "utterances": len(items),
+            "wer": round(best_wer, 4),
+            "am_only_wer": round(baseline, 4),
+        },
+    )
+    out.print(
+        f"best: lm_weight={best.lm_weight} word_bonus={best.word_bonus} "
+        f"agreement_weight={best.agreement_weight} WER {100 * best_wer:.2f}% "
+        f"(recogniser score alone: {100 * baseline:.2f}%) -> {out_profile}",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    try:
+        app()
+    except LlmasrError as exc:  # anything not caught closer to its input
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

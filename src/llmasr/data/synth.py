@@ -1,0 +1,220 @@
+"""Text-to-speech evaluation audio with flite and espeak-ng: offline, free, and reproducible.
+
+Voices are written ``engine:name``: ``flite:slt``, ``flite:rms``, ``flite:awb``, ``flite:kal16`` or
+``espeak:en-us``, ``espeak:en``, ``espeak:en-us+f3`` ... Every output is 16 kHz mono 16-bit FLAC.
+The voice of an utterance (and, for espeak, a small speed/pitch change) is a pure function of
+``(seed, id)``, so a rebuild gives the same set. Existing valid outputs are kept, so an interrupted
+build resumes; audio is written under a temporary name and renamed, so no half file survives.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from llmasr.data.manifest import Utterance
+from llmasr.errors import LlmasrError
+
+SAMPLE_RATE = 16000
+FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal", "awb_time")
+DEFAULT_VOICES = ("flite:slt", "flite:rms", "flite:awb", "flite:kal16")
+_TIMEOUT_S = 120
+
+
+class SynthError(LlmasrError):
+    """A TTS engine missing or failing on one text."""
+
+
+@dataclass
+class VoiceInfo:
+    spec: str
+    engine: str
+    installed: bool
+
+
+def engines() -> dict[str, str | None]:
+    """Path of each TTS engine binary, None when it is not installed."""
+    return {"flite": shutil.which("flite"), "espeak": shutil.which("espeak-ng") or shutil.which("espeak")}
+
+
+def available_voices() -> list[VoiceInfo]:
+    """The voices this module knows, each marked installed or not (for `llmasr data synth --help`)."""
+    eng = engines()
+    out = [VoiceInfo(f"flite:{v}", "flite", eng["flite"] is not None) for v in FLITE_VOICES]
+    for v in ("en-us", "en", "en-gb-x-rp", "en-us+f3", "en-us+m3", "en+f2"):
+        out.append(VoiceInfo(f"espeak:{v}", "espeak", eng["espeak"] is not None))
+    return out
+
+
+def parse_voice(spec: str) -> tuple[str, str]:
+    """`engine:name` -> (engine, name); raises SynthError naming the spec if it is malformed."""
+    engine, sep, name = spec.partition(":")
+    engine = engine.strip().lower()
+    if engine == "espeak-ng":
+        engine = "espeak"
+    if not sep or not name or engine not in ("flite", "espeak"):
+        raise SynthError(f"voice {spec!r}: expected 'flite:NAME' or 'espeak:NAME'")
+    if engine == "flite" and name not in FLITE_VOICES and not Path(name).exists():
+        raise SynthError(f"voice {spec!r}: unknown flite voice (known: {', '.join(FLITE_VOICES)})")
+    return engine, name
+
+
+def check_voices(voices: Sequence[str]) -> None:
+    """Fail early, before any work, when a voice is malformed or its engine is not installed."""
+    if not voices:
+        raise SynthError("no voices given")
+    eng = engines()
+    for spec in voices:
+        engine, _ = parse_voice(spec)
+        if eng[engine] is None:
+            pkg = "flite" if engine == "flite" else "espeak-ng"
+            raise SynthError(f"voice {spec!r}: {pkg} is not installed (apt-get install {pkg})")
+
+
+def choose_voice(
+    uid: str, voices: Sequence[str], seed: int, weights: Sequence[float] | None = None
+) -> tuple[str, float, int]:
+    """Deterministic (voice, speed factor, pitch) for one utterance, from (seed, id) only."""
+    rng = random.Random(f"{seed}:{uid}")
+    voice = rng.choices(list(voices), weights=list(weights) if weights else None, k=1)[0]
+    speed = round(rng.uniform(0.9, 1.1), 3)
+    pitch = rng.randint(35, 65)
+    return voice, speed, pitch
+
+
+def _valid_audio(path: Path) -> float | None:
+    """Duration of a finished output, or None if it is missing or not 16 kHz mono audio."""
+    try:
+        info = sf.info(str(path))
+    except Exception:
+        return None
+    if info.samplerate != SAMPLE_RATE or info.channels != 1 or info.frames <= 0:
+        return None
+    return info.frames / info.samplerate
+
+
+def _run_tts(text: str, voice: str, speed: float, pitch: int, wav: Path, workdir: Path) -> None:
+    engine, name = parse_voice(voice)
+    txt = workdir / "text.txt"
+    txt.write_text(text + "\n", encoding="utf-8")
+    eng = engines()
+    if engine == "flite":
+        cmd = [str(eng["flite"]), "-voice", name, "-f", str(txt), "-o", str(wav)]
+    else:
+        wpm = int(round(165 * speed))
+        cmd = [
+            str(eng["espeak"]),
+            "-v",
+            name,
+            "-s",
+            str(wpm),
+            "-p",
+            str(pitch),
+            "-f",
+            str(txt),
+            "-w",
+            str(wav),
+        ]
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=_TIMEOUT_S, check=False)
+    except FileNotFoundError as e:
+        raise SynthError(f"voice {voice!r}: engine not installed ({e.filename})") from e
+    except subprocess.TimeoutExpired as e:
+        raise SynthError(f"voice {voice!r}: timed out after {_TIMEOUT_S}s") from e
+    if res.returncode != 0 or not wav.exists():
+        msg = res.stderr.decode(errors="replace").strip()[-300:]
+        raise SynthError(f"voice {voice!r}: exit {res.returncode}: {msg}")
+
+
+def _to_16k_mono(audio: np.ndarray, sr: int) -> np.ndarray:
+    if audio.ndim > 1:
+        audio = audio.mean(axis=1)
+    if sr != SAMPLE_RATE:
+        import soxr
+
+        audio = soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ")
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+def write_flac(audio: np.ndarray, sr: int, dest: Path) -> float:
+    """Write 16 kHz mono 16-bit FLAC atomically (temp name + rename); returns the duration."""
+    audio = _to_16k_mono(np.asarray(audio, dtype=np.float32), sr)
+    if audio.size == 0:
+        raise SynthError(f"{dest}: empty audio")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".flac", dir=str(dest.parent))
+    os.close(fd)
+    try:
+        sf.write(tmp, audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return audio.size / SAMPLE_RATE
+
+
+def _synth_one(uid: str, text: str, voice: str, speed: float, pitch: int, dest: Path) -> float:
+    with tempfile.TemporaryDirectory(prefix="llmasr-tts-") as td:
+        wav = Path(td) / "out.wav"
+        _run_tts(text, voice, speed, pitch, wav, Path(td))
+        audio, sr = sf.read(str(wav), dtype="float32", always_2d=False)
+    if audio.size == 0 or float(np.max(np.abs(audio))) < 1e-4:
+        raise SynthError(f"{uid}: voice {voice!r} produced silence for {text[:60]!r}")
+    return write_flac(audio, sr, dest)
+
+
+def synthesize(
+    texts: list[tuple[str, str]],
+    out_dir: Path,
+    voices: list[str],
+    seed: int = 0,
+    jobs: int = 2,
+    *,
+    weights: Sequence[float] | None = None,
+    on_done: Callable[[Utterance], None] | None = None,
+) -> list[Utterance]:
+    """Synthesise `(id, text)` pairs to `out_dir/<id>.flac`; returns records in input order.
+
+    The voice of each id is chosen deterministically from `seed` (optionally `weights` per voice).
+    Outputs that already exist as valid 16 kHz mono audio are kept, which makes a build resumable.
+    `on_done` is called once per finished utterance (for a progress bar).
+    """
+    check_voices(voices)
+    if weights is not None and len(weights) != len(voices):
+        raise SynthError("weights must have one entry per voice")
+    ids = [uid for uid, _ in texts]
+    if len(set(ids)) != len(ids):
+        dup = next(u for u in ids if ids.count(u) > 1)
+        raise SynthError(f"duplicate utterance id {dup!r}")
+    for uid in ids:
+        if not uid or "/" in uid or uid.startswith("."):
+            raise SynthError(f"utterance id {uid!r} cannot be a file name")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def work(item: tuple[str, str]) -> Utterance:
+        uid, text = item
+        voice, speed, pitch = choose_voice(uid, voices, seed, weights)
+        dest = out_dir / f"{uid}.flac"
+        duration = _valid_audio(dest)
+        if duration is None:
+            duration = _synth_one(uid, text, voice, speed, pitch, dest)
+        label = voice if voice.startswith("flite:") else f"{voice}@s{speed}p{pitch}"
+        utt = Utterance(id=uid, audio=str(dest.resolve()), text=text, duration=duration, voice=label)
+        if on_done is not None:
+            on_done(utt)
+        return utt
+
+    with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
+        return list(pool.map(work, texts))

@@ -1,0 +1,148 @@
+"""Evaluation on a manifest: rescored, first-pass and oracle WER, entity recall, RTFx.
+
+All texts go through one normaliser (llmasr.metrics.normalize) before scoring.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmasr.data.manifest import Utterance
+from llmasr.errors import LlmasrError
+from llmasr.metrics import entity_recall, normalize, word_errors
+from llmasr.pipeline import Pipeline
+from llmasr.shallow.context import read_terms
+from llmasr.types import Transcript
+
+
+@dataclass
+class Row:
+    id: str
+    reference: str
+    hypothesis: str = ""
+    first_pass: str = ""
+    oracle: str = ""
+    ref_words: int = 0
+    errors: int = 0
+    first_pass_errors: int = 0
+    oracle_errors: int = 0
+    entities_found: int = 0
+    entities_total: int = 0
+    duration: float = 0.0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def _ok(self) -> list[Row]:
+        return [r for r in self.rows if r.error is None]
+
+    def _rate(self, key: str) -> float | None:
+        ok = self._ok()
+        words = sum(r.ref_words for r in ok)
+        return sum(getattr(r, key) for r in ok) / words if words else None
+
+    @property
+    def wer(self) -> float | None:
+        return self._rate("errors")
+
+    @property
+    def first_pass_wer(self) -> float | None:
+        return self._rate("first_pass_errors")
+
+    @property
+    def oracle_wer(self) -> float | None:
+        return self._rate("oracle_errors")
+
+    @property
+    def entity_recall(self) -> float | None:
+        ok = self._ok()
+        total = sum(r.entities_total for r in ok)
+        return sum(r.entities_found for r in ok) / total if total else None
+
+    @property
+    def rtfx(self) -> float | None:
+        ok = self._ok()
+        seconds = sum(r.seconds for r in ok)
+        return sum(r.duration for r in ok) / seconds if seconds else None
+
+    def summary(self) -> dict[str, Any]:
+        ok = self._ok()
+        return {
+            "wer": self.wer,
+            "first_pass_wer": self.first_pass_wer,
+            "oracle_wer": self.oracle_wer,
+            "entity_recall": self.entity_recall,
+            "rtfx": self.rtfx,
+            "utterances": len(ok),
+            "failed": len(self.rows) - len(ok),
+            "audio_seconds": round(sum(r.duration for r in ok), 2),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "settings": self.settings, "rows": [asdict(r) for r in self.rows]}
+
+
+def oracle_text(transcript: Transcript, reference: str) -> str:
+    """Best text reachable by picking one hypothesis per segment (greedy, segment by segment)."""
+    chosen = [s.first_pass_text for s in transcript.segments]
+    for i, seg in enumerate(transcript.segments):
+        options = [h.text for h in seg.nbest] or [seg.text]
+
+        def errs(text: str, i: int = i) -> int:
+            return word_errors(reference, " ".join([*chosen[:i], text, *chosen[i + 1 :]]))[0]
+
+        chosen[i] = min(options, key=errs)
+    return " ".join(chosen)
+
+
+def utterance_prompt(utt: Utterance) -> tuple[str | None, list[str] | None]:
+    """Per-utterance domain prompt and term list from the manifest, if any."""
+    terms = utt.extra.get("terms")
+    if isinstance(terms, str):
+        path = Path(terms)
+        if not path.is_absolute() and utt.extra.get("_manifest_dir"):
+            path = Path(utt.extra["_manifest_dir"]) / path
+        terms = read_terms(path)
+    return utt.prompt, terms
+
+
+def evaluate(
+    pipeline: Pipeline,
+    utterances: Iterable[Utterance],
+    *,
+    use_prompts: bool = True,
+    on_row: Callable[[Row], None] | None = None,
+) -> Report:
+    report = Report(settings={"asr": pipeline.options.asr, "lm": pipeline.options.lm})
+    for utt in utterances:
+        row = Row(id=utt.id, reference=utt.text)
+        ref_norm = normalize(utt.text)
+        row.ref_words = len(ref_norm.split())
+        try:
+            prompt, terms = utterance_prompt(utt) if use_prompts else (None, None)
+            started = time.perf_counter()
+            tr = pipeline.transcribe(utt.audio, prompt=prompt, terms=terms, name=str(utt.audio))
+            row.seconds = time.perf_counter() - started
+            row.duration = tr.duration
+            row.hypothesis, row.first_pass = tr.text, tr.first_pass_text
+            row.oracle = oracle_text(tr, utt.text)
+            row.errors = word_errors(utt.text, row.hypothesis)[0]
+            row.first_pass_errors = word_errors(utt.text, row.first_pass)[0]
+            row.oracle_errors = word_errors(utt.text, row.oracle)[0]
+            if utt.entities:
+                row.entities_found, row.entities_total = entity_recall(utt.entities, row.hypothesis)
+        except LlmasrError as exc:
+            row.error = str(exc)
+        report.rows.append(row)
+        if on_row:
+            on_row(row)
+    return report

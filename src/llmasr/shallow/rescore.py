@@ -1,0 +1,100 @@
+"""N-best rescoring (S1/S2): a log-linear choice over recogniser, LM and simple list features.
+
+score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement
+
+`am` is the recogniser's total log-probability, `lm` the scorer's total log-probability of the
+hypothesis given the context, `words` the word count (counters the LM's taste for short text),
+and `agreement` the share of the N-best that contains each of the hypothesis's words, averaged
+(ROVER-style voting; the one feature measured to make a small LLM useful here, see findings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llmasr.lm.base import Scorer
+from llmasr.metrics import normalize
+from llmasr.shallow.context import build_context, trim_history
+from llmasr.types import Hypothesis
+
+
+@dataclass
+class Weights:
+    lm_weight: float = 0.0
+    word_bonus: float = 0.0
+    agreement_weight: float = 0.0
+
+
+@dataclass
+class Candidate:
+    """A distinct normalised text of an N-best list, with its features."""
+
+    hypothesis: Hypothesis
+    norm: str
+    am: float
+    words: int
+    agreement: float = 0.0
+    lm: float = 0.0
+
+    def total(self, w: Weights) -> float:
+        return (
+            self.am + w.lm_weight * self.lm + w.word_bonus * self.words + w.agreement_weight * self.agreement
+        )
+
+
+def candidates(nbest: Sequence[Hypothesis]) -> list[Candidate]:
+    """Deduplicate after normalising (many hypotheses differ only in casing or punctuation)."""
+    best: dict[str, Hypothesis] = {}
+    for h in nbest:
+        key = normalize(h.text)
+        if key not in best or h.am_score > best[key].am_score:
+            best[key] = h
+    bags = [set(normalize(h.text).split()) for h in nbest]
+    out = []
+    for key, h in best.items():
+        words = key.split()
+        share = [sum(w in bag for bag in bags) / len(bags) for w in words]
+        agreement = sum(share) / len(share) if share else 0.0
+        out.append(Candidate(hypothesis=h, norm=key, am=h.am_score, words=len(words), agreement=agreement))
+    return out
+
+
+@dataclass
+class Rescorer:
+    scorer: Scorer | None
+    weights: Weights = field(default_factory=Weights)
+    prompt: str | None = None
+    terms: Sequence[str] = ()
+    context_tokens: int = 128
+
+    def context(self, history: Sequence[str]) -> str:
+        budget = self.context_tokens if self.scorer is not None else 0
+        past = trim_history(history, budget, self.scorer.count_tokens) if self.scorer is not None else ""
+        return build_context(self.prompt, self.terms, past)
+
+    def featurise(
+        self, nbest: Sequence[Hypothesis], history: Sequence[str] = (), with_lm: bool | None = None
+    ) -> list[Candidate]:
+        """Candidates with LM scores; all hypotheses of a segment go through the LM in one batch.
+
+        The LM runs only when its weight is non-zero, unless `with_lm` says otherwise (tuning).
+        """
+        cands = candidates(nbest)
+        if with_lm is None:
+            with_lm = self.weights.lm_weight != 0.0
+        if self.scorer is not None and with_lm and cands:
+            lm = self.scorer.score([c.hypothesis.text for c in cands], self.context(history))
+            for c, s in zip(cands, lm):
+                c.lm = s
+        return cands
+
+    def choose(self, nbest: Sequence[Hypothesis], history: Sequence[str] = ()) -> Hypothesis:
+        if not nbest:
+            raise ValueError("cannot choose from an empty N-best list")
+        cands = self.featurise(nbest, history)
+        best = max(cands, key=lambda c: c.total(self.weights))
+        for c in cands:
+            c.hypothesis.lm_score = c.lm if self.scorer is not None else None
+            c.hypothesis.score = c.total(self.weights)
+        return best.hypothesis

@@ -1,0 +1,109 @@
+"""Search the log-linear weights on a dev manifest.
+
+The first pass and the LM run once per utterance; the grid search then only re-combines cached
+features, so trying hundreds of weight settings costs nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from llmasr.audio import check_not_silent, load_audio
+from llmasr.data.manifest import Utterance
+from llmasr.errors import LlmasrError
+from llmasr.evaluate import utterance_prompt
+from llmasr.metrics import word_errors
+from llmasr.pipeline import Pipeline
+from llmasr.shallow.rescore import Candidate, Rescorer, Weights
+
+LM_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+WORD_BONUSES = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+AGREEMENT_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass
+class TuneItem:
+    """One dev utterance: its reference and the scored candidates of each segment."""
+
+    id: str
+    reference: str
+    segments: list[list[Candidate]] = field(default_factory=list)
+    #: word errors of each candidate text, precomputed when the utterance has one segment
+    errors: list[int] | None = None
+
+
+def collect(
+    pipeline: Pipeline,
+    utterances: Iterable[Utterance],
+    *,
+    on_item: Callable[[TuneItem | None, str | None], None] | None = None,
+) -> list[TuneItem]:
+    """First pass + LM features for every utterance (history = earlier segments' first-pass text)."""
+    items = []
+    for utt in utterances:
+        try:
+            prompt, terms = utterance_prompt(utt)
+            audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=str(utt.audio))
+            check_not_silent(audio, str(utt.audio))
+            rescorer = Rescorer(
+                pipeline.scorer,
+                pipeline.options.weights,
+                prompt,
+                terms or [],
+                pipeline.options.context_tokens,
+            )
+            item = TuneItem(id=utt.id, reference=utt.text)
+            history: list[str] = []
+            for seg in pipeline.first_pass(audio, prompt=pipeline.asr_prompt(prompt, terms)):
+                if not seg.nbest:
+                    continue
+                item.segments.append(
+                    rescorer.featurise(seg.nbest, history, with_lm=pipeline.scorer is not None)
+                )
+                history.append(seg.nbest[0].text)
+            if len(item.segments) == 1:
+                item.errors = [word_errors(utt.text, c.hypothesis.text)[0] for c in item.segments[0]]
+            items.append(item)
+            if on_item:
+                on_item(item, None)
+        except LlmasrError as exc:
+            if on_item:
+                on_item(None, str(exc))
+    return items
+
+
+def total_errors(items: Sequence[TuneItem], w: Weights) -> tuple[int, int]:
+    errors = words = 0
+    for item in items:
+        words += word_errors(item.reference, "")[1]
+        if not item.segments:
+            errors += word_errors(item.reference, "")[0]
+            continue
+        picks = [max(range(len(seg)), key=lambda i, seg=seg: seg[i].total(w)) for seg in item.segments]
+        if item.errors is not None:
+            errors += item.errors[picks[0]]
+        else:
+            text = " ".join(seg[i].hypothesis.text for seg, i in zip(item.segments, picks))
+            errors += word_errors(item.reference, text)[0]
+    return errors, words
+
+
+def grid_search(
+    items: Sequence[TuneItem],
+    lm_weights: Sequence[float] = LM_WEIGHTS,
+    word_bonuses: Sequence[float] = WORD_BONUSES,
+    agreement_weights: Sequence[float] = AGREEMENT_WEIGHTS,
+) -> tuple[Weights, float, list[tuple[Weights, float]]]:
+    """Lowest WER; ties go to the smallest weights (the simplest model that does as well)."""
+    results = []
+    for lm, wb, ag in itertools.product(lm_weights, word_bonuses, agreement_weights):
+        w = Weights(lm_weight=lm, word_bonus=wb, agreement_weight=ag)
+        errors, words = total_errors(items, w)
+        results.append((w, errors / max(1, words)))
+    best = min(
+        results,
+        key=lambda r: (round(r[1], 9), abs(r[0].lm_weight), abs(r[0].word_bonus), r[0].agreement_weight),
+    )
+    return best[0], best[1], results
