@@ -37,8 +37,13 @@ def _data_app() -> typer.Typer:
 app.add_typer(_data_app(), name="data", help="Build evaluation and training data offline.")
 
 
+def _say(console: Console, message: str) -> None:
+    """Print without Rich's wrapping or highlighting: paths and messages stay whole and greppable."""
+    console.print(message, highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    _say(err, f"[red]error:[/red] {message}")
     return typer.Exit(code)
 
 
@@ -158,7 +163,7 @@ def transcribe(
             threads,
             asr_prompt,
         )
-        pipeline = Pipeline(options, log=lambda m: err.print(m))
+        pipeline = Pipeline(options, log=lambda m: _say(err, m))
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
     failures = 0
@@ -176,10 +181,10 @@ def transcribe(
                     progress.start()
             except LlmasrError as exc:
                 failures += 1
-                err.print(f"[red]error:[/red] {exc}", highlight=False)
+                _say(err, f"[red]error:[/red] {exc}")
             progress.advance(task)
     if failures:
-        err.print(f"{failures} of {len(files)} input(s) failed", highlight=False)
+        _say(err, f"{failures} of {len(files)} input(s) failed")
         raise typer.Exit(1)
 
 
@@ -220,11 +225,11 @@ def models_prepare(
     for name in names:
         try:
             started = time.perf_counter()
-            path = prepare(name, force=force, log=lambda m: err.print(m))
-            out.print(f"{name}: {path} ({time.perf_counter() - started:.1f} s)", highlight=False)
+            path = prepare(name, force=force, log=lambda m: _say(err, m))
+            _say(out, f"{name}: {path} ({time.perf_counter() - started:.1f} s)")
         except LlmasrError as exc:
             failures += 1
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            _say(err, f"[red]error:[/red] {exc}")
     if failures:
         raise typer.Exit(1)
 
@@ -237,7 +242,7 @@ def _read_manifest(manifest: Path) -> list[Any]:
         raise _fail(f"{manifest}: manifest not found")
 
     def report(exc: Exception) -> None:
-        err.print(f"[yellow]skipped:[/yellow] {exc}", highlight=False)
+        _say(err, f"[yellow]skipped:[/yellow] {exc}")
 
     utts = list(read_manifest(manifest, on_error=report))
     if not utts:
@@ -293,7 +298,7 @@ def eval_cmd(
             threads,
             asr_prompt,
         )
-        pipeline = Pipeline(options, log=lambda m: err.print(m))
+        pipeline = Pipeline(options, log=lambda m: _say(err, m))
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
     with _progress() as progress:
@@ -301,7 +306,7 @@ def eval_cmd(
 
         def on_row(row: Any) -> None:
             if row.error:
-                progress.console.print(f"[red]error:[/red] {row.error}", highlight=False)
+                _say(progress.console, f"[red]error:[/red] {row.error}")
             progress.advance(task)
 
         report = evaluate(pipeline, utts, use_prompts=not no_manifest_prompts, on_row=on_row)
@@ -338,13 +343,13 @@ def tune(
 ) -> None:
     """Grid-search the LM weight, word bonus and agreement weight on a dev manifest; write a profile."""
     from llmasr.pipeline import Pipeline, load_scorer
-    from llmasr.shallow.tune import collect, grid_search
+    from llmasr.shallow.tune import collect, first_pass_wer, grid_search
 
     utts = _read_manifest(manifest)
     try:
         options = _options(asr, lm, nbest, None, None, None, None, None, None, threads, asr_prompt)
-        scorer = load_scorer(options.lm, options, log=lambda m: err.print(m))
-        pipeline = Pipeline(options, scorer=scorer, log=lambda m: err.print(m))
+        scorer = load_scorer(options.lm, options, log=lambda m: _say(err, m))
+        pipeline = Pipeline(options, scorer=scorer, log=lambda m: _say(err, m))
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
     with _progress() as progress:
@@ -352,7 +357,7 @@ def tune(
 
         def on_item(item: Any, error: str | None) -> None:
             if error:
-                progress.console.print(f"[red]error:[/red] {error}", highlight=False)
+                _say(progress.console, f"[red]error:[/red] {error}")
             progress.advance(task)
 
         items = collect(pipeline, utts, on_item=on_item)
@@ -374,13 +379,16 @@ def tune(
             "utterances": len(items),
             "wer": round(best_wer, 4),
             "am_only_wer": round(baseline, 4),
+            "first_pass_wer": round(first_pass_wer(items), 4),
         },
     )
-    out.print(
+    _say(
+        out,
         f"best: lm_weight={best.lm_weight} word_bonus={best.word_bonus} "
         f"agreement_weight={best.agreement_weight} WER {100 * best_wer:.2f}% "
-        f"(recogniser score alone: {100 * baseline:.2f}%) -> {out_profile}",
-        highlight=False,
+        f"(recogniser score alone: {100 * baseline:.2f}%, "
+        f"recogniser's pick: {100 * first_pass_wer(items):.2f}%)"
+        f" -> {out_profile}",
     )
 
 
@@ -388,7 +396,7 @@ def main() -> None:
     try:
         app()
     except LlmasrError as exc:  # anything not caught closer to its input
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        _say(err, f"[red]error:[/red] {exc}")
         sys.exit(1)
 
 

@@ -91,7 +91,9 @@ def _build_whisper_base(dest: Path) -> None:
 def _gguf_to_safetensors(gguf: Path, dest: Path) -> None:
     """De-quantise a GGUF once and save it as a normal transformers folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     model.hf_quantizer = None
@@ -287,7 +289,8 @@ def resolve(name_or_path: str, family: str, log: Callable[[str], None] | None = 
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
         if spec.family != family:
-            raise ModelError(f"'{name_or_path}' is a {spec.family} model, not a {family} model")
+            what = {"asr": "recogniser (asr)", "lm": "language model (lm)"}
+            raise ModelError(f"'{name_or_path}' is a {what[spec.family]}, not a {what[family]}")
         return spec.kind, str(prepare(name_or_path, log=log))
     path = Path(name_or_path).expanduser()
     if path.exists():

@@ -86,7 +86,7 @@ class Pipeline:
     def asr_prompt(self, prompt: str | None = None, terms: list[str] | None = None) -> str | None:
         if not self.options.asr_prompt:
             return None
-        parts = [p for p in [prompt, ", ".join(terms or [])] if p and p.strip()]
+        parts = [p.strip().rstrip(".") for p in [prompt, ", ".join(terms or [])] if p and p.strip()]
         return ". ".join(parts) or None
 
     def first_pass(self, audio: np.ndarray, prompt: str | None = None) -> Iterator[SegmentResult]:
@@ -127,7 +127,7 @@ class Pipeline:
             timings["first_pass"] += time.perf_counter() - t
             if seg.nbest:
                 t = time.perf_counter()
-                chosen = rescorer.choose(seg.nbest, history) if self.scorer is not None else seg.nbest[0]
+                chosen = rescorer.choose(seg.nbest, history)
                 timings["rescoring"] += time.perf_counter() - t
                 t = time.perf_counter()
                 words = [

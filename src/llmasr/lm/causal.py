@@ -75,8 +75,10 @@ class CausalLMScorer:
         key = tuple(ids)
         if self._cached is None or self._cached[0] != key:
             inp = torch.tensor([ids], device=self.device)
-            out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1)
-            last = torch.log_softmax(self._capped(out.logits[0, -1].float()), dim=-1)
+            out = self.model.base_model(input_ids=inp, use_cache=True)
+            # the same head + soft-cap path as the hypothesis batch (the full model would cap once more)
+            logits = self.model.get_output_embeddings()(out.last_hidden_state[0, -1])
+            last = torch.log_softmax(self._capped(logits.float()), dim=-1)
             cache = getattr(out, "cache", None) or out.past_key_values
             self._cached = (key, cache, last)
         return self._cached[1], self._cached[2]

@@ -87,6 +87,7 @@ class Rescorer:
             lm = self.scorer.score([c.hypothesis.text for c in cands], self.context(history))
             for c, s in zip(cands, lm):
                 c.lm = s
+                c.hypothesis.lm_score = s
         return cands
 
     def choose(self, nbest: Sequence[Hypothesis], history: Sequence[str] = ()) -> Hypothesis:
@@ -95,6 +96,5 @@ class Rescorer:
         cands = self.featurise(nbest, history)
         best = max(cands, key=lambda c: c.total(self.weights))
         for c in cands:
-            c.hypothesis.lm_score = c.lm if self.scorer is not None else None
             c.hypothesis.score = c.total(self.weights)
         return best.hypothesis

@@ -32,6 +32,8 @@ class TuneItem:
     segments: list[list[Candidate]] = field(default_factory=list)
     #: word errors of each candidate text, precomputed when the utterance has one segment
     errors: list[int] | None = None
+    #: the recogniser's own pick (top of each N-best), the baseline every weight setting must beat
+    first_pass: str = ""
 
 
 def collect(
@@ -63,6 +65,7 @@ def collect(
                     rescorer.featurise(seg.nbest, history, with_lm=pipeline.scorer is not None)
                 )
                 history.append(seg.nbest[0].text)
+            item.first_pass = " ".join(history)
             if len(item.segments) == 1:
                 item.errors = [word_errors(utt.text, c.hypothesis.text)[0] for c in item.segments[0]]
             items.append(item)
@@ -88,6 +91,14 @@ def total_errors(items: Sequence[TuneItem], w: Weights) -> tuple[int, int]:
             text = " ".join(seg[i].hypothesis.text for seg, i in zip(item.segments, picks))
             errors += word_errors(item.reference, text)[0]
     return errors, words
+
+
+def first_pass_wer(items: Sequence[TuneItem]) -> float:
+    errors = words = 0
+    for item in items:
+        e, n = word_errors(item.reference, item.first_pass)
+        errors, words = errors + e, words + n
+    return errors / max(1, words)
 
 
 def grid_search(

@@ -1,0 +1,140 @@
+"""The shallow-fusion results table: every (recogniser, LM) pair with its shipped profile.
+
+    python benchmarks/shallow_table.py --manifest work-data/real_dev.jsonl --manifest work-data/synth_test.jsonl \
+        --asr whisper-tiny.en --asr whisper-base --lm none --lm gemma-3-270m --lm qwen2.5-0.5b-instruct \
+        --lm en-us-3gram --out docs/results-shallow.json
+
+The first pass runs once per recogniser and utterance; each LM then re-chooses over the cached
+N-best lists with the same `Rescorer.choose` (history carry-over included) that `llmasr transcribe`
+uses, with the weights of the shipped profile `src/llmasr/profiles/<asr>+<lm>.yaml`.
+`--prompts` adds the domain-prompt study: entity recall with and without the manifest's prompt and
+terms, given to Whisper, to the LLM, or to both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from llmasr.audio import load_audio
+from llmasr.config import resolve_options
+from llmasr.data.manifest import read_manifest
+from llmasr.evaluate import utterance_prompt
+from llmasr.metrics import entity_recall, word_errors
+from llmasr.pipeline import Pipeline, load_recognizer, load_scorer
+from llmasr.shallow.rescore import Rescorer, Weights
+
+
+def first_passes(pipe: Pipeline, utts: list, asr_prompt: bool) -> tuple[list[list], float]:
+    """N-best lists per utterance (list of segments), and the first-pass seconds."""
+    out, seconds = [], 0.0
+    for u in utts:
+        prompt, terms = utterance_prompt(u)
+        audio = load_audio(u.audio)
+        t = time.perf_counter()
+        segs = [s.nbest for s in pipe.first_pass(audio, prompt=pipe.asr_prompt(prompt, terms) if asr_prompt else None)]
+        seconds += time.perf_counter() - t
+        out.append([s for s in segs if s])
+    return out, seconds
+
+
+def choose_all(
+    utts: list, nbests: list[list], scorer: Any, weights: Weights, context_tokens: int, llm_prompt: bool
+) -> tuple[list[str], float]:
+    texts, seconds = [], 0.0
+    for u, segs in zip(utts, nbests):
+        prompt, terms = utterance_prompt(u) if llm_prompt else (None, None)
+        r = Rescorer(scorer, weights, prompt, terms or [], context_tokens)
+        history: list[str] = []
+        t = time.perf_counter()
+        for nb in segs:
+            history.append(r.choose(nb, history).text.strip())
+        seconds += time.perf_counter() - t
+        texts.append(" ".join(history))
+    return texts, seconds
+
+
+def score(utts: list, texts: list[str]) -> dict[str, Any]:
+    errors = words = found = total = 0
+    for u, t in zip(utts, texts):
+        e, n = word_errors(u.text, t)
+        errors, words = errors + e, words + n
+        if u.entities:
+            f, k = entity_recall(u.entities, t)
+            found, total = found + f, total + k
+    return {"wer": errors / max(1, words), "entity_recall": found / total if total else None, "words": words}
+
+
+def oracle(utts: list, nbests: list[list]) -> float:
+    errors = words = 0
+    for u, segs in zip(utts, nbests):
+        chosen = [nb[0].text for nb in segs]
+        for i, nb in enumerate(segs):
+            chosen[i] = min(
+                (h.text for h in nb),
+                key=lambda t, i=i: word_errors(u.text, " ".join([*chosen[:i], t, *chosen[i + 1 :]]))[0],
+            )
+        e, n = word_errors(u.text, " ".join(chosen))
+        errors, words = errors + e, words + n
+    return errors / max(1, words)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--manifest", action="append", type=Path, required=True)
+    ap.add_argument("--asr", action="append", default=None)
+    ap.add_argument("--lm", action="append", default=None)
+    ap.add_argument("--nbest", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", action="store_true", help="domain-prompt study (manifests with prompt/terms)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    asrs = args.asr or ["whisper-tiny.en"]
+    lms = args.lm or ["none", "gemma-3-270m"]
+
+    results: list[dict[str, Any]] = []
+    scorers: dict[str, Any] = {}
+    for asr in asrs:
+        base = resolve_options(asr=asr, lm="none", nbest=args.nbest, threads=args.threads)
+        pipe = Pipeline(base, recognizer=load_recognizer(asr, base))
+        for manifest in args.manifest:
+            utts = list(read_manifest(manifest))
+            audio_s = sum(len(load_audio(u.audio)) for u in utts) / 16000
+            modes = [(True, True), (False, False), (True, False), (False, True)] if args.prompts else [(True, True)]
+            cache: dict[bool, tuple[list[list], float]] = {}
+            for asr_prompt, llm_prompt in modes:
+                if asr_prompt not in cache:
+                    cache[asr_prompt] = first_passes(pipe, utts, asr_prompt)
+                nbests, fp_s = cache[asr_prompt]
+                row0 = {"asr": asr, "manifest": manifest.name, "utterances": len(utts), "audio_s": round(audio_s, 1)}
+                row0 |= {"asr_prompt": asr_prompt, "llm_prompt": llm_prompt, "first_pass_s": round(fp_s, 2)}
+                fp = score(utts, [" ".join(nb[0].text for nb in segs) for segs in nbests])
+                results.append({**row0, "system": "first pass", **fp, "oracle_wer": oracle(utts, nbests)})
+                for lm in lms:
+                    opts = resolve_options(asr=asr, lm=lm, nbest=args.nbest, threads=args.threads)
+                    scorer = None
+                    if opts.lm and opts.weights.lm_weight:
+                        scorer = scorers.get(lm) or scorers.setdefault(lm, load_scorer(lm, opts))
+                    texts, lm_s = choose_all(utts, nbests, scorer, opts.weights, opts.context_tokens, llm_prompt)
+                    name = "AM-only re-rank" if lm == "none" else f"+ {lm}"
+                    results.append(
+                        {**row0, "system": name, "weights": vars(opts.weights), "rescoring_s": round(lm_s, 2)}
+                        | score(utts, texts)
+                    )
+                    r = results[-1]
+                    er = r["entity_recall"]
+                    print(
+                        f"{asr:16} {manifest.name:18} asr_prompt={asr_prompt!s:5} llm_prompt={llm_prompt!s:5} "
+                        f"{name:28} WER {100 * r['wer']:6.2f}%"
+                        + (f"  entity recall {er:.3f}" if er is not None else ""),
+                        flush=True,
+                    )
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

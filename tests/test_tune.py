@@ -1,0 +1,160 @@
+"""Weight search over cached features (shallow/tune.py) on hand-made items."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmasr.metrics import normalize, word_errors
+from llmasr.shallow.rescore import Candidate, Weights
+from llmasr.shallow.tune import TuneItem, grid_search, total_errors
+
+
+def cand(text: str, am: float, lm: float = 0.0, agreement: float = 0.0) -> Candidate:
+    from llmasr.types import Hypothesis
+
+    norm = normalize(text)
+    return Candidate(Hypothesis(text, am), norm, am=am, words=len(norm.split()), agreement=agreement, lm=lm)
+
+
+def single(id: str, reference: str, cands: list[Candidate], precompute: bool = True) -> TuneItem:
+    item = TuneItem(id=id, reference=reference, segments=[cands])
+    if precompute:
+        item.errors = [word_errors(reference, c.hypothesis.text)[0] for c in cands]
+    return item
+
+
+def lm_item() -> TuneItem:
+    # AM prefers the wrong text; lm_weight 0.2 fixes it (-3.0 vs -2.7), 0.1 does not (-2.0 vs -2.1)
+    return single(
+        "lm",
+        "the cat sat on the mat",
+        [cand("the cat sat on a mat", -1.0, lm=-10.0), cand("the cat sat on the mat", -1.5, lm=-6.0)],
+    )
+
+
+def bonus_item() -> TuneItem:
+    # AM prefers the truncated text; word_bonus 1.0 fixes it (3.0 vs 3.2), 0.5 does not (1.0 vs 0.7)
+    return single(
+        "bonus",
+        "turn the lights off now",
+        [cand("turn the lights off", -1.0, lm=-5.0), cand("turn the lights off now", -1.8, lm=-5.0)],
+    )
+
+
+def agreement_item() -> TuneItem:
+    # agreement_weight 2.0 fixes it (-0.4 vs -0.3), 1.0 does not (-0.7 vs -0.9)
+    return single(
+        "agree",
+        "call me tomorrow",
+        [cand("call me to borrow", -1.0, agreement=0.3), cand("call me tomorrow", -1.5, agreement=0.6)],
+    )
+
+
+def test_am_only_is_wrong_and_lm_weight_fixes_it() -> None:
+    items = [lm_item()]
+    assert total_errors(items, Weights()) == (1, 6)
+    best, wer, results = grid_search(
+        items, lm_weights=(0.0, 0.1, 0.2, 0.5), word_bonuses=(0.0,), agreement_weights=(0.0,)
+    )
+    assert best == Weights(lm_weight=0.2, word_bonus=0.0, agreement_weight=0.0)
+    assert wer == 0.0
+    assert [(r[0].lm_weight, r[1]) for r in results] == [(0.0, 1 / 6), (0.1, 1 / 6), (0.2, 0.0), (0.5, 0.0)]
+
+
+def test_word_bonus_fixes_it() -> None:
+    best, wer, _ = grid_search(
+        [bonus_item()], lm_weights=(0.0,), word_bonuses=(0.0, 0.5, 1.0, 2.0), agreement_weights=(0.0,)
+    )
+    assert best.word_bonus == 1.0 and wer == 0.0
+
+
+def test_agreement_weight_fixes_it() -> None:
+    # weight 1: -0.7 vs -0.9 (wrong); weight 2: -0.4 vs -0.3 (right)
+    item = agreement_item()
+    assert total_errors([item], Weights(agreement_weight=1.0))[0] > 0
+    best, wer, _ = grid_search(
+        [item], lm_weights=(0.0,), word_bonuses=(0.0,), agreement_weights=(0.0, 1.0, 2.0, 4.0)
+    )
+    assert best.agreement_weight == 2.0 and wer == 0.0
+
+
+def test_ties_go_to_smallest_weights() -> None:
+    # all candidates have the same length: the word bonus never matters, so it must come out 0;
+    # lm weights 0.2, 0.5, 1.0 all fix it: the smallest wins, whatever the grid order
+    best, wer, results = grid_search(
+        [lm_item()],
+        lm_weights=(1.0, 0.5, 0.2, 0.0),
+        word_bonuses=(2.0, -0.5, 0.5, 0.0),
+        agreement_weights=(4.0, 0.0),
+    )
+    assert best == Weights(lm_weight=0.2, word_bonus=0.0, agreement_weight=0.0)
+    assert wer == 0.0
+    assert len(results) == 4 * 4 * 2
+
+
+def test_tie_on_negative_bonus_goes_to_smaller_magnitude() -> None:
+    # a negative word bonus is needed: the long wrong text must lose; -0.5 and -1.0 both do it
+    item = single("neg", "yes", [cand("yes yes yes", -1.0), cand("yes", -1.5)])
+    best, wer, _ = grid_search(
+        [item], lm_weights=(0.0,), word_bonuses=(-1.0, -0.5, -0.1, 0.0), agreement_weights=(0.0,)
+    )
+    # -0.1: -1.3 vs -1.6 (wrong); -0.5: -2.5 vs -2.0 (right); -1.0 right too
+    assert best.word_bonus == -0.5 and wer == 0.0
+
+
+def test_several_items_need_several_weights() -> None:
+    items = [lm_item(), bonus_item()]
+    assert total_errors(items, Weights()) == (2, 11)
+    best, wer, results = grid_search(
+        items, lm_weights=(0.0, 0.1, 0.2), word_bonuses=(0.0, 0.5, 1.0), agreement_weights=(0.0,)
+    )
+    assert best == Weights(lm_weight=0.2, word_bonus=1.0, agreement_weight=0.0)
+    assert wer == 0.0
+    by_w = {(r[0].lm_weight, r[0].word_bonus): r[1] for r in results}
+    assert by_w[(0.2, 0.0)] == pytest.approx(1 / 11)
+    assert by_w[(0.0, 1.0)] == pytest.approx(1 / 11)
+    assert by_w[(0.0, 0.0)] == pytest.approx(2 / 11)
+
+
+def test_wer_hand_computed_with_unfixable_and_empty_items() -> None:
+    empty = TuneItem(id="empty", reference="a b c")  # no segments: every reference word is deleted
+    items = [lm_item(), bonus_item(), empty]
+    best, wer, _ = grid_search(items, lm_weights=(0.0, 0.2), word_bonuses=(0.0,), agreement_weights=(0.0,))
+    assert best.lm_weight == 0.2
+    assert wer == pytest.approx((0 + 1 + 3) / (6 + 5 + 3))
+
+
+def test_multi_segment_item_joins_the_chosen_texts() -> None:
+    item = TuneItem(
+        id="multi",
+        reference="hello world good morning",
+        segments=[
+            [cand("hello word", -1.0, lm=-5.0), cand("hello world", -1.2, lm=-3.0)],
+            [cand("good morning", -1.0, lm=-2.0), cand("could morning", -1.1, lm=-9.0)],
+        ],
+    )
+    assert item.errors is None
+    assert total_errors([item], Weights()) == (1, 4)
+    assert total_errors([item], Weights(lm_weight=0.2)) == (0, 4)
+    best, wer, _ = grid_search(
+        [item], lm_weights=(0.0, 0.05, 0.2), word_bonuses=(0.0,), agreement_weights=(0.0,)
+    )
+    assert best.lm_weight == 0.2 and wer == 0.0
+
+
+def test_multi_segment_errors_span_segment_boundaries() -> None:
+    # the wrong choice in segment 2 is only wrong when the texts are joined and aligned as a whole
+    item = TuneItem(
+        id="multi2",
+        reference="one two three four",
+        segments=[[cand("one two", -1.0)], [cand("three", -1.0, lm=-1.0), cand("three four", -1.4, lm=-0.5)]],
+    )
+    assert total_errors([item], Weights()) == (1, 4)
+    assert total_errors([item], Weights(lm_weight=1.0)) == (0, 4)
+
+
+def test_precomputed_errors_are_used_for_single_segment_items() -> None:
+    item = lm_item()
+    item.errors = [7, 3]  # deliberately not the true counts
+    assert total_errors([item], Weights()) == (7, 6)
+    assert total_errors([item], Weights(lm_weight=0.5)) == (3, 6)
