@@ -42,7 +42,9 @@ def main() -> None:
     seconds = sum(len(a) for a in audios) / 16000
 
     # the recogniser's own pick: no LM, no re-ranking
-    base_opts = resolve_options(asr=args.asr, lm="none", nbest=args.nbest, threads=args.threads, weights=Weights())
+    base_opts = resolve_options(
+        asr=args.asr, lm="none", nbest=args.nbest, threads=args.threads, weights=Weights()
+    )
     lm_opts = resolve_options(asr=args.asr, lm=args.lm, nbest=args.nbest, threads=args.threads)
     t = time.perf_counter()
     recognizer = load_recognizer(args.asr, base_opts)

@@ -1,7 +1,7 @@
 """The shallow-fusion results table: every (recogniser, LM) pair with its shipped profile.
 
-    python benchmarks/shallow_table.py --manifest work-data/real_dev.jsonl --manifest work-data/synth_test.jsonl \
-        --asr whisper-tiny.en --asr whisper-base --lm none --lm gemma-3-270m --lm qwen2.5-0.5b-instruct \
+    python benchmarks/shallow_table.py --manifest work-data/real_dev.jsonl \
+        --manifest work-data/synth_test.jsonl --asr whisper-tiny.en --asr whisper-base --lm none --lm gemma-3-270m --lm qwen2.5-0.5b-instruct \
         --lm en-us-3gram --out docs/results-shallow.json
 
 The first pass runs once per recogniser and utterance; each LM then re-chooses over the cached
@@ -35,7 +35,10 @@ def first_passes(pipe: Pipeline, utts: list, asr_prompt: bool) -> tuple[list[lis
         prompt, terms = utterance_prompt(u)
         audio = load_audio(u.audio)
         t = time.perf_counter()
-        segs = [s.nbest for s in pipe.first_pass(audio, prompt=pipe.asr_prompt(prompt, terms) if asr_prompt else None)]
+        segs = [
+            s.nbest
+            for s in pipe.first_pass(audio, prompt=pipe.asr_prompt(prompt, terms) if asr_prompt else None)
+        ]
         seconds += time.perf_counter() - t
         out.append([s for s in segs if s])
     return out, seconds
@@ -89,7 +92,9 @@ def main() -> None:
     ap.add_argument("--lm", action="append", default=None)
     ap.add_argument("--nbest", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompts", action="store_true", help="domain-prompt study (manifests with prompt/terms)")
+    ap.add_argument(
+        "--prompts", action="store_true", help="domain-prompt study (manifests with prompt/terms)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     asrs = args.asr or ["whisper-tiny.en"]
@@ -103,13 +108,22 @@ def main() -> None:
         for manifest in args.manifest:
             utts = list(read_manifest(manifest))
             audio_s = sum(len(load_audio(u.audio)) for u in utts) / 16000
-            modes = [(True, True), (False, False), (True, False), (False, True)] if args.prompts else [(True, True)]
+            modes = (
+                [(True, True), (False, False), (True, False), (False, True)]
+                if args.prompts
+                else [(True, True)]
+            )
             cache: dict[bool, tuple[list[list], float]] = {}
             for asr_prompt, llm_prompt in modes:
                 if asr_prompt not in cache:
                     cache[asr_prompt] = first_passes(pipe, utts, asr_prompt)
                 nbests, fp_s = cache[asr_prompt]
-                row0 = {"asr": asr, "manifest": manifest.name, "utterances": len(utts), "audio_s": round(audio_s, 1)}
+                row0 = {
+                    "asr": asr,
+                    "manifest": manifest.name,
+                    "utterances": len(utts),
+                    "audio_s": round(audio_s, 1),
+                }
                 row0 |= {"asr_prompt": asr_prompt, "llm_prompt": llm_prompt, "first_pass_s": round(fp_s, 2)}
                 fp = score(utts, [" ".join(nb[0].text for nb in segs) for segs in nbests])
                 results.append({**row0, "system": "first pass", **fp, "oracle_wer": oracle(utts, nbests)})
@@ -118,7 +132,9 @@ def main() -> None:
                     scorer = None
                     if opts.lm and opts.weights.lm_weight:
                         scorer = scorers.get(lm) or scorers.setdefault(lm, load_scorer(lm, opts))
-                    texts, lm_s = choose_all(utts, nbests, scorer, opts.weights, opts.context_tokens, llm_prompt)
+                    texts, lm_s = choose_all(
+                        utts, nbests, scorer, opts.weights, opts.context_tokens, llm_prompt
+                    )
                     name = "AM-only re-rank" if lm == "none" else f"+ {lm}"
                     results.append(
                         {**row0, "system": name, "weights": vars(opts.weights), "rescoring_s": round(lm_s, 2)}
@@ -127,7 +143,8 @@ def main() -> None:
                     r = results[-1]
                     er = r["entity_recall"]
                     print(
-                        f"{asr:16} {manifest.name:18} asr_prompt={asr_prompt!s:5} llm_prompt={llm_prompt!s:5} "
+                        f"{asr:16} {manifest.name:18} "
+                        f"asr_prompt={asr_prompt!s:5} llm_prompt={llm_prompt!s:5} "
                         f"{name:28} WER {100 * r['wer']:6.2f}%"
                         + (f"  entity recall {er:.3f}" if er is not None else ""),
                         flush=True,

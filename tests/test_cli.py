@@ -65,7 +65,10 @@ def test_batch_with_bad_inputs_completes_the_good_ones(inputs: dict[str, Path], 
         assert {"start", "end", "text", "words"} <= set(seg)
         assert all({"word", "start", "end"} <= set(w) for w in seg["words"])
         assert data["duration"] == pytest.approx(2.99, abs=0.05)
-    assert sorted(p.name for p in out.iterdir()) == ["sense_and_sensibility_01_austen_64kb-0880.json", "speech_8k_stereo.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sense_and_sensibility_01_austen_64kb-0880.json",
+        "speech_8k_stereo.json",
+    ]
 
 
 def test_subtitles_and_stdout(inputs: dict[str, Path], tmp_path: Path) -> None:

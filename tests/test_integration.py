@@ -17,7 +17,9 @@ from llmasr.pipeline import Pipeline
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not Path(TESTDATA).exists(), reason="Debian package pocketsphinx-testdata not installed"),
+    pytest.mark.skipif(
+        not Path(TESTDATA).exists(), reason="Debian package pocketsphinx-testdata not installed"
+    ),
 ]
 
 # measured: first pass 10.0%, default pipeline 8.6% (see docs/results.md); bounds leave a margin
@@ -33,7 +35,9 @@ def utterances(tmp_path_factory: pytest.TempPathFactory) -> list:
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
     options = resolve_options(threads=2)
-    assert options.lm == "gemma-3-270m" and options.weights.lm_weight > 0, "the default must rescore with the LLM"
+    assert options.lm == "gemma-3-270m" and options.weights.lm_weight > 0, (
+        "the default must rescore with the LLM"
+    )
     return Pipeline(options)
 
 
