@@ -1,8 +1,9 @@
 """The shallow-fusion results table: every (recogniser, LM) pair with its shipped profile.
 
     python benchmarks/shallow_table.py --manifest work-data/real_dev.jsonl \
-        --manifest work-data/synth_test.jsonl --asr whisper-tiny.en --asr whisper-base --lm none --lm gemma-3-270m --lm qwen2.5-0.5b-instruct \
-        --lm en-us-3gram --out docs/results-shallow.json
+        --manifest work-data/synth_test.jsonl --asr whisper-tiny.en --asr whisper-base \
+        --lm none --lm gemma-3-270m --lm qwen2.5-0.5b-instruct --lm en-us-3gram \
+        --out docs/results-shallow.json
 
 The first pass runs once per recogniser and utterance; each LM then re-chooses over the cached
 N-best lists with the same `Rescorer.choose` (history carry-over included) that `llmasr transcribe`

@@ -323,6 +323,9 @@ def test_real_server_with_openai_client():
         assert wer([REFERENCE], [result.text]) <= 0.3, result.text
         assert result.text.lower().startswith("he was not an") and "young man" in result.text.lower()
         with open(SPEECH, "rb") as f:
+            text = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="text")
+        assert text == result.text + "\n"
+        with open(SPEECH, "rb") as f:
             verbose = client.audio.transcriptions.create(
                 model="whisper-1", file=f, response_format="verbose_json", timestamp_granularities=["word"]
             )

@@ -211,6 +211,25 @@ class Gate:
             }
 
 
+class _Serialized:
+    """Proxy that lets one thread at a time call into a model (a Scorer keeps a one-entry context cache)."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return value
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return value(*args, **kwargs)
+
+        return locked
+
+
 class _State:
     """The shared pipeline, built once (at startup, or by the first request if there was no startup)."""
 
@@ -225,7 +244,12 @@ class _State:
         with self._lock:
             if self.pipeline is None:
                 started = time.perf_counter()
-                self.pipeline = self.factory(self.settings)
+                pipeline = self.factory(self.settings)
+                if self.settings.concurrency > 1 and pipeline.scorer is not None:
+                    # CausalLMScorer's context cache is not thread-safe; the first pass (CTranslate2)
+                    # is, so recognition still runs in parallel and only LM scoring takes turns.
+                    pipeline.scorer = _Serialized(pipeline.scorer)  # type: ignore[assignment]
+                self.pipeline = pipeline
                 log.info("models loaded in %.1f s: %s", time.perf_counter() - started, self.model_id())
             return self.pipeline
 
