@@ -271,21 +271,70 @@ def test_timeout_gives_504_and_server_survives(tmpdir_watch):
         error = assert_error(post(c, {}), 504, "timeout")
         assert error["code"] == "timeout"
         time.sleep(0.6)  # the abandoned job ends and gives its slot back
+        responses: list = []
+        threads = [threading.Thread(target=lambda: responses.append(post(c, {}))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # one runs past the timeout (504), the other never left the queue (503, retry later)
+        codes = sorted((r.status_code, r.json()["error"]["code"]) for r in responses)
+        assert codes == [(503, "queue_timeout"), (504, "timeout")]
+        assert "retry-after" in next(r for r in responses if r.status_code == 503).headers
+        time.sleep(0.6)
         health = c.get("/health").json()
         assert health["status"] == "ok" and health["running"] == 0 and health["waiting"] == 0
 
 
 def test_event_loop_free_while_transcribing(tmpdir_watch):
-    fake = FakeRecognizer(delay=0.5)
+    fake = FakeRecognizer(delay=1.0)
     with make_client(fake) as c:
         t = threading.Thread(target=lambda: post(c, {}))
         t.start()
         while c.get("/health").json()["running"] == 0:
             time.sleep(0.01)
-        started = time.perf_counter()
-        assert c.get("/health").status_code == 200
-        assert time.perf_counter() - started < 0.3
+        # answered while the only worker is still busy: the event loop is not blocked
+        assert [c.get("/health").json()["running"] for _ in range(3)] == [1, 1, 1]
         t.join()
+
+
+class OverlapScorer:
+    """Fails if two threads score at once (like CausalLMScorer's one-entry context cache would)."""
+
+    name = "overlap"
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.calls = 0
+
+    def score(self, texts: Sequence[str], context: str = "") -> list[float]:
+        assert not self.busy, "scorer entered by two threads"
+        self.busy = True
+        time.sleep(0.05)
+        self.busy = False
+        self.calls += 1
+        return [-1.0 for _ in texts]
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def test_parallel_workers_take_turns_on_the_scorer(tmpdir_watch):
+    fake, scorer = FakeRecognizer(delay=0.1), OverlapScorer()
+
+    def factory(s: ServeSettings) -> Pipeline:
+        options = resolve_options(asr="fake", lm="overlap", weights={"lm_weight": 0.5})
+        return Pipeline(options, recognizer=fake, scorer=scorer)
+
+    with TestClient(create_app(ServeSettings(concurrency=3), pipeline_factory=factory)) as c:
+        codes: list[int] = []
+        threads = [threading.Thread(target=lambda: codes.append(post(c, {}).status_code)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes == [200] * 6 and scorer.calls == 6
+        assert c.get("/v1/models").json()["data"][0]["id"] == "fake+overlap"
 
 
 # the real server ---------------------------------------------------------------------------------

@@ -171,4 +171,6 @@ def _short_reason(exc: BaseException) -> str:
     text = str(exc)
     if "': " in text:
         text = text.split("': ", 1)[1]
+    elif text.startswith("Error opening <") and ">: " in text:  # an in-memory file object
+        text = text.split(">: ", 1)[1]
     return text.strip().rstrip(".") or type(exc).__name__

@@ -392,6 +392,17 @@ def tune(
     )
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """OpenAI-compatible HTTP server (POST /v1/audio/transcriptions); `llmasr serve --help` for options."""
+    from llmasr.serve.cli import app as serve_app
+
+    serve_app(ctx.args, prog_name="llmasr serve")
+
+
 def main() -> None:
     try:
         app()

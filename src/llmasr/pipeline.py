@@ -35,10 +35,13 @@ def load_recognizer(name: str, options: Options, log: Callable[[str], None] | No
         from llmasr.asr.pocketsphinx import PocketsphinxRecognizer
 
         return PocketsphinxRecognizer()
-    raise ModelError(
-        f"'{name}' is not a CTranslate2 Whisper folder or a named recogniser; convert a Hugging Face Whisper "
-        "with `ct2-transformers-converter --model ID --output_dir DIR` and pass DIR"
-    )
+    if kind == "hf-asr":  # a Hugging Face Whisper (hub id or transformers folder): converted once, cached
+        from llmasr.asr.convert import convert_hf_whisper
+        from llmasr.asr.whisper import WhisperRecognizer
+
+        converted = convert_hf_whisper(location, log=log)
+        return WhisperRecognizer(str(converted), name=name, device=options.device, threads=options.threads)
+    raise ModelError(f"'{name}' resolved to an unknown recogniser kind '{kind}'")
 
 
 def load_scorer(

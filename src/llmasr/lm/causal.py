@@ -57,6 +57,7 @@ class CausalLMScorer:
         self._start = int(start)
         self._pad = int(tok.pad_token_id if tok.pad_token_id is not None else start)
         self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        # one-entry context cache: not thread-safe (the server lets one thread at a time score)
         self._cached: tuple[tuple[int, ...], object, torch.Tensor] | None = None
         # transformers 5 renamed `past_key_values` to `cache`; accept both generations
         params = inspect.signature(self.model.base_model.forward).parameters
@@ -88,10 +89,13 @@ class CausalLMScorer:
             return torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    @torch.inference_mode()
     def score(self, texts: Sequence[str], context: str = "") -> list[float]:
         if not texts:
             return []
+        with torch.inference_mode():
+            return self._score(texts, context)
+
+    def _score(self, texts: Sequence[str], context: str) -> list[float]:
         ctx = self._context_ids(context.rstrip())
         # a hypothesis continues the context after a space, or starts the document
         encoded = [
