@@ -77,9 +77,8 @@ class CausalLMScorer:
         if self._cached is None or self._cached[0] != key:
             inp = torch.tensor([ids], device=self.device)
             out = self.model.base_model(input_ids=inp, use_cache=True)
-            # the same head + soft-cap path as the hypothesis batch (the full model would cap once more)
-            logits = self.model.get_output_embeddings()(out.last_hidden_state[0, -1])
-            last = torch.log_softmax(self._capped(logits.float()), dim=-1)
+            # the same head + soft-cap path as the hypotheses (the full model would cap once more)
+            last = self._logp(out.last_hidden_state[0, -1])
             cache = getattr(out, "cache", None) or out.past_key_values
             self._cached = (key, cache, last)
         return self._cached[1], self._cached[2]
@@ -95,6 +94,21 @@ class CausalLMScorer:
         with torch.inference_mode():
             return self._score(texts, context)
 
+    def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities from final hidden states, only at the rows given."""
+        return torch.log_softmax(self._capped(self.model.get_output_embeddings()(hidden).float()), dim=-1)
+
+    def _continue(self, inputs: torch.Tensor, mask: torch.Tensor, start: int, cache: object) -> torch.Tensor:
+        """Run `inputs` (batch, length) after `start` cached tokens; returns the final hidden states."""
+        positions = torch.arange(start, start + inputs.shape[1]).unsqueeze(0).expand(inputs.shape[0], -1)
+        return self.model.base_model(
+            input_ids=inputs.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=True,
+            **{self._cache_arg: cache},
+        ).last_hidden_state
+
     def _score(self, texts: Sequence[str], context: str) -> list[float]:
         ctx = self._context_ids(context.rstrip())
         # a hypothesis continues the context after a space, or starts the document
@@ -104,37 +118,58 @@ class CausalLMScorer:
             )
             for t in texts
         ]
-        cache, first_logp = self._run_context(ctx)
-        scores = [float(first_logp[ids[0]]) if ids else 0.0 for ids in encoded]
-        longest = max(len(ids) for ids in encoded)
+        scores = [0.0] * len(encoded)
+        rows = [i for i, ids in enumerate(encoded) if ids]
+        if not rows:
+            return scores
+        cache, next_logp = self._run_context(ctx)
+        cache = copy.deepcopy(cache)  # the cached context stays untouched for the next call
+        start = len(ctx)
+        # tokens every hypothesis shares are run once (batch 1), as if they were context;
+        # each hypothesis keeps at least its last token to itself
+        shared = _common_prefix([encoded[i] for i in rows])
+        shared = shared[: min(len(encoded[i]) for i in rows) - 1]
+        base = 0.0
+        if shared:
+            ids = torch.tensor([shared])
+            hidden = self._continue(ids, torch.ones((1, start + len(shared)), dtype=torch.long), start, cache)
+            logp = self._logp(hidden[0])
+            base = float(next_logp[shared[0]]) + float(
+                logp[:-1].gather(1, ids[0, 1:].unsqueeze(1).to(self.device)).sum()
+            )
+            next_logp = logp[-1]
+            start += len(shared)
+        suffixes = [encoded[i][len(shared) :] for i in rows]
+        for i, suffix in zip(rows, suffixes):
+            scores[i] = base + float(next_logp[suffix[0]])
+        longest = max(len(x) for x in suffixes)
         if longest < 2:
             return scores
-        batch = len(encoded)
+        batch = len(suffixes)
         inputs = torch.full((batch, longest), self._pad, dtype=torch.long)
         keep = torch.zeros((batch, longest), dtype=torch.bool)
-        for i, ids in enumerate(encoded):
-            inputs[i, : len(ids)] = torch.tensor(ids)
-            keep[i, : max(0, len(ids) - 1)] = True  # position j predicts token j + 1
-        mask = torch.cat([torch.ones((batch, len(ctx)), dtype=torch.long), torch.ones_like(inputs)], dim=1)
-        for i, ids in enumerate(encoded):
-            mask[i, len(ctx) + len(ids) :] = 0
-        positions = torch.arange(len(ctx), len(ctx) + longest).unsqueeze(0).expand(batch, -1)
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(batch)
-        hidden = self.model.base_model(
-            input_ids=inputs.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-            **{self._cache_arg: past},
-        ).last_hidden_state
-        picked = hidden[keep.to(self.device)]
-        logp = torch.log_softmax(self._capped(self.model.get_output_embeddings()(picked).float()), dim=-1)
-        targets = torch.cat([torch.tensor(ids[1:], dtype=torch.long) for ids in encoded if len(ids) > 1])
+        mask = torch.ones((batch, start + longest), dtype=torch.long)
+        for r, suffix in enumerate(suffixes):
+            inputs[r, : len(suffix)] = torch.tensor(suffix)
+            keep[r, : len(suffix) - 1] = True  # position j predicts token j + 1
+            mask[r, start + len(suffix) :] = 0
+        cache.batch_repeat_interleave(batch)
+        hidden = self._continue(inputs, mask, start, cache)
+        logp = self._logp(hidden[keep.to(self.device)])
+        targets = torch.cat([torch.tensor(x[1:], dtype=torch.long) for x in suffixes if len(x) > 1])
         token_logp = logp.gather(1, targets.unsqueeze(1).to(self.device)).squeeze(1).cpu()
         offset = 0
-        for i, ids in enumerate(encoded):
-            n = max(0, len(ids) - 1)
+        for i, suffix in zip(rows, suffixes):
+            n = len(suffix) - 1
             scores[i] += float(token_logp[offset : offset + n].sum())
             offset += n
         return scores
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for j in range(n):
+        if any(s[j] != first[j] for s in seqs[1:]):
+            return list(first[:j])
+    return list(first[:n])
