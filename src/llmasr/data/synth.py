@@ -9,6 +9,7 @@ build resumes; audio is written under a temporary name and renamed, so no half f
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -18,12 +19,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 
 from llmasr.data.manifest import Utterance
 from llmasr.errors import LlmasrError
+
+if TYPE_CHECKING:
+    from llmasr.data.augment import AugmentSpec
 
 SAMPLE_RATE = 16000
 FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal", "awb_time")
@@ -100,6 +105,13 @@ def _valid_audio(path: Path) -> float | None:
         return None
     if info.samplerate != SAMPLE_RATE or info.channels != 1 or info.frames <= 0:
         return None
+    try:  # the header survives truncation: decode the last frames too (cheap: FLAC seeks)
+        with sf.SoundFile(str(path)) as fh:
+            fh.seek(max(0, info.frames - 1024))
+            if len(fh.read(1024, dtype="float32")) != info.frames - max(0, info.frames - 1024):
+                return None
+    except Exception:
+        return None
     return info.frames / info.samplerate
 
 
@@ -164,14 +176,52 @@ def write_flac(audio: np.ndarray, sr: int, dest: Path) -> float:
     return audio.size / SAMPLE_RATE
 
 
-def _synth_one(uid: str, text: str, voice: str, speed: float, pitch: int, dest: Path) -> float:
+def _synth_one(
+    uid: str,
+    text: str,
+    voice: str,
+    speed: float,
+    pitch: int,
+    dest: Path,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> float:
     with tempfile.TemporaryDirectory(prefix="llmasr-tts-") as td:
         wav = Path(td) / "out.wav"
         _run_tts(text, voice, speed, pitch, wav, Path(td))
         audio, sr = sf.read(str(wav), dtype="float32", always_2d=False)
     if audio.size == 0 or float(np.max(np.abs(audio))) < 1e-4:
         raise SynthError(f"{uid}: voice {voice!r} produced silence for {text[:60]!r}")
+    if transform is not None:  # augmentation works on the final 16 kHz mono signal
+        audio, sr = transform(_to_16k_mono(audio, sr)), SAMPLE_RATE
     return write_flac(audio, sr, dest)
+
+
+AUGMENT_RECORD = "augment.json"
+
+
+def _check_augment_record(out_dir: Path, record: dict | None) -> None:
+    """Refuse to mix, in one folder, audio built with different augmentation settings (or none)."""
+    import json
+
+    path = out_dir / AUGMENT_RECORD
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old != record:
+            raise SynthError(
+                f"{out_dir}: built with augmentation {old} but now asked for {record}; "
+                "use a new output folder (or delete the old audio and augment.json)"
+            )
+        return
+    if record is None:
+        return
+    if any(out_dir.glob("*.flac")):
+        raise SynthError(f"{out_dir}: holds audio built without augmentation; use a new output folder")
+    tmp = path.with_name(f".{AUGMENT_RECORD}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def synthesize(
@@ -183,12 +233,16 @@ def synthesize(
     *,
     weights: Sequence[float] | None = None,
     on_done: Callable[[Utterance], None] | None = None,
+    augment: AugmentSpec | None = None,
 ) -> list[Utterance]:
     """Synthesise `(id, text)` pairs to `out_dir/<id>.flac`; returns records in input order.
 
     The voice of each id is chosen deterministically from `seed` (optionally `weights` per voice).
     Outputs that already exist as valid 16 kHz mono audio are kept, which makes a build resumable.
     `on_done` is called once per finished utterance (for a progress bar).
+    With `augment`, a fraction `augment.p` of the utterances (chosen from (seed, id) only) is
+    augmented and labelled in `Utterance.augmentation`; the label of a kept output is recomputed,
+    and `out_dir/augment.json` records the settings so a folder never mixes two of them.
     """
     check_voices(voices)
     if weights is not None and len(weights) != len(voices):
@@ -202,16 +256,45 @@ def synthesize(
             raise SynthError(f"utterance id {uid!r} cannot be a file name")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    bank = None
+    if augment is not None:
+        from llmasr.data import augment as aug
+
+        bank = aug.load_bank(augment.noise_dir, augment.sim_rooms, SAMPLE_RATE)
+        record = {
+            "spec": augment.to_string(),
+            "seed": seed,
+            "rirs": sorted(bank.rirs),
+            "noises": sorted(bank.noises),
+        }
+        _check_augment_record(out_dir, record)
+    else:
+        _check_augment_record(out_dir, None)
 
     def work(item: tuple[str, str]) -> Utterance:
         uid, text = item
         voice, speed, pitch = choose_voice(uid, voices, seed, weights)
         dest = out_dir / f"{uid}.flac"
+        transform = None
+        augmentation = None
+        if augment is not None and bank is not None:
+            rng = aug.utterance_rng(seed, uid, augment)
+            if rng is not None:
+                chosen = aug.plan(augment, rng, bank)
+                augmentation = chosen.label
+                transform = functools.partial(aug.apply, sr=SAMPLE_RATE, p=chosen, rng=rng, bank=bank)
         duration = _valid_audio(dest)
         if duration is None:
-            duration = _synth_one(uid, text, voice, speed, pitch, dest)
+            duration = _synth_one(uid, text, voice, speed, pitch, dest, transform)
         label = voice if voice.startswith("flite:") else f"{voice}@s{speed}p{pitch}"
-        utt = Utterance(id=uid, audio=str(dest.resolve()), text=text, duration=duration, voice=label)
+        utt = Utterance(
+            id=uid,
+            audio=str(dest.resolve()),
+            text=text,
+            duration=duration,
+            voice=label,
+            augmentation=augmentation,
+        )
         if on_done is not None:
             on_done(utt)
         return utt

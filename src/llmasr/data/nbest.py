@@ -1,0 +1,171 @@
+"""HyPoradise-style N-best corpora: the first pass's hypotheses for every utterance of a manifest.
+
+One JSON object per line::
+
+    {"id", "audio", "reference", "nbest": [{"text", "am_score", "tokens"}], "first_pass",
+     "duration", "voice", "augmentation", "asr"}
+
+Such a corpus trains and evaluates LLM correction/rescoring without re-running the recogniser.
+Building it is slow (a recogniser per utterance), so it is resumable: ids already in the output are
+skipped, each record is appended and flushed as it is made, and a half-written last line left by a
+killed run is cut off before appending. An utterance that fails is reported with its id and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmasr.data.manifest import Utterance, read_manifest
+from llmasr.errors import LlmasrError, ManifestError
+from llmasr.types import Hypothesis
+
+
+@dataclass
+class NbestSummary:
+    """What one run did: ids written now, ids found done, and (id, problem) of the failures."""
+
+    written: int = 0
+    skipped: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    repaired_bytes: int = 0
+
+
+def _combine(lists: list[list[Hypothesis]], n: int) -> list[dict[str, Any]]:
+    """N-best of a whole utterance from per-segment lists: rank i joins each segment's i-th (or last)."""
+    lists = [nb for nb in lists if nb]
+    if not lists:
+        return []
+    if len(lists) == 1:
+        return [_hyp(h) for h in lists[0][:n]]
+    out = []
+    for i in range(min(n, max(len(nb) for nb in lists))):
+        picks = [nb[min(i, len(nb) - 1)] for nb in lists]
+        text = " ".join(h.text.strip() for h in picks if h.text.strip())
+        out.append({"text": text, "am_score": round(sum(h.am_score for h in picks), 4)})
+    return out
+
+
+def _hyp(h: Hypothesis) -> dict[str, Any]:
+    d: dict[str, Any] = {"text": h.text.strip(), "am_score": round(float(h.am_score), 4)}
+    if h.tokens:
+        d["tokens"] = [int(t) for t in h.tokens]
+    return d
+
+
+def read_done(path: Path) -> tuple[set[str], int]:
+    """Ids already in an output file; a last line cut short by a kill is truncated away.
+
+    Returns (ids, bytes removed). Complete lines that are not valid records are left in place.
+    """
+    done: set[str] = set()
+    if not path.exists():
+        return done, 0
+    with open(path, "rb") as fh:
+        data = fh.read()
+    good_end = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        line = data[pos : (nl if nl >= 0 else len(data))]
+        try:
+            obj = json.loads(line) if line.strip() else None
+        except ValueError:
+            obj = None
+        if nl < 0:  # no newline: the last write did not finish (or the record is whole but unterminated)
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                done.add(obj["id"])
+                good_end = len(data)
+                with open(path, "ab") as out:
+                    out.write(b"\n")
+            break
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            done.add(obj["id"])
+        good_end = nl + 1
+        pos = nl + 1
+    removed = len(data) - good_end if good_end < len(data) else 0
+    if removed:
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return done, removed
+
+
+def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> dict[str, Any]:
+    """Run the first pass on one utterance -> its JSON record (raises LlmasrError on bad audio)."""
+    from llmasr.audio import load_audio
+
+    audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=utt.id)
+    prompt = None
+    if use_prompt:
+        terms = utt.terms if isinstance(utt.terms, list) else None
+        prompt = pipeline.asr_prompt(utt.prompt, terms)
+    lists = [seg.nbest for seg in pipeline.first_pass(audio, prompt=prompt)]
+    nbest = _combine(lists, pipeline.options.nbest)
+    return {
+        "id": utt.id,
+        "audio": utt.audio,
+        "reference": utt.text,
+        "nbest": nbest,
+        "first_pass": nbest[0]["text"] if nbest else "",
+        "duration": round(len(audio) / 16000, 3),
+        "voice": utt.voice,
+        "augmentation": utt.augmentation,
+        "asr": pipeline.options.asr,
+    }
+
+
+def build_nbest(
+    manifest: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    pipeline: Any,
+    *,
+    use_prompt: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    on_done: Callable[[str], None] | None = None,
+    on_error: Callable[[str, str], None] | None = None,
+) -> NbestSummary:
+    """Append the N-best record of every manifest utterance not yet in `out` (see module doc).
+
+    `pipeline` is a `llmasr.pipeline.Pipeline` (usually with lm="none"). `on_start(total)` gets the
+    number of utterances to do, `on_done(id)` ticks after each, `on_error(id, problem)` reports a
+    skipped one (bad manifest lines are reported as ``line N``).
+    """
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    summary = NbestSummary()
+
+    def bad_line(e: ManifestError) -> None:
+        summary.errors.append((f"line {e.line}", e.problem))
+        if on_error:
+            on_error(f"line {e.line}", e.problem)
+
+    utts = list(read_manifest(manifest, on_error=bad_line))
+    done, summary.repaired_bytes = read_done(out_path)
+    todo = []
+    for u in utts:
+        if u.id in done:
+            summary.skipped += 1
+        else:
+            todo.append(u)
+            done.add(u.id)  # a repeated id in the manifest is done once
+    if on_start:
+        on_start(len(todo))
+    with open(out_path, "a", encoding="utf-8") as fh:
+        for utt in todo:
+            try:
+                rec = nbest_record(utt, pipeline, use_prompt=use_prompt)
+            except (LlmasrError, ValueError, RuntimeError, OSError) as e:
+                summary.errors.append((utt.id, str(e)))
+                if on_error:
+                    on_error(utt.id, str(e))
+            else:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+                summary.written += 1
+            if on_done:
+                on_done(utt.id)
+    return summary
