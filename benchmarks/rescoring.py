@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--nbest", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--lm-dtype", default="auto", help="auto, float32 or bfloat16")
     args = ap.parse_args()
 
     files = [u.audio for u in read_manifest(args.manifest)] if args.manifest else DEFAULT_AUDIO
@@ -45,7 +46,9 @@ def main() -> None:
     base_opts = resolve_options(
         asr=args.asr, lm="none", nbest=args.nbest, threads=args.threads, weights=Weights()
     )
-    lm_opts = resolve_options(asr=args.asr, lm=args.lm, nbest=args.nbest, threads=args.threads)
+    lm_opts = resolve_options(
+        asr=args.asr, lm=args.lm, nbest=args.nbest, threads=args.threads, lm_dtype=args.lm_dtype
+    )
     t = time.perf_counter()
     recognizer = load_recognizer(args.asr, base_opts)
     asr_load = time.perf_counter() - t
@@ -72,7 +75,10 @@ def main() -> None:
     first_s = statistics.median(times["first"])
     resc_s = statistics.median(times["rescored"])
     print(f"audio: {len(audios)} files, {seconds:.1f} s; asr={args.asr} lm={args.lm} nbest={args.nbest}")
-    print(f"weights: {vars(lm_opts.weights)}; threads={args.threads}; repeats={args.repeats} (median)")
+    dtype = str(getattr(scorer, "model", scorer).dtype) if hasattr(scorer, "model") else "-"
+    print(
+        f"weights: {vars(lm_opts.weights)}; lm dtype {dtype}; threads={args.threads}; repeats={args.repeats}"
+    )
     print(f"load: asr {asr_load:.2f} s, lm {lm_load:.2f} s (excluded)")
     print(f"first pass alone        : {first_s:7.2f} s  RTFx {seconds / first_s:7.2f}")
     print(f"first pass + rescoring  : {resc_s:7.2f} s  RTFx {seconds / resc_s:7.2f}")

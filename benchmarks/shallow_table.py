@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--lm", action="append", default=None)
     ap.add_argument("--nbest", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lm-dtype", default="auto", help="auto, float32 or bfloat16")
     ap.add_argument(
         "--prompts", action="store_true", help="domain-prompt study (manifests with prompt/terms)"
     )
@@ -129,7 +130,9 @@ def main() -> None:
                 fp = score(utts, [" ".join(nb[0].text for nb in segs) for segs in nbests])
                 results.append({**row0, "system": "first pass", **fp, "oracle_wer": oracle(utts, nbests)})
                 for lm in lms:
-                    opts = resolve_options(asr=asr, lm=lm, nbest=args.nbest, threads=args.threads)
+                    opts = resolve_options(
+                        asr=asr, lm=lm, nbest=args.nbest, threads=args.threads, lm_dtype=args.lm_dtype
+                    )
                     scorer = None
                     if opts.lm and opts.weights.lm_weight:
                         scorer = scorers.get(lm) or scorers.setdefault(lm, load_scorer(lm, opts))

@@ -81,6 +81,9 @@ AgreeOpt = Annotated[
     float | None, typer.Option("--agreement-weight", help="Weight of N-best word agreement.")
 ]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the models (0 = all).")]
+LmDtypeOpt = Annotated[
+    str | None, typer.Option("--lm-dtype", help="LLM precision: auto (bf16 where native), float32, bfloat16.")
+]
 AsrPromptOpt = Annotated[
     bool | None,
     typer.Option("--asr-prompt/--no-asr-prompt", help="Also prompt Whisper with the domain text."),
@@ -99,6 +102,7 @@ def _options(
     agreement_weight: float | None,
     threads: int | None,
     asr_prompt: bool | None = None,
+    lm_dtype: str | None = None,
 ) -> Any:
     from llmasr.config import resolve_options
     from llmasr.shallow.context import read_terms
@@ -122,6 +126,7 @@ def _options(
         weights=weights or None,
         threads=threads,
         asr_prompt=asr_prompt,
+        lm_dtype=lm_dtype,
     )
 
 
@@ -143,6 +148,7 @@ def transcribe(
     agreement_weight: AgreeOpt = None,
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
+    lm_dtype: LmDtypeOpt = None,
 ) -> None:
     """Transcribe audio files; with --out, one output file per input, else print to stdout."""
     from llmasr.pipeline import Pipeline
@@ -163,6 +169,7 @@ def transcribe(
             agreement_weight,
             threads,
             asr_prompt,
+            lm_dtype,
         )
         pipeline = Pipeline(options, log=lambda m: _say(err, m))
     except LlmasrError as exc:
@@ -273,6 +280,7 @@ def eval_cmd(
     agreement_weight: AgreeOpt = None,
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
+    lm_dtype: LmDtypeOpt = None,
     no_manifest_prompts: Annotated[
         bool, typer.Option("--no-manifest-prompts", help="Ignore prompt/terms given in the manifest.")
     ] = False,
@@ -298,6 +306,7 @@ def eval_cmd(
             agreement_weight,
             threads,
             asr_prompt,
+            lm_dtype,
         )
         pipeline = Pipeline(options, log=lambda m: _say(err, m))
     except LlmasrError as exc:
@@ -341,6 +350,7 @@ def tune(
     nbest: NbestOpt = None,
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
+    lm_dtype: LmDtypeOpt = None,
 ) -> None:
     """Grid-search the LM weight, word bonus and agreement weight on a dev manifest; write a profile."""
     from llmasr.pipeline import Pipeline, load_scorer
@@ -348,7 +358,7 @@ def tune(
 
     utts = _read_manifest(manifest)
     try:
-        options = _options(asr, lm, nbest, None, None, None, None, None, None, threads, asr_prompt)
+        options = _options(asr, lm, nbest, None, None, None, None, None, None, threads, asr_prompt, lm_dtype)
         scorer = load_scorer(options.lm, options, log=lambda m: _say(err, m))
         pipeline = Pipeline(options, scorer=scorer, log=lambda m: _say(err, m))
     except LlmasrError as exc:

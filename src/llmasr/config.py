@@ -40,6 +40,8 @@ class Options:
     batch_size: int = 8
     threads: int = 0
     device: str = "cpu"
+    #: LLM precision: auto (bfloat16 where the hardware has it natively, else float32), float32, bfloat16
+    lm_dtype: str = "auto"
     max_duration: float = 4 * 3600.0
     profile: str | None = None
 

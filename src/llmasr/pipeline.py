@@ -56,7 +56,9 @@ def load_scorer(
         return NgramScorer(location if name not in ("en-us-3gram",) else None)
     from llmasr.lm.causal import CausalLMScorer
 
-    return CausalLMScorer(location, name=name, device=options.device, threads=options.threads)
+    return CausalLMScorer(
+        location, name=name, device=options.device, dtype=options.lm_dtype, threads=options.threads
+    )
 
 
 @dataclass
@@ -159,6 +161,8 @@ class Pipeline:
         info: dict[str, Any] = {
             "asr": self.options.asr,
             "lm": self.scorer.name if self.scorer is not None else None,
+            "lm_dtype": str(getattr(getattr(self.scorer, "model", None), "dtype", "")).replace("torch.", "")
+            or None,
             "weights": vars(self.options.weights).copy(),
             "nbest": self.options.nbest,
             "seconds": {k: round(v, 3) for k, v in {**timings, "total": elapsed}.items()},
