@@ -4,15 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.llmasr-installed
 DATA ?= work-data
-APT_PACKAGES := flite espeak-ng pocketsphinx-testdata fortunes npm
+APT_PACKAGES := flite espeak-ng pocketsphinx-testdata fortunes
 
 .PHONY: install demo test lint format data bench clean
 
 $(STAMP): pyproject.toml Makefile
 	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-		if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; \
-	else echo "note: not root or no apt-get; install $(APT_PACKAGES) yourself for data building and some tests"; fi
+		command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+		if [ -n "$$missing" ]; then apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi; \
+	else echo "note: not root or no apt-get; install $(APT_PACKAGES) npm yourself (data building, some tests)"; fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# the CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build

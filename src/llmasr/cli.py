@@ -25,7 +25,7 @@ models_app = typer.Typer(help="Named offline models (weights shipped inside pack
 app.add_typer(models_app, name="models")
 
 # when piped, Rich would squeeze tables to 80 columns and cut model names: give them room
-out = Console(width=None if sys.stdout.isatty() else 160)
+out_console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
@@ -216,7 +216,7 @@ def models_list() -> None:
             "yes" if installed and is_prepared(spec) else "no",
             spec.pip,
         )
-    out.print(table)
+    out_console.print(table)
 
 
 @models_app.command("prepare")
@@ -234,7 +234,7 @@ def models_prepare(
         try:
             started = time.perf_counter()
             path = prepare(name, force=force, log=lambda m: _say(err, m))
-            _say(out, f"{name}: {path} ({time.perf_counter() - started:.1f} s)")
+            _say(out_console, f"{name}: {path} ({time.perf_counter() - started:.1f} s)")
         except LlmasrError as exc:
             failures += 1
             _say(err, f"[red]error:[/red] {exc}")
@@ -287,6 +287,9 @@ def eval_cmd(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the figures and rows as JSON.")
     ] = None,
+    by: Annotated[
+        list[str] | None, typer.Option("--by", help="Also break WER down by: voice, augmentation.")
+    ] = None,
 ) -> None:
     """WER (rescored, first pass, oracle N-best), entity recall and RTFx on a manifest."""
     from llmasr.evaluate import evaluate
@@ -328,13 +331,22 @@ def eval_cmd(
     table.add_row("entity recall", _fmt(s["entity_recall"]))
     table.add_row("RTFx", _fmt(s["rtfx"], pct=False))
     table.add_row("utterances", f"{s['utterances']} ok, {s['failed']} failed")
-    out.print(table)
+    out_console.print(table)
+    breakdowns = {}
+    for key in by or []:
+        if key not in ("voice", "augmentation"):
+            raise _fail(f"--by takes voice or augmentation, not '{key}'", 2)
+        breakdowns[key] = report.breakdown(key)
+        t = Table(key, "utterances", "words", "WER", "first-pass WER", title=f"by {key}")
+        for label, g in breakdowns[key].items():
+            t.add_row(label, str(g["utterances"]), str(g["words"]), _fmt(g["wer"]), _fmt(g["first_pass_wer"]))
+        out_console.print(t)
     if json_out:
         report.settings.update(
             {"weights": vars(options.weights), "nbest": options.nbest, "manifest": str(manifest)}
         )
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+        json_out.write_text(json.dumps(report.to_dict() | {"by": breakdowns}, indent=2), encoding="utf-8")
     if s["failed"]:
         raise typer.Exit(1)
 
@@ -342,65 +354,82 @@ def eval_cmd(
 @app.command()
 def tune(
     manifest: Annotated[Path, typer.Argument(help="Dev manifest (never the test set).")],
-    out_profile: Annotated[Path, typer.Option("--out", "-o", help="Profile YAML to write.")] = Path(
-        "profile.yaml"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Profile YAML to write; a folder when several --lm are given."),
+    ] = Path("profile.yaml"),
     asr: AsrOpt = None,
-    lm: LmOpt = None,
+    lms: Annotated[
+        list[str] | None,
+        typer.Option("--lm", help="LM to tune for ('none' too); repeat to tune several on one first pass."),
+    ] = None,
     nbest: NbestOpt = None,
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
 ) -> None:
-    """Grid-search the LM weight, word bonus and agreement weight on a dev manifest; write a profile."""
+    """Grid-search the LM weight, word bonus and agreement weight on a dev manifest; write profiles."""
+    from llmasr.config import write_profile
     from llmasr.pipeline import Pipeline, load_scorer
-    from llmasr.shallow.tune import collect, first_pass_wer, grid_search
+    from llmasr.shallow.tune import decode, featurise, first_pass_wer, grid_search
 
     utts = _read_manifest(manifest)
+    lms = lms or [None]  # None: the default LM
     try:
-        options = _options(asr, lm, nbest, None, None, None, None, None, None, threads, asr_prompt, lm_dtype)
-        scorer = load_scorer(options.lm, options, log=lambda m: _say(err, m))
-        pipeline = Pipeline(options, scorer=scorer, log=lambda m: _say(err, m))
+        base = _options(asr, "none", nbest, None, None, None, None, None, None, threads, asr_prompt, lm_dtype)
+        pipeline = Pipeline(base, log=lambda m: _say(err, m))
+        targets = [
+            _options(asr, lm, nbest, None, None, None, None, None, None, threads, asr_prompt, lm_dtype)
+            for lm in lms
+        ]
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
     with _progress() as progress:
-        task = progress.add_task("scoring dev set", total=len(utts))
+        task = progress.add_task("first pass", total=len(utts))
 
-        def on_item(item: Any, error: str | None) -> None:
+        def on_decoded(item: Any, error: str | None) -> None:
             if error:
                 _say(progress.console, f"[red]error:[/red] {error}")
             progress.advance(task)
 
-        items = collect(pipeline, utts, on_item=on_item)
-    if not items:
+        decoded = decode(pipeline, utts, on_item=on_decoded)
+    if not decoded:
         raise _fail("no utterance could be decoded")
-    lm_grid = None if options.lm else (0.0,)
-    best, best_wer, results = grid_search(items, **({"lm_weights": lm_grid} if lm_grid else {}))
-    baseline = next(
-        r for w, r in results if w.lm_weight == 0 and w.word_bonus == 0 and w.agreement_weight == 0
-    )
-    options.weights = best
-    from llmasr.config import write_profile
-
-    write_profile(
-        options,
-        out_profile,
-        tuned={
+    for options in targets:
+        try:
+            scorer = load_scorer(options.lm, options, log=lambda m: _say(err, m))
+        except LlmasrError as exc:
+            raise _fail(str(exc)) from exc
+        with _progress() as progress:
+            task = progress.add_task(f"scoring with {options.lm}", total=len(decoded))
+            items = featurise(
+                decoded, scorer, options.context_tokens, on_item=lambda _, t=task: progress.advance(t)
+            )
+        grid = {} if options.lm else {"lm_weights": (0.0,)}
+        best, best_wer, results = grid_search(items, **grid)
+        baseline = next(
+            r for w, r in results if w.lm_weight == 0 and w.word_bonus == 0 and w.agreement_weight == 0
+        )
+        options.weights = best
+        path = (
+            out / f"{options.asr}+{options.lm or 'none'}.yaml".replace("/", "_") if len(targets) > 1 else out
+        )
+        tuned = {
             "manifest": str(manifest),
             "utterances": len(items),
             "wer": round(best_wer, 4),
             "am_only_wer": round(baseline, 4),
             "first_pass_wer": round(first_pass_wer(items), 4),
-        },
-    )
-    _say(
-        out,
-        f"best: lm_weight={best.lm_weight} word_bonus={best.word_bonus} "
-        f"agreement_weight={best.agreement_weight} WER {100 * best_wer:.2f}% "
-        f"(recogniser score alone: {100 * baseline:.2f}%, "
-        f"recogniser's pick: {100 * first_pass_wer(items):.2f}%)"
-        f" -> {out_profile}",
-    )
+        }
+        write_profile(options, path, tuned=tuned)
+        _say(
+            out_console,
+            f"{options.asr} + {options.lm or 'none'}: "
+            f"lm_weight={best.lm_weight} word_bonus={best.word_bonus} "
+            f"agreement_weight={best.agreement_weight} WER {100 * best_wer:.2f}% "
+            f"(recogniser score alone: {100 * baseline:.2f}%, "
+            f"recogniser's pick: {100 * tuned['first_pass_wer']:.2f}%) -> {path}",
+        )
 
 
 @app.command(

@@ -35,6 +35,8 @@ class Row:
     duration: float = 0.0
     seconds: float = 0.0
     error: str | None = None
+    voice: str | None = None
+    augmentation: str | None = None
 
 
 @dataclass
@@ -73,6 +75,18 @@ class Report:
         ok = self._ok()
         seconds = sum(r.seconds for r in ok)
         return sum(r.duration for r in ok) / seconds if seconds else None
+
+    def breakdown(self, key: str) -> dict[str, dict[str, Any]]:
+        """WER per value of a row field (voice, augmentation), e.g. to see which voices are hard."""
+        groups: dict[str, list[Row]] = {}
+        for r in self._ok():
+            value = getattr(r, key)
+            label = "none" if value is None else str(value).split("@")[0]  # espeak voices carry speed/pitch
+            groups.setdefault(label, []).append(r)
+        return {
+            label: Report(rows=rows).summary() | {"words": sum(r.ref_words for r in rows)}
+            for label, rows in sorted(groups.items())
+        }
 
     def summary(self) -> dict[str, Any]:
         ok = self._ok()
@@ -124,7 +138,7 @@ def evaluate(
 ) -> Report:
     report = Report(settings={"asr": pipeline.options.asr, "lm": pipeline.options.lm})
     for utt in utterances:
-        row = Row(id=utt.id, reference=utt.text)
+        row = Row(id=utt.id, reference=utt.text, voice=utt.voice, augmentation=utt.augmentation)
         ref_norm = normalize(utt.text)
         row.ref_words = len(ref_norm.split())
         try:

@@ -3,7 +3,8 @@
 score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement
 
 `am` is the recogniser's total log-probability, `lm` the scorer's total log-probability of the
-hypothesis given the context, `words` the word count (counters the LM's taste for short text),
+hypothesis given the context, `words` the number of written words (counters the LM's taste for short
+text; counted on the text as written, since "111751" is one word to the LM, six once spelled out),
 and `agreement` the share of the N-best that contains each of the hypothesis's words, averaged
 (ROVER-style voting; the one feature measured to make a small LLM useful here, see findings).
 """
@@ -56,8 +57,15 @@ def candidates(nbest: Sequence[Hypothesis]) -> list[Candidate]:
         words = key.split()
         share = [sum(w in bag for bag in bags) / len(bags) for w in words]
         agreement = sum(share) / len(share) if share else 0.0
-        out.append(Candidate(hypothesis=h, norm=key, am=h.am_score, words=len(words), agreement=agreement))
+        out.append(
+            Candidate(hypothesis=h, norm=key, am=h.am_score, words=written_words(h.text), agreement=agreement)
+        )
     return out
+
+
+def written_words(text: str) -> int:
+    """Words as written: whitespace-separated tokens holding a letter or digit."""
+    return sum(any(ch.isalnum() for ch in tok) for tok in text.split())
 
 
 @dataclass

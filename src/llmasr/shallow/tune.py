@@ -14,9 +14,11 @@ from llmasr.audio import check_not_silent, load_audio
 from llmasr.data.manifest import Utterance
 from llmasr.errors import LlmasrError
 from llmasr.evaluate import utterance_prompt
+from llmasr.lm.base import Scorer
 from llmasr.metrics import word_errors
 from llmasr.pipeline import Pipeline
 from llmasr.shallow.rescore import Candidate, Rescorer, Weights
+from llmasr.types import Hypothesis
 
 LM_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 WORD_BONUSES = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -36,44 +38,62 @@ class TuneItem:
     first_pass: str = ""
 
 
-def collect(
+@dataclass
+class Decoded:
+    """First-pass N-best lists of one dev utterance, kept so that every LM can be tried on them."""
+
+    id: str
+    reference: str
+    prompt: str | None
+    terms: list[str]
+    nbests: list[list[Hypothesis]]
+
+
+def decode(
     pipeline: Pipeline,
     utterances: Iterable[Utterance],
     *,
-    on_item: Callable[[TuneItem | None, str | None], None] | None = None,
-) -> list[TuneItem]:
-    """First pass + LM features for every utterance (history = earlier segments' first-pass text)."""
-    items = []
+    on_item: Callable[[Decoded | None, str | None], None] | None = None,
+) -> list[Decoded]:
+    """The first pass over a dev manifest, once; errors are reported per utterance and skipped."""
+    out = []
     for utt in utterances:
         try:
             prompt, terms = utterance_prompt(utt)
             audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=str(utt.audio))
             check_not_silent(audio, str(utt.audio))
-            rescorer = Rescorer(
-                pipeline.scorer,
-                pipeline.options.weights,
-                prompt,
-                terms or [],
-                pipeline.options.context_tokens,
-            )
-            item = TuneItem(id=utt.id, reference=utt.text)
-            history: list[str] = []
-            for seg in pipeline.first_pass(audio, prompt=pipeline.asr_prompt(prompt, terms)):
-                if not seg.nbest:
-                    continue
-                item.segments.append(
-                    rescorer.featurise(seg.nbest, history, with_lm=pipeline.scorer is not None)
-                )
-                history.append(seg.nbest[0].text)
-            item.first_pass = " ".join(history)
-            if len(item.segments) == 1:
-                item.errors = [word_errors(utt.text, c.hypothesis.text)[0] for c in item.segments[0]]
-            items.append(item)
+            segs = pipeline.first_pass(audio, prompt=pipeline.asr_prompt(prompt, terms))
+            item = Decoded(utt.id, utt.text, prompt, terms or [], [s.nbest for s in segs if s.nbest])
+            out.append(item)
             if on_item:
                 on_item(item, None)
         except LlmasrError as exc:
             if on_item:
                 on_item(None, str(exc))
+    return out
+
+
+def featurise(
+    decoded: Sequence[Decoded],
+    scorer: Scorer | None,
+    context_tokens: int = 128,
+    on_item: Callable[[TuneItem], None] | None = None,
+) -> list[TuneItem]:
+    """Candidates with LM scores (history: the earlier segments' first-pass text)."""
+    items = []
+    for d in decoded:
+        rescorer = Rescorer(scorer, Weights(), d.prompt, d.terms, context_tokens)
+        item = TuneItem(id=d.id, reference=d.reference)
+        history: list[str] = []
+        for nbest in d.nbests:
+            item.segments.append(rescorer.featurise(nbest, history, with_lm=scorer is not None))
+            history.append(nbest[0].text)
+        item.first_pass = " ".join(history)
+        if len(item.segments) == 1:
+            item.errors = [word_errors(d.reference, c.hypothesis.text)[0] for c in item.segments[0]]
+        items.append(item)
+        if on_item:
+            on_item(item)
     return items
 
 
