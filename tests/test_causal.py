@@ -68,7 +68,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(llama_dir: Path) -> CausalLMScorer:
-    return CausalLMScorer(str(llama_dir), name="tiny-llama", threads=1)
+    return CausalLMScorer(str(llama_dir), name="tiny-llama", threads=1, dtype="float32")
 
 
 def naive_scores(scorer: CausalLMScorer, texts: list[str], context: str = "") -> list[float]:
@@ -158,7 +158,7 @@ def test_context_trailing_space_is_ignored(scorer: CausalLMScorer) -> None:
 
 
 def test_context_cache_reused_and_refreshed(llama_dir: Path) -> None:
-    s = CausalLMScorer(str(llama_dir), threads=1)
+    s = CausalLMScorer(str(llama_dir), threads=1, dtype="float32")
     calls = []
     base = s.model.base_model
     original = base.forward
@@ -190,7 +190,7 @@ def test_context_cache_reused_and_refreshed(llama_dir: Path) -> None:
 
 
 def test_long_context_is_trimmed_to_most_recent_tokens(llama_dir: Path) -> None:
-    s = CausalLMScorer(str(llama_dir), threads=1, max_context_tokens=4)
+    s = CausalLMScorer(str(llama_dir), threads=1, max_context_tokens=4, dtype="float32")
     long_ctx = "meeting notes budget review the big red"
     short_ctx = "the big red"  # the 3 most recent tokens
     got = s.score(HYPS, long_ctx)
@@ -239,7 +239,7 @@ def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("context", ["", "meeting notes budget review the big red cluster"])
 def test_gemma3_batched_equals_naive(gemma_dir: Path, context: str) -> None:
-    s = CausalLMScorer(str(gemma_dir), threads=1)
+    s = CausalLMScorer(str(gemma_dir), threads=1, dtype="float32")
     assert s.score(HYPS, context) == pytest.approx(naive_scores(s, HYPS, context), abs=1e-4)
 
 
@@ -251,7 +251,24 @@ def test_soft_capped_logits_are_capped_once(gemma_dir: Path, tmp_path: Path) -> 
     model.config.final_logit_softcapping = 0.5  # small, so that capping twice would show
     model.save_pretrained(tmp_path)
     _save_tokenizer(tmp_path)
-    s = CausalLMScorer(str(tmp_path), threads=1)
+    s = CausalLMScorer(str(tmp_path), threads=1, dtype="float32")
     assert s._softcap == 0.5
     for context in ("", "the big red"):
         assert s.score(HYPS, context) == pytest.approx(naive_scores(s, HYPS, context), abs=1e-4)
+
+
+def test_dtype_choice(llama_dir: Path) -> None:
+    from llmasr.lm.causal import pick_dtype
+
+    assert pick_dtype("float32", "cpu") == torch.float32
+    assert pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert pick_dtype("auto", "cuda") == torch.bfloat16
+    assert pick_dtype("auto", "cpu") in (torch.float32, torch.bfloat16)
+    with pytest.raises(ModelError, match="unknown dtype 'float8'"):
+        pick_dtype("float8", "cpu")
+    s = CausalLMScorer(str(llama_dir), threads=1, dtype="bfloat16")
+    assert s.model.dtype == torch.bfloat16
+    exact = CausalLMScorer(str(llama_dir), threads=1, dtype="float32")
+    # bf16 keeps the ranking of clearly different hypotheses and stays close in value
+    lo, hi = s.score(HYPS), exact.score(HYPS)
+    assert lo == pytest.approx(hi, rel=0.05)

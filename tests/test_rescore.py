@@ -296,3 +296,16 @@ def test_read_terms_not_utf8(tmp_path: Path) -> None:
     p.write_bytes("caf\u00e9\nna\u00efve\n".encode("latin-1"))
     with pytest.raises(LlmasrError, match="latin1.txt.*UTF-8"):
         read_terms(p)
+
+
+def test_word_count_is_of_written_words() -> None:
+    """Numbers spelled out by the normaliser must not inflate the word bonus ("111751" is one word)."""
+    from llmasr.shallow.rescore import written_words
+
+    cands = {
+        c.hypothesis.text: c
+        for c in candidates([Hypothesis("11, 17, 51", -1.0), Hypothesis("111751.", -1.5)])
+    }
+    assert cands["11, 17, 51"].words == 3
+    assert cands["111751."].words == 1
+    assert written_words("He said - well - ok.") == 3
