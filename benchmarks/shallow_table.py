@@ -86,6 +86,47 @@ def oracle(utts: list, nbests: list[list]) -> float:
     return errors / max(1, words)
 
 
+def markdown(results: list[dict[str, Any]]) -> str:
+    """One row per (recogniser, system), one WER column per manifest (+ entity recall where known)."""
+    manifests = list(dict.fromkeys(r["manifest"] for r in results))
+    keys = list(dict.fromkeys((r["asr"], r["system"], r["asr_prompt"], r["llm_prompt"]) for r in results))
+    prompts = len({(k[2], k[3]) for k in keys}) > 1
+    head = ["recogniser", "system"] + (["Whisper prompt", "LLM prompt"] if prompts else [])
+    head += [f"WER {m.removesuffix('.jsonl')}" for m in manifests]
+    with_er = [
+        m for m in manifests if any(r["manifest"] == m and r["entity_recall"] is not None for r in results)
+    ]
+    head += [f"entity recall {m.removesuffix('.jsonl')}" for m in with_er]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for asr, system, ap, lp in keys:
+        row = [asr, system] + ([str(ap), str(lp)] if prompts else [])
+        cells = {
+            r["manifest"]: r
+            for r in results
+            if (r["asr"], r["system"], r["asr_prompt"], r["llm_prompt"]) == (asr, system, ap, lp)
+        }
+        for m in manifests:
+            r = cells.get(m)
+            row.append(f"{100 * r['wer']:.2f}%" if r else "-")
+        for m in with_er:
+            r = cells.get(m)
+            row.append(f"{r['entity_recall']:.3f}" if r and r["entity_recall"] is not None else "-")
+        lines.append("| " + " | ".join(row) + " |")
+        if system == "first pass":
+            oracle = [f"{100 * cells[m]['oracle_wer']:.2f}%" if m in cells else "-" for m in manifests]
+            lines.append(
+                "| "
+                + " | ".join(
+                    [asr, "oracle (best of N-best)"]
+                    + ([str(ap), str(lp)] if prompts else [])
+                    + oracle
+                    + ["-"] * len(with_er)
+                )
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", action="append", type=Path, required=True)
@@ -155,6 +196,7 @@ def main() -> None:
                     )
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+            args.out.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
 
 
 if __name__ == "__main__":

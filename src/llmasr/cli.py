@@ -130,6 +130,17 @@ def _options(
     )
 
 
+def _pipeline(*args: Any) -> tuple[Any, Any]:
+    """Options from the shared command-line flags (see `_options`) and the pipeline they describe."""
+    from llmasr.pipeline import Pipeline
+
+    try:
+        options = _options(*args)
+        return options, Pipeline(options, log=lambda m: _say(err, m))
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+
+
 @app.command()
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio files (any format ffmpeg/libsndfile reads).")],
@@ -151,29 +162,24 @@ def transcribe(
     lm_dtype: LmDtypeOpt = None,
 ) -> None:
     """Transcribe audio files; with --out, one output file per input, else print to stdout."""
-    from llmasr.pipeline import Pipeline
     from llmasr.writers import FORMATS, render, write
 
     if fmt.lower().lstrip(".") not in FORMATS:
         raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(FORMATS)}", 2)
-    try:
-        options = _options(
-            asr,
-            lm,
-            nbest,
-            prompt,
-            terms,
-            profile,
-            lm_weight,
-            word_bonus,
-            agreement_weight,
-            threads,
-            asr_prompt,
-            lm_dtype,
-        )
-        pipeline = Pipeline(options, log=lambda m: _say(err, m))
-    except LlmasrError as exc:
-        raise _fail(str(exc)) from exc
+    options, pipeline = _pipeline(
+        asr,
+        lm,
+        nbest,
+        prompt,
+        terms,
+        profile,
+        lm_weight,
+        word_bonus,
+        agreement_weight,
+        threads,
+        asr_prompt,
+        lm_dtype,
+    )
     failures = 0
     with _progress() as progress:
         task = progress.add_task("transcribing", total=len(files))
@@ -293,27 +299,22 @@ def eval_cmd(
 ) -> None:
     """WER (rescored, first pass, oracle N-best), entity recall and RTFx on a manifest."""
     from llmasr.evaluate import evaluate
-    from llmasr.pipeline import Pipeline
 
     utts = _read_manifest(manifest)
-    try:
-        options = _options(
-            asr,
-            lm,
-            nbest,
-            prompt,
-            terms,
-            profile,
-            lm_weight,
-            word_bonus,
-            agreement_weight,
-            threads,
-            asr_prompt,
-            lm_dtype,
-        )
-        pipeline = Pipeline(options, log=lambda m: _say(err, m))
-    except LlmasrError as exc:
-        raise _fail(str(exc)) from exc
+    options, pipeline = _pipeline(
+        asr,
+        lm,
+        nbest,
+        prompt,
+        terms,
+        profile,
+        lm_weight,
+        word_bonus,
+        agreement_weight,
+        threads,
+        asr_prompt,
+        lm_dtype,
+    )
     with _progress() as progress:
         task = progress.add_task("evaluating", total=len(utts))
 

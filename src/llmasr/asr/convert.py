@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from llmasr.errors import ModelError
-from llmasr.models import READY, home
+from llmasr.models import READY, build_into, home
 
 #: int8 weights, float32 for the rest: matches the recogniser's default compute type, 4x smaller on disk
 QUANTIZATION = "int8_float32"
@@ -173,16 +169,13 @@ def convert_hf_whisper(model: str, log: Callable[[str], None] | None = None) -> 
 
     from ctranslate2.converters import TransformersConverter
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if log:
         log(f"converting {model} to CTranslate2 into {dest} (once)")
-    started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        out = tmp / "model"
+
+    def build(out: Path) -> None:
         try:
             TransformersConverter(model, copy_files=copy_files, load_as_float16=False).convert(
-                str(out), quantization=QUANTIZATION
+                str(out), quantization=QUANTIZATION, force=True
             )
         except OSError as exc:
             if _is_local(model):
@@ -198,24 +191,6 @@ def convert_hf_whisper(model: str, log: Callable[[str], None] | None = None) -> 
             (out / "preprocessor_config.json").write_text(
                 json.dumps({"feature_size": n_mels}), encoding="utf-8"
             )
-        (out / READY).write_text(
-            json.dumps(
-                {
-                    "source": model,
-                    "fingerprint": fingerprint,
-                    "quantization": QUANTIZATION,
-                    "seconds": round(time.perf_counter() - started, 1),
-                }
-            ),
-            encoding="utf-8",
-        )
-        if dest.exists():
-            shutil.rmtree(dest)
-        try:
-            os.replace(out, dest)
-        except OSError:
-            if not _is_ready(dest, fingerprint):  # not a concurrent conversion that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_into(dest, build, {"source": model, "fingerprint": fingerprint, "quantization": QUANTIZATION})
     return dest
