@@ -123,6 +123,7 @@ def test_models_list() -> None:
     assert res.returncode == 0
     for name in ("whisper-tiny.en", "whisper-base", "pocketsphinx-en-us", "gemma-3-270m", "en-us-3gram"):
         assert name in res.stdout
+    assert "llmasr[models-large]" in res.stdout  # package extras are shown, not eaten as markup
 
 
 def test_models_prepare_unknown_name() -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -220,7 +221,7 @@ def models_list() -> None:
             spec.licence,
             "yes" if installed else "no",
             "yes" if installed and is_prepared(spec) else "no",
-            spec.pip,
+            escape(spec.pip),
         )
     out_console.print(table)
 
