@@ -44,8 +44,13 @@ def _say(console: Console, message: str) -> None:
     console.print(message, highlight=False, soft_wrap=True)
 
 
+def _error(console: Console, message: object, label: str = "[red]error:[/red]") -> None:
+    """An error line; the message is escaped (it may hold brackets, e.g. `pip install llmasr[serve]`)."""
+    _say(console, f"{label} {escape(str(message))}")
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _say(err, f"[red]error:[/red] {message}")
+    _error(err, message)
     return typer.Exit(code)
 
 
@@ -196,7 +201,7 @@ def transcribe(
                     progress.start()
             except LlmasrError as exc:
                 failures += 1
-                _say(err, f"[red]error:[/red] {exc}")
+                _error(err, exc)
             progress.advance(task)
     if failures:
         _say(err, f"{failures} of {len(files)} input(s) failed")
@@ -244,7 +249,7 @@ def models_prepare(
             _say(out_console, f"{name}: {path} ({time.perf_counter() - started:.1f} s)")
         except LlmasrError as exc:
             failures += 1
-            _say(err, f"[red]error:[/red] {exc}")
+            _error(err, exc)
     if failures:
         raise typer.Exit(1)
 
@@ -257,7 +262,7 @@ def _read_manifest(manifest: Path) -> list[Any]:
         raise _fail(f"{manifest}: manifest not found")
 
     def report(exc: Exception) -> None:
-        _say(err, f"[yellow]skipped:[/yellow] {exc}")
+        _error(err, exc, "[yellow]skipped:[/yellow]")
 
     utts = list(read_manifest(manifest, on_error=report))
     if not utts:
@@ -321,7 +326,7 @@ def eval_cmd(
 
         def on_row(row: Any) -> None:
             if row.error:
-                _say(progress.console, f"[red]error:[/red] {row.error}")
+                _error(progress.console, row.error)
             progress.advance(task)
 
         report = evaluate(pipeline, utts, use_prompts=not no_manifest_prompts, on_row=on_row)
@@ -391,7 +396,7 @@ def tune(
 
         def on_decoded(item: Any, error: str | None) -> None:
             if error:
-                _say(progress.console, f"[red]error:[/red] {error}")
+                _error(progress.console, error)
             progress.advance(task)
 
         decoded = decode(pipeline, utts, on_item=on_decoded)
@@ -449,7 +454,7 @@ def main() -> None:
     try:
         app()
     except LlmasrError as exc:  # anything not caught closer to its input
-        _say(err, f"[red]error:[/red] {exc}")
+        _error(err, exc)
         sys.exit(1)
 
 

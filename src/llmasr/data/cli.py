@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llmasr.data.manifest import Utterance, write_manifest
@@ -20,7 +21,7 @@ _out = Console()
 
 
 def _fail(message: str) -> None:
-    _err.print(f"[red]error:[/red] {message}", highlight=False)
+    _err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -214,7 +215,7 @@ def text(
                 exclude=exclude,
                 seed=seed,
                 cache_dir=cache,
-                log=lambda m: _err.print(f"[yellow]warning:[/yellow] {m}", highlight=False),
+                log=lambda m: _err.print(f"[yellow]warning:[/yellow] {escape(m)}", highlight=False),
             )
     except LlmasrError as e:
         _fail(str(e))
@@ -260,7 +261,7 @@ def nbest(
                 on_start=lambda total: prog.update(task, total=total),
                 on_done=lambda _id: prog.advance(task),
                 on_error=lambda uid, msg: prog.console.print(
-                    f"[yellow]skipped[/yellow] {uid}: {msg}", highlight=False
+                    f"[yellow]skipped[/yellow] {escape(f'{uid}: {msg}')}", highlight=False
                 ),
             )
     except LlmasrError as e:
