@@ -1,0 +1,1 @@
+"""Deep fusion: a pretrained speech encoder, an adapter and a language model trained as one."""

@@ -1,0 +1,312 @@
+"""SpeechLLM on a tiny random Llama and a stand-in encoder: splicing, masks, training, save/load, generate."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from llmasr.deep.adapters import ConvAdapter, CTCCompressor, StackAdapter
+from llmasr.deep.speechllm import (
+    IGNORE,
+    LoraSettings,
+    PromptTemplate,
+    SpeechBatch,
+    SpeechLLM,
+    encoder_output_lengths,
+)
+from llmasr.errors import ModelError
+
+torch.set_num_threads(1)
+
+HAS_PEFT = importlib.util.find_spec("peft") is not None
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")  # from peft
+needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="peft is not installed (pip install 'peft>=0.13')")
+
+WORDS = (
+    "the a cat dog sat on mat ran to park in house big small red blue hello world meeting budget "
+    "kubernetes deploy cluster transcribe speech domain terms . , :"
+).split()
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+MELS = 8
+
+
+def _tokenizer() -> object:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *WORDS])}
+    tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = Lowercase()
+    tk.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(SPECIALS) + len(WORDS) + 2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharper than the near-uniform init: greedy choices are clear-cut
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(4.0)
+    model.save_pretrained(folder)
+    _tokenizer().save_pretrained(folder)
+    return folder
+
+
+class TinyEncoder(nn.Module):
+    """Stand-in for a speech encoder: (B, T, MELS) -> (B, T // 2, dim), no mixing across windows."""
+
+    def __init__(self, dim: int = 16, with_lengths: bool = True) -> None:
+        super().__init__()
+        self.dim = dim
+        self.frames_per_second = 50
+        self.conv = nn.Conv1d(MELS, dim, kernel_size=2, stride=2)
+        if not with_lengths:
+            self.output_lengths = None  # exercise the proportional fallback
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(features.transpose(1, 2)).transpose(1, 2))
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths, 2, rounding_mode="floor")
+
+
+def _model(
+    folder: Path, adapter: str = "stack", lora: bool = False, seed: int = 0, **kw: object
+) -> SpeechLLM:
+    torch.manual_seed(0)
+    encoder = TinyEncoder()  # the frozen encoder is the same in every model; what trains depends on seed
+    torch.manual_seed(seed)
+    adapter_kw = {"stack": {"stack": 2}, "conv": {"stride": 2}, "ctc": {"vocab_size": 6}}[adapter]
+    return SpeechLLM.build(
+        encoder,
+        str(folder),
+        adapter=adapter,
+        adapter_kw=adapter_kw,
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0) if lora else None,
+        **kw,
+    )
+
+
+def _batch(lengths: list[int], texts: list[str], seed: int = 0) -> SpeechBatch:
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(len(lengths), max(lengths), MELS, generator=g)
+    for i, n in enumerate(lengths):
+        feats[i, n:] = 7.0  # padding garbage that must not matter
+    return SpeechBatch(feats, torch.tensor(lengths), texts)
+
+
+TEXTS = ["the cat sat on the mat", "hello world", "deploy the kubernetes cluster"]
+
+
+def test_template_rendering() -> None:
+    t = PromptTemplate()
+    assert t.render() == ("", "\nTranscribe the speech.\n")
+    before, after = t.render("a budget meeting", ["Kubernetes", " ", "EBITDA"])
+    assert (
+        before == ""
+        and after == "\nTranscribe the speech.\nDomain: a budget meeting\nTerms: Kubernetes, EBITDA\n"
+    )
+    custom = PromptTemplate("Audio {x}: <audio> then{prompt_suffix}.")
+    assert custom.render(terms=["a"]) == ("Audio {x}: ", " then\nTerms: a.")
+    with pytest.raises(ValueError):
+        PromptTemplate("no placeholder")
+
+
+def test_encoder_lengths_helper() -> None:
+    enc = TinyEncoder()
+    assert encoder_output_lengths(enc, torch.tensor([10, 7]), 10, 5).tolist() == [5, 3]
+    plain = TinyEncoder(with_lengths=False)
+    assert encoder_output_lengths(plain, torch.tensor([10, 7, 0]), 10, 5).tolist() == [5, 4, 0]
+
+
+def test_build_freezes_llm_and_encoder(llama_dir: Path) -> None:
+    model = _model(llama_dir)
+    trainable, total = model.count_parameters()
+    adapter_params = sum(p.numel() for p in model.adapter.parameters())
+    assert trainable == adapter_params and total > trainable
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    model.freeze(encoder=False)
+    assert model.count_parameters()[0] == adapter_params + sum(p.numel() for p in model.encoder.parameters())
+    with pytest.raises(ModelError):
+        SpeechLLM.build(TinyEncoder(), str(llama_dir / "missing"))
+
+
+def test_splicing_and_labels(llama_dir: Path) -> None:
+    model = _model(llama_dir).eval()
+    batch = _batch([12, 6], TEXTS[:2])
+    audio = model.encode(batch.features, batch.feature_lengths)
+    assert audio.lengths.tolist() == [3, 2]  # 12 -> 6 encoder frames -> 3 stacked; 6 -> 3 -> 2
+    prompts = [model.prompt_ids(), model.prompt_ids("a budget meeting", ["kubernetes"])]
+    targets = [model.target_ids(t) for t in TEXTS[:2]]
+    inp = model.prepare_inputs(audio, prompts, targets)
+    embed = model.causal_lm.get_input_embeddings()
+    for i in range(2):
+        before, after = prompts[i]
+        n = int(audio.lengths[i])
+        assert before[0] == 1  # BOS first
+        seq_len = len(before) + n + len(after) + len(targets[i])
+        pos = torch.arange(len(before), len(before) + n)
+        assert inp.audio_mask[i].nonzero().flatten().tolist() == pos.tolist()
+        torch.testing.assert_close(inp.inputs_embeds[i, pos], audio.embeds[i, :n])
+        text_ids = torch.tensor([*before, *after, *targets[i]])
+        text_pos = [j for j in range(seq_len) if not inp.audio_mask[i, j]]
+        torch.testing.assert_close(inp.inputs_embeds[i, text_pos], embed(text_ids))
+        assert inp.attention_mask[i].tolist() == [1] * seq_len + [0] * (inp.attention_mask.shape[1] - seq_len)
+        labelled = inp.labels[i] != IGNORE
+        assert labelled.nonzero().flatten().tolist() == list(range(seq_len - len(targets[i]), seq_len))
+        assert inp.labels[i, labelled].tolist() == targets[i] and targets[i][-1] == 2  # transcript + EOS
+    # the domain prompt sits after the audio
+    assert len(prompts[1][1]) > len(prompts[0][1])
+    # generation layout: left padding, same content at the right end
+    gen = model.prepare_inputs(audio, prompts, None, left_pad=True)
+    assert gen.labels is None
+    width = gen.attention_mask.shape[1]
+    short = len(prompts[0][0]) + 3 + len(prompts[0][1])
+    assert gen.attention_mask[0].tolist() == [0] * (width - short) + [1] * short
+
+
+@pytest.mark.parametrize("adapter", ["stack", "conv", "ctc"])
+def test_padding_does_not_change_other_losses(llama_dir: Path, adapter: str) -> None:
+    model = _model(llama_dir, adapter=adapter, loss_reduction="example").eval()
+    assert isinstance(
+        model.adapter, {"stack": StackAdapter, "conv": ConvAdapter, "ctc": CTCCompressor}[adapter]
+    )
+    lengths = [14, 6, 9]
+    batch = _batch(lengths, TEXTS)
+    with torch.no_grad():
+        together = model(batch)
+        alone = [
+            model(SpeechBatch(batch.features[i : i + 1, :n], torch.tensor([n]), [TEXTS[i]]))
+            for i, n in enumerate(lengths)
+        ]
+        torch.testing.assert_close(together, torch.stack(alone).mean(), rtol=1e-5, atol=1e-5)
+        # token-mean reduction: the same, weighted by transcript length
+        model.loss_reduction = "token"
+        tokens = torch.tensor([len(model.target_ids(t)) for t in TEXTS], dtype=torch.float)
+        weighted = (torch.stack(alone) * tokens).sum() / tokens.sum()
+        torch.testing.assert_close(model(batch), weighted, rtol=1e-5, atol=1e-5)
+
+
+def test_ctc_loss_is_added(llama_dir: Path) -> None:
+    model = _model(llama_dir, adapter="ctc", ctc_weight=0.5).eval()
+    batch = _batch([12, 8], TEXTS[:2])
+    batch.ctc_targets = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    batch.ctc_target_lengths = torch.tensor([3, 2])
+    with torch.no_grad():
+        out = model.compute_losses(batch)
+    assert out.ctc_loss is not None and out.ctc_loss > 0
+    torch.testing.assert_close(out.loss, out.lm_loss + 0.5 * out.ctc_loss)
+    as_dict = {**vars(batch), "ids": ["u1", "u2"]}  # a collate's dict works; unknown keys are ignored
+    with torch.no_grad():
+        torch.testing.assert_close(model(as_dict), out.loss)
+
+
+def _base_weights(model: SpeechLLM) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
+
+
+def _train(model: SpeechLLM, batch: SpeechBatch, steps: int = 30) -> tuple[float, float]:
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = last = 0.0
+    for step in range(steps):
+        loss = model(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = loss.item() if step == 0 else first
+        last = loss.item()
+    model.eval()
+    return first, last
+
+
+@pytest.mark.parametrize("lora", [pytest.param(True, marks=needs_peft), False], ids=["lora", "adapter-only"])
+def test_training_lowers_loss_and_keeps_llm(llama_dir: Path, lora: bool) -> None:
+    model = _model(llama_dir, lora=lora)
+    if lora:
+        assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    base = _base_weights(model)
+    encoder = {n: p.detach().clone() for n, p in model.encoder.named_parameters()}
+    batch = _batch([12, 8], TEXTS[:2])
+    first, last = _train(model, batch)
+    # a frozen random LLM can be steered only so far through a few audio embeddings; LoRA goes further
+    assert last < (0.5 if lora else 0.85) * first, (first, last)
+    for n, p in model.llm.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p, base[n]), n
+    for n, p in model.encoder.named_parameters():
+        assert torch.equal(p, encoder[n]), n
+
+
+@pytest.mark.parametrize("lora", [pytest.param(True, marks=needs_peft), False], ids=["lora", "adapter-only"])
+def test_trainable_state_round_trip(llama_dir: Path, lora: bool, tmp_path: Path) -> None:
+    model = _model(llama_dir, lora=lora)
+    batch = _batch([10, 6], TEXTS[:2])
+    _train(model, batch, steps=3)
+    state = model.trainable_state_dict()
+    assert all(k.startswith("adapter.") or "lora_" in k for k in state)
+    assert any("lora_" in k for k in state) == lora
+    torch.save(state, tmp_path / "trainable.pt")
+    fresh = _model(llama_dir, lora=lora, seed=1)  # other adapter/LoRA init, same frozen weights
+    with torch.no_grad():
+        assert not torch.equal(fresh(batch), model(batch))
+        fresh.load_trainable(torch.load(tmp_path / "trainable.pt"))
+        assert torch.equal(fresh(batch), model(batch))
+    assert fresh.generate(batch.features, lengths=batch.feature_lengths, max_new_tokens=4) == model.generate(
+        batch.features, lengths=batch.feature_lengths, max_new_tokens=4
+    )
+    with pytest.raises(ModelError):
+        fresh.load_trainable({"adapter.nope": torch.zeros(1)})
+    with pytest.raises(ModelError):
+        fresh.load_trainable({})
+
+
+def test_generate_batched_equals_alone(llama_dir: Path) -> None:
+    model = _model(llama_dir)
+    _train(model, _batch([12, 8], TEXTS[:2]), steps=20)  # give the outputs some structure
+    feats = [torch.randn(n, MELS, generator=torch.Generator().manual_seed(n)) for n in (12, 5, 9)]
+    together = model.generate(feats, max_new_tokens=6)
+    assert len(together) == 3 and all(isinstance(t, str) for t in together)
+    assert any(together)
+    for i, f in enumerate(feats):
+        assert model.generate([f], max_new_tokens=6) == [together[i]]
+    # per-example prompts and terms, beams
+    prompted = model.generate(
+        feats[:2], prompt=["a budget meeting", None], terms=["kubernetes"], max_new_tokens=4
+    )
+    assert len(prompted) == 2
+    beams = model.generate(feats, max_new_tokens=4, num_beams=2)
+    assert len(beams) == 3 and all(isinstance(t, str) for t in beams)
+
+
+def test_generate_keeps_training_mode(llama_dir: Path) -> None:
+    model = _model(llama_dir).train()
+    model.generate([torch.randn(6, MELS)], max_new_tokens=2)
+    assert model.training and model.adapter.training
+    assert not model.encoder.training and not model.llm.training  # frozen parts stay in eval
