@@ -1,0 +1,1 @@
+"""Training SpeechLLM models (deep fusion, D3/D4): recipes, data, an accelerate-based loop."""

@@ -1,0 +1,134 @@
+"""Build a SpeechLLM from a recipe, choose what trains per stage, and cut its checkpoint state.
+
+Shared by the trainer and by `llmasr.deep.pipeline.DeepRecognizer`, so that a checkpoint is always
+loaded into exactly the model it was trained as.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmasr.deep.speechllm import LoraSettings, PromptTemplate, SpeechLLM
+from llmasr.metrics import normalize
+from llmasr.train.config import ModelRecipe
+
+#: CTC label set of the CTC compressor: blank, a-z, apostrophe, space (normalised text only has these)
+CHAR_VOCAB = ("<blank>", *"abcdefghijklmnopqrstuvwxyz", "'", " ")
+BLANK = 0
+_CHAR_ID = {c: i for i, c in enumerate(CHAR_VOCAB) if i != BLANK}
+
+
+def char_ids(text: str) -> list[int]:
+    """CTC targets of a transcript: normalised (llmasr.metrics.normalize), then one id per character.
+
+    Characters outside the vocabulary (non-English letters) are dropped; digits never survive
+    normalisation (they become words).
+    """
+    return [_CHAR_ID[c] for c in normalize(text) if c in _CHAR_ID]
+
+
+class AudioEncoder(nn.Module):
+    """A SpeechEncoder whose `forward(features, lengths)` takes lengths in audio samples.
+
+    Whisper features are (B, mels, 3000) whatever the audio length, so feature-axis lengths say
+    nothing; the real frame count comes from the sample count (`output_lengths`). SpeechLLM asks
+    an encoder whose forward takes `lengths` for (hidden, frame_lengths) directly.
+    """
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.dim = int(inner.dim)
+        self.frames_per_second = float(inner.frames_per_second)
+        self.train(inner.training)
+
+    def features(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
+        return self.inner.features(audio)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.inner(features)
+        frames = [min(int(self.inner.output_lengths(int(n))), hidden.shape[1]) for n in lengths.tolist()]
+        return hidden, torch.tensor(frames, dtype=torch.long, device=hidden.device)
+
+
+def build_model(recipe: ModelRecipe, device: str = "cpu", encoder: nn.Module | None = None) -> SpeechLLM:
+    """The SpeechLLM a model recipe describes, everything frozen (the trainer unfreezes per stage).
+
+    `encoder` replaces loading `recipe.encoder` by name (tests, or an encoder already in memory).
+    """
+    from llmasr.deep.encoders import load_encoder
+
+    enc = encoder if encoder is not None else load_encoder(recipe.encoder)
+    if not isinstance(enc, AudioEncoder):
+        enc = AudioEncoder(enc)
+    adapter_kw = dict(recipe.adapter_kw)
+    if recipe.adapter == "ctc":
+        adapter_kw.setdefault("vocab_size", len(CHAR_VOCAB))
+        adapter_kw.setdefault("blank", BLANK)
+    lora = None
+    if recipe.lora is not None:
+        lora = LoraSettings(
+            r=recipe.lora.r,
+            alpha=recipe.lora.alpha,
+            dropout=recipe.lora.dropout,
+            target_modules=tuple(recipe.lora.target_modules),
+        )
+    model = SpeechLLM.build(
+        enc,
+        recipe.lm,
+        adapter=recipe.adapter,
+        adapter_kw=adapter_kw,
+        lora=lora,
+        device=device,
+        dtype=recipe.lm_dtype,
+        template=PromptTemplate(recipe.template),
+        ctc_weight=recipe.ctc_weight,
+        loss_reduction=recipe.loss_reduction,
+    )
+    set_trainable(model, ())
+    return model
+
+
+def part_of(name: str) -> str:
+    """Which recipe part a parameter / state key belongs to: adapter, ctc_head, lora, encoder or llm."""
+    if name.startswith("encoder."):
+        return "encoder"
+    if name.startswith("adapter.ctc_head."):
+        return "ctc_head"
+    if name.startswith("adapter."):
+        return "adapter"
+    if "lora_" in name:
+        return "lora"
+    return "llm"
+
+
+def set_trainable(model: SpeechLLM, parts: Iterable[str]) -> None:
+    """Unfreeze exactly `parts` (see config.PARTS); the base LLM always stays frozen."""
+    parts = set(parts)
+    model.freeze(
+        encoder="encoder" not in parts,
+        llm=True,
+        lora="lora" not in parts,
+        adapter="adapter" not in parts,
+    )
+    head = getattr(model.adapter, "ctc_head", None)
+    if head is not None:
+        for p in head.parameters():
+            p.requires_grad_("ctc_head" in parts)
+
+
+def checkpoint_state(model: SpeechLLM, parts: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The whole adapter (new weights, buffers included) and whatever else a stage trains.
+
+    The frozen encoder and LLM are left out: they are reloaded by name from the recipe.
+    """
+    parts = set(parts)
+    return {
+        k: v.detach().to("cpu", copy=True).contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith("adapter.") or part_of(k) in parts
+    }

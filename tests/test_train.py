@@ -1,0 +1,364 @@
+"""Training recipes, data, the staged/resumable loop and deep inference, on tiny random models."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from llmasr.train.config import Recipe, RecipeError, dump_recipe, load_recipe
+
+torch.set_num_threads(1)
+
+HAS_PEFT = importlib.util.find_spec("peft") is not None
+needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="peft is not installed (pip install 'peft>=0.13')")
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+WORDS = "the a cat dog sat on mat ran to park in house big small red blue hello world".split()
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+TEXTS = [
+    "the cat sat on the mat",
+    "hello world",
+    "a big red dog ran to the park",
+    "the small blue house",
+    "hello the dog",
+    "a cat in the house",
+]
+
+
+def _tokenizer() -> object:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *WORDS])}
+    tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = Lowercase()
+    tk.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A tiny random Llama (+ word-level tokenizer) and a tiny random Whisper, saved as folders."""
+    from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperModel
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(SPECIALS) + len(WORDS),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    )
+    with torch.no_grad():  # sharper than the near-uniform init, so the adapter can steer it
+        for p in llm.parameters():
+            if p.dim() > 1:
+                p.mul_(4.0)
+    llm.save_pretrained(root / "llm")
+    _tokenizer().save_pretrained(root / "llm")
+    whisper = WhisperModel(
+        WhisperConfig(
+            vocab_size=64,
+            num_mel_bins=80,
+            d_model=16,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=32,
+            max_source_positions=1500,
+            max_target_positions=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
+    )
+    whisper.save_pretrained(root / "whisper")
+    return {"lm": str(root / "llm"), "encoder": str(root / "whisper")}
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six short tone 'utterances' (the content does not matter) with transcripts."""
+    root = tmp_path_factory.mktemp("data")
+    rows = []
+    for i, text in enumerate(TEXTS):
+        seconds = 0.5 + 0.2 * i
+        t = np.arange(int(16000 * seconds)) / 16000
+        audio = 0.3 * np.sin(2 * np.pi * (200 + 90 * i) * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+        sf.write(root / f"u{i}.wav", audio.astype(np.float32), 16000)
+        row = {"id": f"u{i}", "audio": f"u{i}.wav", "text": text, "duration": round(seconds, 3)}
+        if i == 1:
+            row["prompt"], row["terms"] = "greetings", ["hello", "world"]
+        rows.append(json.dumps(row))
+    path = root / "train.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _recipe(models: dict[str, str], manifest: Path, out: Path, *extra: str, stages: str = "one") -> Recipe:
+    stage_sets = {
+        "one": ["stages.0.name=adapter", "stages.0.steps=6", "stages.0.lr=3e-3", "stages.0.train=[adapter]"],
+        "two": [
+            "stages.0.name=adapter",
+            "stages.0.steps=2",
+            "stages.0.lr=3e-3",
+            "stages.0.train=[adapter]",
+            "stages.1.name=lora",
+            "stages.1.steps=2",
+            "stages.1.lr=3e-3",
+            "stages.1.train=[adapter, lora]",
+            "model.lora.r=2",
+            "model.lora.dropout=0",
+        ],
+    }[stages]
+    return load_recipe(
+        None,
+        [
+            f"model.encoder={models['encoder']}",
+            f"model.lm={models['lm']}",
+            "model.adapter_kw={stack: 10}",
+            "model.max_new_tokens=4",
+            f"data.train={manifest}",
+            f"data.dev={manifest}",
+            "data.batch_seconds=2.5",
+            "data.num_buckets=1",
+            f"run.output_dir={out}",
+            "run.log_every=1",
+            "run.eval_every=0",
+            "run.save_every=0",
+            "run.max_dev_utterances=2",
+            "optim.weight_decay=0",
+            *stage_sets,
+            *extra,
+        ],
+    )
+
+
+def _log(out: Path) -> list[dict[str, str]]:
+    with open(out / "log.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---------------------------------------------------------------------------------------- recipes
+
+
+def test_recipe_yaml_overrides_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "model: {adapter: ctc, ctc_weight: 0.3}\n"
+        "stages:\n  - {name: ctc, steps: 10, train: [ctc_head, adapter]}\n"
+        "run: {mixed_precision: bf16}\n",
+        encoding="utf-8",
+    )
+    r = load_recipe(path, ["stages.0.lr=2e-3", "optim.grad_accum=4", "run.output_dir=123", "model.lora.r=4"])
+    assert r.model.adapter == "ctc" and r.model.ctc_weight == 0.3 and r.run.mixed_precision == "bf16"
+    assert r.stages[0].lr == 2e-3 and isinstance(r.stages[0].lr, float)
+    assert r.optim.grad_accum == 4 and r.run.output_dir == "123"  # cast to the field's type
+    assert r.model.lora is not None and r.model.lora.r == 4 and r.model.lora.alpha == 16  # defaults fill in
+    assert r.data.batch_seconds == Recipe().data.batch_seconds  # untouched fields keep the defaults
+    assert load_recipe(path, ["model.lora=null"]).model.lora is None
+    r2 = load_recipe(
+        path, ["stages.1.name=lora", "stages.1.steps=5", "stages.1.train=[lora]", "model.lora.r=8"]
+    )
+    assert [s.name for s in r2.stages] == ["ctc", "lora"]
+    # the resolved recipe round-trips through YAML
+    dump_recipe(r2, tmp_path / "resolved.yaml")
+    assert load_recipe(tmp_path / "resolved.yaml") == r2
+    with pytest.raises(RecipeError, match=r"unknown key 'model.nope'.*allowed: encoder, lm"):
+        load_recipe(path, ["model.nope=1"])
+    with pytest.raises(RecipeError, match=r"unknown key 'optim.lr'"):
+        load_recipe(path, ["optim.lr=1"])
+    with pytest.raises(RecipeError, match="optim.grad_accum: expected a whole number"):
+        load_recipe(path, ["optim.grad_accum=2.5"])
+    with pytest.raises(RecipeError, match="key.sub=value"):
+        load_recipe(path, ["optim.grad_accum"])
+    with pytest.raises(RecipeError, match="trains lora but model.lora is null"):
+        load_recipe(path, ["stages.0.train=[lora]"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {grad_clip: 1, momentum: 0.9}\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"unknown key 'optim.momentum'; allowed: weight_decay"):
+        load_recipe(bad)
+
+
+def test_shipped_recipes_load() -> None:
+    root = Path(__file__).resolve().parents[1] / "recipes"
+    names = {p.name for p in root.glob("*.yaml")}
+    assert {"d3_stack_gemma.yaml", "d4_ctc_gemma.yaml", "tiny_cpu.yaml"} <= names
+    for p in root.glob("*.yaml"):
+        r = load_recipe(p)
+        assert r.stages
+    d4 = load_recipe(root / "d4_ctc_gemma.yaml")
+    assert d4.model.ctc_weight > 0 and "lora" not in d4.stages[0].train and "lora" in d4.stages[1].train
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def test_dataset_batches_and_ctc_targets(manifest: Path) -> None:
+    from llmasr.train.dataset import BatchDataset, epoch_batches, load_utterances
+    from llmasr.train.model import CHAR_VOCAB, char_ids
+
+    assert len(CHAR_VOCAB) == 29 and CHAR_VOCAB[0] == "<blank>"
+    assert char_ids("Don't 2!") == [4, 15, 14, 27, 20, 28, 20, 23, 15]  # "don't two"
+    utts = load_utterances(manifest)
+    batches = epoch_batches(utts, 2.5, seed=0, epoch=0)
+    assert sorted(u.id for b in batches for u in b) == [f"u{i}" for i in range(6)]
+    assert all(sum(u.duration for u in b) <= 2.5 for b in batches)
+    assert epoch_batches(utts, 2.5, seed=0, epoch=1) != batches or len(batches) == 1
+    halves = [epoch_batches(utts, 1.2, seed=0, epoch=0, rank=r, world=2) for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1])
+
+    def feats(audio: list[np.ndarray]) -> torch.Tensor:
+        return torch.zeros(len(audio), 3)
+
+    ds = BatchDataset(batches, feats, with_ctc=True)
+    batch = ds[0]
+    assert batch.feature_lengths.tolist() == [int(16000 * u.duration) for u in batches[0]]
+    for i, u in enumerate(batches[0]):
+        n = int(batch.ctc_target_lengths[i])
+        assert batch.ctc_targets[i, :n].tolist() == char_ids(u.text)
+    with_prompt = next(b for b in batches if any(u.id == "u1" for u in b))
+    got = BatchDataset([with_prompt], feats)[0]
+    i = [u.id for u in with_prompt].index("u1")
+    assert got.domains[i] == "greetings" and got.terms[i] == ["hello", "world"]
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def test_training_lowers_loss_and_writes_checkpoint(
+    models: dict[str, str], manifest: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from llmasr.train.trainer import latest_checkpoint, train
+
+    out = tmp_path / "run"
+    # one batch holds all six utterances: every step sees the same data, so the loss must fall
+    extra = ("stages.0.steps=8", "stages.0.lr=3e-2", "stages.0.schedule=constant", "data.batch_seconds=10")
+    recipe = _recipe(models, manifest, out, *extra)
+    summary = train(recipe)
+    rows = _log(out)
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < losses[0] - 0.05 and max(losses[-3:]) < min(losses[:2]), losses
+    assert summary.steps == 8 and summary.loss == pytest.approx(losses[-1])
+    assert summary.dev_wer is not None and rows[-1]["dev_wer"] != ""  # dev WER at the end
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None and ckpt.name == "step-0000008"
+    state = load_file(str(ckpt / "model.safetensors"))
+    assert all(k.startswith("adapter.") for k in state)
+    from llmasr.train.model import build_model, set_trainable
+
+    model = build_model(recipe.model)
+    set_trainable(model, recipe.trained_parts())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(state) == trainable  # only trainable weights: no encoder, no LLM
+    assert load_recipe(ckpt / "recipe.yaml") == recipe
+    st = json.loads((ckpt / "trainer_state.json").read_text())
+    assert st["step"] == 8 and st["stage_name"] == "adapter" and (ckpt / st["optimizer"]).is_file()
+    assert json.loads((out / "summary.json").read_text())["steps"] == 8
+
+
+@needs_peft
+def test_stages_switch_trainable_parts(models: dict[str, str], manifest: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from llmasr.train.trainer import latest_checkpoint, train
+
+    out = tmp_path / "run"
+    summary = train(_recipe(models, manifest, out, stages="two"))
+    rows = _log(out)
+    assert [r["stage"] for r in rows] == ["adapter", "adapter", "lora", "lora"]
+    assert summary.trainable["lora"] > summary.trainable["adapter"]  # LoRA joins in stage two
+    state = load_file(str(latest_checkpoint(out) / "model.safetensors"))
+    lora_keys = [k for k in state if "lora_" in k]
+    assert lora_keys and all(k.startswith("adapter.") or "lora_" in k for k in state)
+    # LoRA B starts at zero and trained only in stage two: it moved
+    assert any(float(state[k].abs().sum()) > 0 for k in lora_keys if "lora_B" in k)
+
+
+def test_resume_continues_the_same_losses(models: dict[str, str], manifest: Path, tmp_path: Path) -> None:
+    from llmasr.train.trainer import latest_checkpoint, train
+
+    full = tmp_path / "full"
+    train(_recipe(models, manifest, full))
+    part = tmp_path / "part"
+    recipe = _recipe(models, manifest, part)
+    first = train(recipe, max_steps=2)  # "interrupted" mid-epoch after step 2 (a checkpoint is written)
+    assert first.stopped_early and first.steps == 2 and latest_checkpoint(part).name == "step-0000002"
+    again = train(recipe, resume=True)
+    assert again.steps == 6 and not again.stopped_early
+    expected = [(r["step"], r["loss"]) for r in _log(full)]
+    assert [(r["step"], r["loss"]) for r in _log(part)] == expected
+
+
+# ---------------------------------------------------------------------------------------- inference
+
+
+def test_deep_recognizer_and_transcript(models: dict[str, str], manifest: Path, tmp_path: Path) -> None:
+    from llmasr.audio import load_audio
+    from llmasr.deep.pipeline import DeepRecognizer, deep_transcript
+    from llmasr.train.trainer import train
+    from llmasr.types import Transcript
+    from llmasr.writers import render
+
+    out = tmp_path / "run"
+    train(_recipe(models, manifest, out, "stages.0.steps=2"))
+    rec = DeepRecognizer.load(out)  # a run folder: its newest checkpoint
+    audio = [load_audio(manifest.parent / f"u{i}.wav") for i in range(3)]
+    texts = rec.transcribe(audio, prompt="greetings", terms=["hello"])
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert rec.transcribe([]) == []
+    long = np.concatenate([audio[0], np.zeros(16000, np.float32), audio[2]])
+    tr = deep_transcript(rec, long, "long.wav", max_seconds=1.0)
+    assert isinstance(tr, Transcript) and tr.source == "long.wav"
+    assert tr.duration == pytest.approx(len(long) / 16000)
+    assert all(s.words == [] and 0 <= s.start < s.end <= tr.duration for s in tr.segments)
+    assert json.loads(render(tr, "json"))["source"] == "long.wav"
+    render(tr, "srt")
+    assert tr.info["mode"] == "deep"
+    # the Pipeline-shaped wrapper runs through evaluation unchanged
+    from llmasr.data.manifest import read_manifest
+    from llmasr.deep.pipeline import DeepPipeline
+    from llmasr.evaluate import evaluate
+
+    report = evaluate(DeepPipeline(rec), list(read_manifest(manifest))[:2])
+    assert report.summary()["utterances"] == 2 and report.wer is not None
+
+
+def test_cli_reports_recipe_errors(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from llmasr.train.cli import train as train_cmd
+
+    app = typer.Typer()
+    app.command()(train_cmd)
+    path = tmp_path / "r.yaml"
+    path.write_text("run: {seed: 1}\n", encoding="utf-8")
+    result = CliRunner().invoke(app, [str(path), "--set", "run.sed=2"])
+    assert result.exit_code == 1
+    assert "unknown key 'run.sed'" in result.output and "allowed: output_dir" in result.output
