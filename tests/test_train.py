@@ -362,3 +362,32 @@ def test_cli_reports_recipe_errors(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [str(path), "--set", "run.sed=2"])
     assert result.exit_code == 1
     assert "unknown key 'run.sed'" in result.output and "allowed: output_dir" in result.output
+
+
+def test_cli_transcribe_and_eval_in_deep_mode(models: dict[str, str], manifest: Path, tmp_path: Path) -> None:
+    """`--mode deep` goes through the same CLI, writers and evaluation as shallow fusion."""
+    from typer.testing import CliRunner
+
+    from llmasr.cli import app
+    from llmasr.train.trainer import train
+
+    out = tmp_path / "run"
+    train(_recipe(models, manifest, out, "stages.0.steps=1"))
+    runner = CliRunner()
+    wav = manifest.parent / "u0.wav"
+    res = runner.invoke(
+        app, ["transcribe", str(wav), "--mode", "deep", "--deep-model", str(out), "-f", "json"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["source"] == str(wav) and data["info"]["mode"] == "deep"
+    report = tmp_path / "r.json"
+    res = runner.invoke(
+        app, ["eval", str(manifest), "--mode", "deep", "--deep-model", str(out), "--json", str(report)]
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(report.read_text())["utterances"] == 6
+    res = runner.invoke(app, ["transcribe", str(wav), "--mode", "deep"])
+    assert res.exit_code == 2 and "--deep-model" in res.output
+    res = runner.invoke(app, ["transcribe", str(wav), "--mode", "hybrid"])
+    assert res.exit_code == 2 and "shallow or deep" in res.output

@@ -90,6 +90,13 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads f
 LmDtypeOpt = Annotated[
     str | None, typer.Option("--lm-dtype", help="LLM precision: auto (bf16 where native), float32, bfloat16.")
 ]
+ModeOpt = Annotated[
+    str, typer.Option("--mode", help="shallow (first pass + LLM rescoring) or deep (a trained SpeechLLM).")
+]
+DeepModelOpt = Annotated[
+    Path | None,
+    typer.Option("--deep-model", help="With --mode deep: checkpoint or run folder of `llmasr train`."),
+]
 AsrPromptOpt = Annotated[
     bool | None,
     typer.Option("--asr-prompt/--no-asr-prompt", help="Also prompt Whisper with the domain text."),
@@ -136,13 +143,28 @@ def _options(
     )
 
 
-def _pipeline(*args: Any) -> tuple[Any, Any]:
-    """Options from the shared command-line flags (see `_options`) and the pipeline they describe."""
-    from llmasr.pipeline import Pipeline
+def _pipeline(mode: str, deep_model: Path | None, *args: Any) -> tuple[Any, Any]:
+    """Options from the shared command-line flags (see `_options`) and the pipeline they describe.
 
+    Both modes give an object with `.options` and `.transcribe(source, prompt=, terms=, name=)`,
+    so transcription, evaluation and the writers never care which family produced a Transcript.
+    """
     try:
         options = _options(*args)
-        return options, Pipeline(options, log=lambda m: _say(err, m))
+        if mode == "shallow":
+            from llmasr.pipeline import Pipeline
+
+            return options, Pipeline(options, log=lambda m: _say(err, m))
+        if mode == "deep":
+            if deep_model is None:
+                raise _fail(
+                    "--mode deep needs --deep-model DIR (a checkpoint or run folder of `llmasr train`)", 2
+                )
+            from llmasr.deep.pipeline import DeepPipeline, DeepRecognizer
+
+            options.asr, options.lm = str(deep_model), None
+            return options, DeepPipeline(DeepRecognizer.load(deep_model, device=options.device), options)
+        raise _fail(f"--mode takes shallow or deep, not '{mode}'", 2)
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
 
@@ -166,6 +188,8 @@ def transcribe(
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
+    mode: ModeOpt = "shallow",
+    deep_model: DeepModelOpt = None,
 ) -> None:
     """Transcribe audio files; with --out, one output file per input, else print to stdout."""
     from llmasr.writers import FORMATS, render, write
@@ -173,6 +197,8 @@ def transcribe(
     if fmt.lower().lstrip(".") not in FORMATS:
         raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(FORMATS)}", 2)
     options, pipeline = _pipeline(
+        mode,
+        deep_model,
         asr,
         lm,
         nbest,
@@ -293,6 +319,8 @@ def eval_cmd(
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
+    mode: ModeOpt = "shallow",
+    deep_model: DeepModelOpt = None,
     no_manifest_prompts: Annotated[
         bool, typer.Option("--no-manifest-prompts", help="Ignore prompt/terms given in the manifest.")
     ] = False,
@@ -308,6 +336,8 @@ def eval_cmd(
 
     utts = _read_manifest(manifest)
     options, pipeline = _pipeline(
+        mode,
+        deep_model,
         asr,
         lm,
         nbest,
@@ -437,6 +467,17 @@ def tune(
             f"(recogniser score alone: {100 * baseline:.2f}%, "
             f"recogniser's pick: {100 * tuned['first_pass_wer']:.2f}%) -> {path}",
         )
+
+
+def _train_command() -> Any:
+    from llmasr.train.cli import train
+
+    return train
+
+
+app.command("train", help="Train a deep-fusion model from a YAML recipe (recipes/); accelerate-ready.")(
+    _train_command()
+)
 
 
 @app.command(

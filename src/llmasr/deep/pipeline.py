@@ -128,9 +128,9 @@ def deep_transcript(
     """Long audio -> VAD spans (at most the encoder's window) -> batched transcripts -> Transcript.
 
     Segments carry start, end and text (also as `first_pass_text`: a deep model decodes in one pass,
-    so evaluation's first-pass and oracle columns equal its WER). `words` stays empty: a SpeechLLM has no alignment, and
-    invented word times would mislead; subtitle writers then share a segment's time out over its
-    cues by length, as they do for any unaligned text.
+    so evaluation's first-pass and oracle columns equal its WER). `words` stays empty: a SpeechLLM
+    has no alignment, and invented word times would mislead; subtitle writers then share a segment's
+    time out over its cues by length, as they do for any unaligned text.
     """
     started = time.perf_counter()
     audio = np.asarray(audio, dtype=np.float32)
