@@ -23,9 +23,10 @@ pytestmark = [
     ),
 ]
 
-# measured: first pass 10.0%, default pipeline 8.6% (see docs/results.md); bounds leave a margin
-FIRST_PASS_BOUND = 0.15
-DEFAULT_BOUND = 0.13
+# measured on these 12 utterances (101 words), 2026-11-24: first pass 10.89% (11 errors), default
+# pipeline 8.91% (9 errors), oracle 5.94%; the bounds allow 3 more errors
+FIRST_PASS_BOUND = 0.14
+DEFAULT_BOUND = 0.12
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_default_pipeline_on_real_speech(pipeline: Pipeline, utterances: list) -
     assert s["utterances"] == len(utterances) >= 10
     assert s["first_pass_wer"] < FIRST_PASS_BOUND
     assert s["wer"] < DEFAULT_BOUND
-    assert s["oracle_wer"] <= min(s["wer"], s["first_pass_wer"])
+    assert s["oracle_wer"] <= s["wer"] <= s["first_pass_wer"]  # rescoring must not make it worse
 
 
 def test_long_form_sample_has_absolute_times(pipeline: Pipeline) -> None:
