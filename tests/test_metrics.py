@@ -138,3 +138,20 @@ def test_rtfx():
     assert rtfx(0.0, 0.0) == 0.0
     with pytest.raises(ValueError):
         rtfx(-1.0, 1.0)
+
+
+def test_breakdown_groups_by_kind_not_parameters() -> None:
+    from llmasr.evaluate import Report, Row, group_label
+
+    assert group_label("augmentation", "speed1.1+rir:sim3-rt0.63+gain-2.2dB") == "gain+rir+speed"
+    assert group_label("augmentation", "rir:sim4-rt0.40+gain+1.6dB") == "gain+rir"
+    assert group_label("augmentation", None) == "none"
+    assert group_label("voice", "espeak:en-us@s0.94p63") == "espeak:en-us"
+    rows = [
+        Row("a", "x y", ref_words=2, errors=1, voice="flite:slt"),
+        Row("b", "x y", ref_words=2, errors=0, voice="flite:slt"),
+        Row("c", "x y z w", ref_words=4, errors=2, voice="espeak:en-us@s1.0p50"),
+    ]
+    by = Report(rows=rows).breakdown("voice")
+    assert by["flite:slt"]["wer"] == 0.25 and by["flite:slt"]["utterances"] == 2
+    assert by["espeak:en-us"]["wer"] == 0.5

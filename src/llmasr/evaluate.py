@@ -5,6 +5,7 @@ All texts go through one normaliser (llmasr.metrics.normalize) before scoring.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -80,9 +81,7 @@ class Report:
         """WER per value of a row field (voice, augmentation), e.g. to see which voices are hard."""
         groups: dict[str, list[Row]] = {}
         for r in self._ok():
-            value = getattr(r, key)
-            label = "none" if value is None else str(value).split("@")[0]  # espeak voices carry speed/pitch
-            groups.setdefault(label, []).append(r)
+            groups.setdefault(group_label(key, getattr(r, key)), []).append(r)
         return {
             label: Report(rows=rows).summary() | {"words": sum(r.ref_words for r in rows)}
             for label, rows in sorted(groups.items())
@@ -103,6 +102,19 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "settings": self.settings, "rows": [asdict(r) for r in self.rows]}
+
+
+def group_label(key: str, value: object) -> str:
+    """Labels without their parameters: 'espeak:en-us@s0.94p63' -> 'espeak:en-us',
+    'speed1.1+rir:sim3-rt0.63+gain-2.2dB' -> 'gain+rir+speed'."""
+    if value is None or value == "":
+        return "none"
+    text = str(value)
+    if key == "augmentation":
+        parts = re.split(r"\+(?=[a-z])", text)  # "+" also signs gains: "gain+0.3dB"
+        kinds = {re.sub(r"[-+]?[\d.]+(dB)?$", "", part.split(":")[0]) for part in parts if part}
+        return "+".join(sorted(kinds)) or "none"
+    return text.split("@")[0]
 
 
 def oracle_text(transcript: Transcript, reference: str) -> str:
