@@ -10,60 +10,17 @@ import torch
 from llmasr.errors import ModelError
 from llmasr.lm.base import Scorer
 from llmasr.lm.causal import CausalLMScorer
+from tests.tiny import SPECIALS, save_tiny_lm, word_tokenizer
 
 WORDS = (
     "the a cat dog sat on mat ran to park in house big small red blue quick brown fox jumps over lazy "
     "hello world meeting notes budget review kubernetes deploy cluster speech model"
 ).split()
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-def _save_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *WORDS])}
-    tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-    fast.save_pretrained(folder)
-
-
-def _vocab_size() -> int:
-    return len(SPECIALS) + len(WORDS) + 4  # a few ids the tokenizer never produces
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config)
-    # random init is near-uniform; sharpen it so that scores differ clearly between texts
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(8.0)
-    model.save_pretrained(folder)
-    _save_tokenizer(folder)
-    return folder
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-llama"), WORDS, unused_ids=4, sharpen=8.0)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +166,7 @@ def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
         config = Gemma3TextConfig(
-            vocab_size=_vocab_size(),
+            vocab_size=len(SPECIALS) + len(WORDS) + 4,
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -233,7 +190,7 @@ def gemma_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 p.mul_(8.0)
     folder = tmp_path_factory.mktemp("tiny-gemma3")
     model.save_pretrained(folder)
-    _save_tokenizer(folder)
+    word_tokenizer(WORDS).save_pretrained(folder)
     return folder
 
 
@@ -250,7 +207,7 @@ def test_soft_capped_logits_are_capped_once(gemma_dir: Path, tmp_path: Path) -> 
     model = Gemma3ForCausalLM.from_pretrained(gemma_dir)
     model.config.final_logit_softcapping = 0.5  # small, so that capping twice would show
     model.save_pretrained(tmp_path)
-    _save_tokenizer(tmp_path)
+    word_tokenizer(WORDS).save_pretrained(tmp_path)
     s = CausalLMScorer(str(tmp_path), threads=1, dtype="float32")
     assert s._softcap == 0.5
     for context in ("", "the big red"):

@@ -19,6 +19,7 @@ from llmasr.deep.speechllm import (
     encoder_output_lengths,
 )
 from llmasr.errors import ModelError
+from tests.tiny import save_tiny_lm
 
 torch.set_num_threads(1)
 
@@ -30,52 +31,12 @@ WORDS = (
     "the a cat dog sat on mat ran to park in house big small red blue hello world meeting budget "
     "kubernetes deploy cluster transcribe speech domain terms . , :"
 ).split()
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 MELS = 8
-
-
-def _tokenizer() -> object:
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.normalizers import Lowercase
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *WORDS])}
-    tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.normalizer = Lowercase()
-    tk.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(SPECIALS) + len(WORDS) + 2,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # sharper than the near-uniform init: greedy choices are clear-cut
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.mul_(4.0)
-    model.save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
-    return folder
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-llama"), WORDS, unused_ids=2, lowercase=True)
 
 
 class TinyEncoder(nn.Module):

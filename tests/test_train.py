@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from llmasr.train.config import Recipe, RecipeError, dump_recipe, load_recipe
+from tests.tiny import save_tiny_lm
 
 torch.set_num_threads(1)
 
@@ -21,7 +22,6 @@ needs_peft = pytest.mark.skipif(not HAS_PEFT, reason="peft is not installed (pip
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 WORDS = "the a cat dog sat on mat ran to park in house big small red blue hello world".split()
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 TEXTS = [
     "the cat sat on the mat",
     "hello world",
@@ -32,49 +32,13 @@ TEXTS = [
 ]
 
 
-def _tokenizer() -> object:
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.normalizers import Lowercase
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *WORDS])}
-    tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.normalizer = Lowercase()
-    tk.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    )
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A tiny random Llama (+ word-level tokenizer) and a tiny random Whisper, saved as folders."""
-    from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperModel
+    from transformers import WhisperConfig, WhisperModel
 
     root = tmp_path_factory.mktemp("tiny-models")
-    torch.manual_seed(0)
-    llm = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(SPECIALS) + len(WORDS),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        )
-    )
-    with torch.no_grad():  # sharper than the near-uniform init, so the adapter can steer it
-        for p in llm.parameters():
-            if p.dim() > 1:
-                p.mul_(4.0)
-    llm.save_pretrained(root / "llm")
-    _tokenizer().save_pretrained(root / "llm")
+    save_tiny_lm(root / "llm", WORDS, lowercase=True)
     whisper = WhisperModel(
         WhisperConfig(
             vocab_size=64,

@@ -1,0 +1,63 @@
+"""Tiny randomly initialised language models and word-level tokenizers, built offline for unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3: pad, bos, eos, unk
+
+
+def word_tokenizer(words: Sequence[str], lowercase: bool = False) -> object:
+    """A whitespace word-level tokenizer over SPECIALS + words, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([*SPECIALS, *words])}
+    tk = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
+    if lowercase:
+        tk.normalizer = Lowercase()
+    tk.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def tiny_llama(vocab_size: int, sharpen: float = 4.0, seed: int = 0) -> torch.nn.Module:
+    """2 layers, hidden 32; weights scaled up so that the near-uniform init gives clear-cut choices."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(sharpen)
+    return model
+
+
+def save_tiny_lm(
+    folder: Path, words: Sequence[str], *, unused_ids: int = 0, sharpen: float = 4.0, lowercase: bool = False
+) -> Path:
+    """A tiny Llama + its tokenizer saved as a transformers folder (`unused_ids`: ids never produced)."""
+    tiny_llama(len(SPECIALS) + len(words) + unused_ids, sharpen).save_pretrained(folder)
+    word_tokenizer(words, lowercase).save_pretrained(folder)
+    return folder
