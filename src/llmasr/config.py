@@ -58,16 +58,25 @@ def shipped_profile(asr: str, lm: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def read_profile(path: str | Path) -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | Path, what: str = "profile", error: type[LlmasrError] = LlmasrError
+) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (profiles, training recipes); errors name the file."""
     p = Path(path)
     if not p.is_file():
-        raise LlmasrError(f"{p}: profile not found")
+        raise error(f"{p}: {what} not found")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise LlmasrError(f"{p}: not a valid YAML profile ({exc})") from exc
+        raise error(f"{p}: not a valid YAML {what} ({exc})") from exc
     if not isinstance(data, dict):
-        raise LlmasrError(f"{p}: a profile is a YAML mapping")
+        raise error(f"{p}: a {what} is a YAML mapping")
+    return data
+
+
+def read_profile(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    data = read_yaml_mapping(p, "profile")
     unknown = set(data) - {f.name for f in fields(Options)} - {"tuned"}
     if unknown:
         raise LlmasrError(f"{p}: unknown profile keys: {', '.join(sorted(unknown))}")

@@ -22,6 +22,7 @@ from typing import Any, Union
 
 import yaml
 
+from llmasr.config import read_yaml_mapping
 from llmasr.deep.speechllm import DEFAULT_TEMPLATE
 from llmasr.errors import LlmasrError
 
@@ -336,15 +337,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Read a recipe YAML (None: all defaults), apply `--set` overrides, type-check and validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise RecipeError(f"{p}: recipe not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"{p}: not valid YAML ({exc})") from exc
-        if not isinstance(data, dict):
-            raise RecipeError(f"{p}: a recipe is a YAML mapping")
+        data = read_yaml_mapping(path, "recipe", RecipeError)
     try:
         return recipe_from_dict(apply_overrides(data, list(overrides or [])))
     except RecipeError as exc:
