@@ -30,32 +30,30 @@ from llmasr.shallow.rescore import Rescorer, Weights
 
 
 def first_passes(pipe: Pipeline, utts: list, asr_prompt: bool) -> tuple[list[list], float]:
-    """N-best lists per utterance (list of segments), and the first-pass seconds."""
+    """First-pass segments (N-best + the terms they were decoded with) per utterance, and the seconds."""
     out, seconds = [], 0.0
     for u in utts:
-        prompt, terms = utterance_prompt(u)
+        prompt, terms = utterance_prompt(u) if asr_prompt else (None, None)
         audio = load_audio(u.audio)
         t = time.perf_counter()
-        segs = [
-            s.nbest
-            for s in pipe.first_pass(audio, prompt=pipe.asr_prompt(prompt, terms) if asr_prompt else None)
-        ]
+        segs = [s for s in pipe.first_pass(audio, prompt, terms) if s.nbest]
         seconds += time.perf_counter() - t
-        out.append([s for s in segs if s])
+        out.append(segs)
     return out, seconds
 
 
 def choose_all(
-    utts: list, nbests: list[list], scorer: Any, weights: Weights, context_tokens: int, llm_prompt: bool
+    utts: list, decoded: list[list], scorer: Any, weights: Weights, context_tokens: int, llm_prompt: bool
 ) -> tuple[list[str], float]:
     texts, seconds = [], 0.0
-    for u, segs in zip(utts, nbests):
+    for u, segs in zip(utts, decoded):
         prompt, terms = utterance_prompt(u) if llm_prompt else (None, None)
-        r = Rescorer(scorer, weights, prompt, terms or [], context_tokens)
         history: list[str] = []
         t = time.perf_counter()
-        for nb in segs:
-            history.append(r.choose(nb, history).text.strip())
+        for seg in segs:
+            seg_terms = (seg.terms or terms or []) if llm_prompt else []
+            r = Rescorer(scorer, weights, prompt, seg_terms, context_tokens)
+            history.append(r.choose(seg.nbest, history).text.strip())
         seconds += time.perf_counter() - t
         texts.append(" ".join(history))
     return texts, seconds
@@ -75,6 +73,7 @@ def score(utts: list, texts: list[str]) -> dict[str, Any]:
 def oracle(utts: list, nbests: list[list]) -> float:
     errors = words = 0
     for u, segs in zip(utts, nbests):
+        segs = [seg.nbest for seg in segs]
         chosen = [nb[0].text for nb in segs]
         for i, nb in enumerate(segs):
             chosen[i] = min(
@@ -135,6 +134,7 @@ def main() -> None:
     ap.add_argument("--nbest", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lm-dtype", default="auto", help="auto, float32 or bfloat16")
+    ap.add_argument("--max-terms", type=int, default=None, help="terms per segment (0: the whole list)")
     ap.add_argument(
         "--prompts", action="store_true", help="domain-prompt study (manifests with prompt/terms)"
     )
@@ -146,7 +146,9 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     scorers: dict[str, Any] = {}
     for asr in asrs:
-        base = resolve_options(asr=asr, lm="none", nbest=args.nbest, threads=args.threads)
+        base = resolve_options(
+            asr=asr, lm="none", nbest=args.nbest, threads=args.threads, max_terms=args.max_terms
+        )
         pipe = Pipeline(base, recognizer=load_recognizer(asr, base))
         for manifest in args.manifest:
             utts = list(read_manifest(manifest))
@@ -168,7 +170,7 @@ def main() -> None:
                     "audio_s": round(audio_s, 1),
                 }
                 row0 |= {"asr_prompt": asr_prompt, "llm_prompt": llm_prompt, "first_pass_s": round(fp_s, 2)}
-                fp = score(utts, [" ".join(nb[0].text for nb in segs) for segs in nbests])
+                fp = score(utts, [" ".join(seg.nbest[0].text for seg in segs) for segs in nbests])
                 results.append({**row0, "system": "first pass", **fp, "oracle_wer": oracle(utts, nbests)})
                 for lm in lms:
                     opts = resolve_options(

@@ -212,3 +212,31 @@ def test_without_scorer_keeps_am_best_and_never_loads_an_lm() -> None:
     tr = pipe.transcribe(noise(1.0).astype(np.float64))
     assert tr.text == "the cat sat"
     assert tr.info["lm"] is None
+
+
+def test_long_term_list_is_narrowed_per_segment() -> None:
+    """A list longer than max_terms: decode with the prompt alone, retrieve, decode again with few terms."""
+    terms = ["metoprolol", "apixaban", "warfarin", "Betelgeuse", "kubectl", "atrial fibrillation"]
+    rec = FakeRecognizer(
+        [
+            [("started on meta pro lol for her atrial fib relation", -3.0)],
+            [("started on metoprolol for her atrial fibrillation", -2.0)],
+        ]
+    )
+    scorer = FakeScorer({})
+    opts = Options(lm="fake", nbest=4, max_terms=3, prompt="Clinical notes", weights=Weights(lm_weight=0.5))
+    tr = Pipeline(opts, recognizer=rec, scorer=scorer).transcribe(noise(1.0), terms=terms)
+    first, second = (c[2] for c in rec.nbest_calls)
+    assert first == "Clinical notes"
+    assert second.startswith("Clinical notes. ")
+    picked = second.removeprefix("Clinical notes. ").split(", ")
+    assert set(picked) == {"metoprolol", "atrial fibrillation"}  # most similar first, at most max_terms
+    assert tr.text == "started on metoprolol for her atrial fibrillation"
+    assert f"Terms: {', '.join(picked)}." in scorer.calls[0][1]  # the LLM sees the same terms
+
+
+def test_short_term_list_is_used_whole_in_one_pass() -> None:
+    rec = FakeRecognizer([[("a b", -1.0)]])
+    opts = Options(lm=None, nbest=4, max_terms=3)
+    Pipeline(opts, recognizer=rec).transcribe(noise(1.0), terms=["x", "y"])
+    assert [c[2] for c in rec.nbest_calls] == ["x, y"]

@@ -90,6 +90,10 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads f
 LmDtypeOpt = Annotated[
     str | None, typer.Option("--lm-dtype", help="LLM precision: auto (bf16 where native), float32, bfloat16.")
 ]
+MaxTermsOpt = Annotated[
+    int | None,
+    typer.Option("--max-terms", help="Terms per segment; longer lists are narrowed by retrieval (0: all)."),
+]
 ModeOpt = Annotated[
     str, typer.Option("--mode", help="shallow (first pass + LLM rescoring) or deep (a trained SpeechLLM).")
 ]
@@ -116,6 +120,7 @@ def _options(
     threads: int | None,
     asr_prompt: bool | None = None,
     lm_dtype: str | None = None,
+    max_terms: int | None = None,
 ) -> Any:
     from llmasr.config import resolve_options
     from llmasr.shallow.context import read_terms
@@ -140,6 +145,7 @@ def _options(
         threads=threads,
         asr_prompt=asr_prompt,
         lm_dtype=lm_dtype,
+        max_terms=max_terms,
     )
 
 
@@ -188,6 +194,7 @@ def transcribe(
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
+    max_terms: MaxTermsOpt = None,
     mode: ModeOpt = "shallow",
     deep_model: DeepModelOpt = None,
 ) -> None:
@@ -211,6 +218,7 @@ def transcribe(
         threads,
         asr_prompt,
         lm_dtype,
+        max_terms,
     )
     failures = 0
     with _progress() as progress:
@@ -319,6 +327,7 @@ def eval_cmd(
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
+    max_terms: MaxTermsOpt = None,
     mode: ModeOpt = "shallow",
     deep_model: DeepModelOpt = None,
     no_manifest_prompts: Annotated[
@@ -350,6 +359,7 @@ def eval_cmd(
         threads,
         asr_prompt,
         lm_dtype,
+        max_terms,
     )
     with _progress() as progress:
         task = progress.add_task("evaluating", total=len(utts))

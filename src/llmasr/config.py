@@ -36,6 +36,9 @@ class Options:
     context_tokens: int = 128
     #: also give the domain prompt and terms to Whisper as its initial prompt
     asr_prompt: bool = True
+    #: terms per segment given to Whisper and the LLM; a longer list is narrowed per segment by a first
+    #: decoding and term retrieval, then the segment is decoded again (0: always give the whole list)
+    max_terms: int = 12
     #: segments decoded together by the first pass
     batch_size: int = 8
     threads: int = 0

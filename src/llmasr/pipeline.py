@@ -7,8 +7,8 @@ evaluation, tuning and the server all go through it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from llmasr.errors import ModelError
 from llmasr.lm.base import Scorer
 from llmasr.models import resolve
 from llmasr.shallow.rescore import Rescorer
+from llmasr.shallow.retrieve import TermRetriever
 from llmasr.types import Hypothesis, Segment, Transcript, Word
 
 
@@ -69,6 +70,8 @@ class SegmentResult:
     end: float
     audio: np.ndarray
     nbest: list[Hypothesis]
+    #: the terms this segment was decoded with (narrowed from a long list by retrieval)
+    terms: list[str] = field(default_factory=list)
 
 
 class Pipeline:
@@ -97,16 +100,35 @@ class Pipeline:
         parts = [p.strip().rstrip(".") for p in [prompt, ", ".join(terms or [])] if p and p.strip()]
         return ". ".join(parts) or None
 
-    def first_pass(self, audio: np.ndarray, prompt: str | None = None) -> Iterator[SegmentResult]:
-        """N-best lists of the VAD segments, decoded `batch_size` at a time."""
+    def first_pass(
+        self, audio: np.ndarray, prompt: str | None = None, terms: Sequence[str] | None = None
+    ) -> Iterator[SegmentResult]:
+        """N-best lists of the VAD segments, decoded `batch_size` at a time.
+
+        A term list longer than `max_terms` is narrowed per segment: a first decoding with the domain
+        prompt alone, then `TermRetriever` picks the terms its N-best resembles, and the segment is
+        decoded again with those (Whisper keeps only ~223 prompt tokens, too few for a long list).
+        """
+        terms = list(terms or [])
+        limit = self.options.max_terms
+        narrow = bool(terms) and 0 < limit < len(terms) and self.options.asr_prompt
+        retriever = TermRetriever(terms) if narrow else None
         spans = vad.split(audio, max_seconds=self.recognizer.window)
         batch = max(1, self.options.batch_size)
+        n = self.options.nbest
         for i in range(0, len(spans), batch):
             chunk = spans[i : i + batch]
             pieces = [audio[s:e] for s, e in chunk]
-            lists = self.recognizer.nbest(pieces, self.options.nbest, prompt=prompt)
+            lists = self.recognizer.nbest(
+                pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
+            )
             for (s, e), piece, nb in zip(chunk, pieces, lists):
-                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb)
+                seg_terms = terms
+                if retriever is not None:
+                    seg_terms = retriever.top([h.text for h in nb], limit)
+                    if seg_terms:
+                        nb = self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
+                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, list(seg_terms))
 
     def transcribe(
         self,
@@ -126,15 +148,16 @@ class Pipeline:
         check_not_silent(audio, label)
         prompt = prompt if prompt is not None else self.options.prompt
         terms = terms if terms is not None else self.options.terms
-        rescorer = Rescorer(self.scorer, self.options.weights, prompt, terms, self.options.context_tokens)
         timings = {"first_pass": 0.0, "rescoring": 0.0, "alignment": 0.0}
         segments: list[Segment] = []
         history: list[str] = []
         t = time.perf_counter()
-        for seg in self.first_pass(audio, prompt=self.asr_prompt(prompt, terms)):
+        for seg in self.first_pass(audio, prompt, terms):
             timings["first_pass"] += time.perf_counter() - t
             if seg.nbest:
                 t = time.perf_counter()
+                o = self.options
+                rescorer = Rescorer(self.scorer, o.weights, prompt, seg.terms, o.context_tokens)
                 chosen = rescorer.choose(seg.nbest, history)
                 timings["rescoring"] += time.perf_counter() - t
                 t = time.perf_counter()

@@ -99,11 +99,10 @@ def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> 
     from llmasr.audio import load_audio
 
     audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=utt.id)
-    prompt = None
+    prompt, terms = None, None
     if use_prompt:
-        terms = utt.terms if isinstance(utt.terms, list) else None
-        prompt = pipeline.asr_prompt(utt.prompt, terms)
-    lists = [seg.nbest for seg in pipeline.first_pass(audio, prompt=prompt)]
+        prompt, terms = utt.prompt, utt.terms if isinstance(utt.terms, list) else None
+    lists = [seg.nbest for seg in pipeline.first_pass(audio, prompt, terms)]
     nbest = _combine(lists, pipeline.options.nbest)
     return {
         "id": utt.id,

@@ -45,8 +45,9 @@ class Decoded:
     id: str
     reference: str
     prompt: str | None
-    terms: list[str]
     nbests: list[list[Hypothesis]]
+    #: terms each segment was decoded with (retrieval narrows long lists per segment)
+    terms: list[list[str]]
 
 
 def decode(
@@ -62,8 +63,8 @@ def decode(
             prompt, terms = utterance_prompt(utt)
             audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=str(utt.audio))
             check_not_silent(audio, str(utt.audio))
-            segs = pipeline.first_pass(audio, prompt=pipeline.asr_prompt(prompt, terms))
-            item = Decoded(utt.id, utt.text, prompt, terms or [], [s.nbest for s in segs if s.nbest])
+            segs = [s for s in pipeline.first_pass(audio, prompt, terms) if s.nbest]
+            item = Decoded(utt.id, utt.text, prompt, [s.nbest for s in segs], [s.terms for s in segs])
             out.append(item)
             if on_item:
                 on_item(item, None)
@@ -82,10 +83,10 @@ def featurise(
     """Candidates with LM scores (history: the earlier segments' first-pass text)."""
     items = []
     for d in decoded:
-        rescorer = Rescorer(scorer, Weights(), d.prompt, d.terms, context_tokens)
         item = TuneItem(id=d.id, reference=d.reference)
         history: list[str] = []
-        for nbest in d.nbests:
+        for nbest, terms in zip(d.nbests, d.terms):
+            rescorer = Rescorer(scorer, Weights(), d.prompt, terms, context_tokens)
             item.segments.append(rescorer.featurise(nbest, history, with_lm=scorer is not None))
             history.append(nbest[0].text)
         item.first_pass = " ".join(history)
