@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,17 @@ def test_nan_rejected(tmp_path):
     with pytest.raises(AudioError) as e:
         load_audio(path)
     assert "NaN" in problem(e)
+
+
+def test_load_input_labels_and_refuses_silence(tmp_path: Path) -> None:
+    from llmasr.audio import load_input
+
+    tone = (0.1 * np.sin(np.arange(16000) * 0.05)).astype(np.float32)
+    assert load_input(tone)[0] == "<audio>"
+    assert load_input(tone, name="mic")[0] == "mic"
+    path = tmp_path / "t.wav"
+    sf.write(path, tone, 16000)
+    label, audio = load_input(path)
+    assert label == str(path) and len(audio) == 16000
+    with pytest.raises(AudioError, match="mic: audio is silent"):
+        load_input(np.zeros(16000, np.float32), name="mic")

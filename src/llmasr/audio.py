@@ -174,3 +174,19 @@ def _short_reason(exc: BaseException) -> str:
     elif text.startswith("Error opening <") and ">: " in text:  # an in-memory file object
         text = text.split(">: ", 1)[1]
     return text.strip().rstrip(".") or type(exc).__name__
+
+
+def load_input(
+    source: AudioSource | np.ndarray, *, name: str | None = None, max_duration: float | None = MAX_DURATION
+) -> tuple[str, np.ndarray]:
+    """What every pipeline takes: a path, bytes or a 16 kHz float32 array -> (label for messages, audio).
+
+    Silent audio is refused here too: recognisers invent text for silence.
+    """
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<audio>")
+    if isinstance(source, np.ndarray):
+        audio = source.astype(np.float32, copy=False)
+    else:
+        audio = load_audio(source, max_duration=max_duration, name=label)
+    check_not_silent(audio, label)
+    return label, audio

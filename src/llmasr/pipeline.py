@@ -16,7 +16,7 @@ import numpy as np
 
 from llmasr import vad
 from llmasr.asr.base import SAMPLE_RATE, Recognizer
-from llmasr.audio import check_not_silent, load_audio
+from llmasr.audio import load_input
 from llmasr.config import Options, resolve_options
 from llmasr.errors import ModelError
 from llmasr.lm.base import Scorer
@@ -139,13 +139,8 @@ class Pipeline:
         name: str | None = None,
     ) -> Transcript:
         """One input (path, bytes or 16 kHz float32 array) to a Transcript; per-call prompt/terms override."""
-        label = name or (str(source) if isinstance(source, (str, Path)) else "<audio>")
         started = time.perf_counter()
-        if isinstance(source, np.ndarray):
-            audio = source.astype(np.float32, copy=False)
-        else:
-            audio = load_audio(source, max_duration=self.options.max_duration, name=label)
-        check_not_silent(audio, label)
+        label, audio = load_input(source, name=name, max_duration=self.options.max_duration)
         prompt = prompt if prompt is not None else self.options.prompt
         terms = terms if terms is not None else self.options.terms
         timings = {"first_pass": 0.0, "rescoring": 0.0, "alignment": 0.0}

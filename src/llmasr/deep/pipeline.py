@@ -170,14 +170,9 @@ class DeepPipeline:
         terms: list[str] | None = None,
         name: str | None = None,
     ) -> Transcript:
-        from llmasr.audio import check_not_silent, load_audio
+        from llmasr.audio import load_input
 
-        label = name or (str(source) if isinstance(source, (str, Path)) else "<audio>")
-        if isinstance(source, np.ndarray):
-            audio = source.astype(np.float32, copy=False)
-        else:
-            audio = load_audio(source, max_duration=getattr(self.options, "max_duration", None), name=label)
-        check_not_silent(audio, label)
+        label, audio = load_input(source, name=name, max_duration=getattr(self.options, "max_duration", None))
         prompt = prompt if prompt is not None else getattr(self.options, "prompt", None)
         terms = terms if terms is not None else (getattr(self.options, "terms", None) or None)
         return deep_transcript(self.recognizer, audio, label, prompt=prompt, terms=terms)
