@@ -29,7 +29,6 @@ import hmac
 import logging
 import math
 import os
-import re
 import threading
 import time
 import zlib
@@ -560,8 +559,7 @@ def _transcribe(state: _State, job: _Request, settings: ServeSettings) -> Transc
 
 
 def _audio_error(exc: AudioError) -> ApiError:
-    # libsndfile names in-memory inputs by their repr ("Error opening <_io.BytesIO object at 0x...>: ")
-    problem = re.sub(r"Error opening <[^>]*>: ", "", exc.problem)
+    problem = exc.problem
     if problem.startswith("too long"):
         return ApiError(413, f"{exc.source}: audio {problem}", param="file", code="audio_too_long")
     if problem.startswith("not a readable audio file"):
