@@ -54,7 +54,7 @@ def load_scorer(
     if kind == "ngram":
         from llmasr.lm.ngram import NgramScorer
 
-        return NgramScorer(location if name not in ("en-us-3gram",) else None)
+        return NgramScorer(location, name=name)
     from llmasr.lm.causal import CausalLMScorer
 
     return CausalLMScorer(
@@ -91,8 +91,6 @@ class Pipeline:
             else:  # weight 0: the LM is never run, but a wrong name is still an error
                 resolve(self.options.lm, "lm", log=log)
         self.scorer = scorer
-        o = self.options
-        self.rescorer = Rescorer(scorer, o.weights, o.prompt, o.terms, o.context_tokens)
 
     def asr_prompt(self, prompt: str | None = None, terms: list[str] | None = None) -> str | None:
         if not self.options.asr_prompt:
@@ -155,13 +153,15 @@ class Pipeline:
                 rescorer = Rescorer(self.scorer, o.weights, prompt, seg.terms, o.context_tokens)
                 chosen = rescorer.choose(seg.nbest, history)
                 timings["rescoring"] += time.perf_counter() - t
-                t = time.perf_counter()
-                words = [
-                    Word(w.word, round(w.start + seg.start, 3), round(w.end + seg.start, 3), w.probability)
-                    for w in self.recognizer.align(seg.audio, chosen)
-                ]
-                timings["alignment"] += time.perf_counter() - t
                 if chosen.text.strip():
+                    t = time.perf_counter()
+                    words = [
+                        Word(
+                            w.word, round(w.start + seg.start, 3), round(w.end + seg.start, 3), w.probability
+                        )
+                        for w in self.recognizer.align(seg.audio, chosen)
+                    ]
+                    timings["alignment"] += time.perf_counter() - t
                     history.append(chosen.text.strip())
                     segments.append(
                         Segment(

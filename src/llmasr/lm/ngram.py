@@ -43,7 +43,13 @@ class NgramScorer:
 
     name = "en-us-3gram"
 
-    def __init__(self, path: str | None = None, eos: bool = True, oov_logprob: float | None = -20.0) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        eos: bool = True,
+        oov_logprob: float | None = -20.0,
+        name: str | None = None,
+    ) -> None:
         import pocketsphinx
 
         self.path = path or default_lm_path()
@@ -53,7 +59,9 @@ class NgramScorer:
             self._lm = pocketsphinx.NGramModel.readfile(self.path)
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"cannot load n-gram LM {self.path}: {exc}") from exc
-        if path is not None:
+        if name is not None:
+            self.name = name
+        elif path is not None:
             self.name = os.path.basename(self.path)
         self.order = int(self._lm.size())
         self.eos = eos

@@ -46,12 +46,12 @@ class Candidate:
 
 def candidates(nbest: Sequence[Hypothesis]) -> list[Candidate]:
     """Deduplicate after normalising (many hypotheses differ only in casing or punctuation)."""
+    norms = [normalize(h.text) for h in nbest]
     best: dict[str, Hypothesis] = {}
-    for h in nbest:
-        key = normalize(h.text)
+    for key, h in zip(norms, nbest):
         if key not in best or h.am_score > best[key].am_score:
             best[key] = h
-    bags = [set(normalize(h.text).split()) for h in nbest]
+    bags = [set(key.split()) for key in norms]
     out = []
     for key, h in best.items():
         words = key.split()
@@ -77,8 +77,7 @@ class Rescorer:
     context_tokens: int = 128
 
     def context(self, history: Sequence[str]) -> str:
-        budget = self.context_tokens if self.scorer is not None else 0
-        past = trim_history(history, budget, self.scorer.count_tokens) if self.scorer is not None else ""
+        past = trim_history(history, self.context_tokens, self.scorer.count_tokens) if self.scorer else ""
         return build_context(self.prompt, self.terms, past)
 
     def featurise(
