@@ -5,11 +5,11 @@ All texts go through one normaliser (llmasr.metrics.normalize) before scoring.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from llmasr.data.manifest import Utterance
@@ -130,14 +130,16 @@ def oracle_text(transcript: Transcript, reference: str) -> str:
     return " ".join(chosen)
 
 
+@functools.lru_cache(maxsize=64)
+def _terms_file(path: str) -> tuple[str, ...]:
+    return tuple(read_terms(path))  # many utterances share one list: read it once
+
+
 def utterance_prompt(utt: Utterance) -> tuple[str | None, list[str] | None]:
-    """Per-utterance domain prompt and term list from the manifest, if any."""
-    terms = utt.extra.get("terms")
+    """Per-utterance domain prompt and term list from the manifest (its path is already resolved)."""
+    terms = utt.terms
     if isinstance(terms, str):
-        path = Path(terms)
-        if not path.is_absolute() and utt.extra.get("_manifest_dir"):
-            path = Path(utt.extra["_manifest_dir"]) / path
-        terms = read_terms(path)
+        terms = list(_terms_file(terms))
     return utt.prompt, terms
 
 
