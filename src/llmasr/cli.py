@@ -111,13 +111,13 @@ def _options(
     asr: str | None,
     lm: str | None,
     nbest: int | None,
-    prompt: str | None,
-    terms: Path | None,
-    profile: Path | None,
-    lm_weight: float | None,
-    word_bonus: float | None,
-    agreement_weight: float | None,
-    threads: int | None,
+    prompt: str | None = None,
+    terms: Path | None = None,
+    profile: Path | None = None,
+    lm_weight: float | None = None,
+    word_bonus: float | None = None,
+    agreement_weight: float | None = None,
+    threads: int | None = None,
     asr_prompt: bool | None = None,
     lm_dtype: str | None = None,
     max_terms: int | None = None,
@@ -423,11 +423,10 @@ def tune(
     utts = _read_manifest(manifest)
     lms = lms or [None]  # None: the default LM
     try:
-        base = _options(asr, "none", nbest, None, None, None, None, None, None, threads, asr_prompt, lm_dtype)
+        base = _options(asr, "none", nbest, threads=threads, asr_prompt=asr_prompt, lm_dtype=lm_dtype)
         pipeline = Pipeline(base, log=lambda m: _say(err, m))
         targets = [
-            _options(asr, lm, nbest, None, None, None, None, None, None, threads, asr_prompt, lm_dtype)
-            for lm in lms
+            _options(asr, lm, nbest, threads=threads, asr_prompt=asr_prompt, lm_dtype=lm_dtype) for lm in lms
         ]
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
