@@ -5,7 +5,6 @@ import re
 
 import pytest
 
-from llmasr import writers
 from llmasr.types import Hypothesis, Segment, Transcript, Word
 from llmasr.writers import FORMATS, format_timestamp, render, segment_cues, write
 
@@ -161,8 +160,15 @@ def test_write_is_atomic(tmp_path, transcript, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(writers.os, "replace", fail)
+    from llmasr import fsutil
+
+    monkeypatch.setattr(fsutil.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write(transcript, "txt", path)
     assert path.read_text() == "earlier result\n"
     assert [p.name for p in tmp_path.iterdir()] == ["talk.txt"]  # no temp file left behind
+
+
+def test_written_files_are_world_readable(tmp_path, transcript):
+    out = write(transcript, "json", tmp_path / "t.json")
+    assert out.stat().st_mode & 0o777 == 0o644

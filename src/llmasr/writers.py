@@ -8,11 +8,10 @@ written atomically so an interrupted run never leaves a half-written transcript 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmasr.fsutil import atomic_write
 from llmasr.types import Segment, Transcript
 
 FORMATS = ("txt", "json", "srt", "vtt")
@@ -51,17 +50,8 @@ def write(transcript: Transcript, fmt: str, path: Path, *, nbest: bool = False) 
     """Render and write to `path` atomically (temp file in the same folder, then os.replace)."""
     text = render(transcript, fmt, nbest=nbest)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, newline="\n") as f:
+        f.write(text)
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,10 @@ from llmasr.errors import LlmasrError
 app = typer.Typer(help="Build evaluation data: real recordings, synthetic dev/test sets, the domain set.")
 _err = Console(stderr=True)
 _out = Console()
+
+
+def _sha8(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
 def _fail(message: str) -> None:
@@ -114,7 +119,8 @@ def synth(
         lines = lines[:num]
     if not lines:
         _fail(f"{text}: no sentences")
-    items = [(f"{text.stem}-{i:05d}", s) for i, s in enumerate(lines)]
+    # the text's hash in the id: an edited line gets new audio instead of reusing a stale file
+    items = [(f"{text.stem}-{i:05d}-{_sha8(s)}", s) for i, s in enumerate(lines)]
     specs = [v.strip() for v in voices.split(",") if v.strip()]
     try:
         with _progress("synthesising", len(items)) as tick:

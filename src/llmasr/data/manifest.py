@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llmasr.errors import ManifestError
+from llmasr.fsutil import atomic_write
 
 _KNOWN = ("id", "audio", "text", "duration", "entities", "prompt", "voice", "augmentation")
 _OPTIONAL_STR = ("prompt", "voice", "augmentation")
@@ -184,21 +184,9 @@ def write_manifest(utts: Iterable[Utterance], path: str | os.PathLike[str]) -> P
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     base = p.resolve().parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for utt in utts:
-                fh.write(json.dumps(utt.to_dict(base), ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(p) as fh:
+        for utt in utts:
+            fh.write(json.dumps(utt.to_dict(base), ensure_ascii=False) + "\n")
     return p
 
 

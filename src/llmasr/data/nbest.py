@@ -99,9 +99,9 @@ def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> 
     from llmasr.audio import load_audio
 
     audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=utt.id)
-    prompt, terms = None, None
-    if use_prompt:
-        prompt, terms = utt.prompt, utt.terms if isinstance(utt.terms, list) else None
+    from llmasr.evaluate import utterance_prompt
+
+    prompt, terms = utterance_prompt(utt) if use_prompt else (None, None)
     lists = [seg.nbest for seg in pipeline.first_pass(audio, prompt, terms)]
     nbest = _combine(lists, pipeline.options.nbest)
     return {
