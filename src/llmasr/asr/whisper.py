@@ -6,6 +6,7 @@ we call CTranslate2's `generate` ourselves because faster-whisper returns only o
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Sequence
 
@@ -70,9 +71,10 @@ class WhisperRecognizer:
             language=language if multilingual else None,
         )
         self._frames = self._fw.feature_extractor.nb_max_frames
-        # encoder outputs of the last batch, keyed by id() of the segment array (kept alive here),
-        # so aligning the hypothesis chosen by rescoring does not run the encoder again
-        self._encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # encoder outputs of this thread's last batch, keyed by id() of the segment array (kept alive
+        # here), so that aligning the chosen hypothesis, or decoding a segment again with retrieved
+        # terms, does not run the encoder again; per thread, so a server's workers don't evict each other
+        self._local = threading.local()
 
     # -- helpers -----------------------------------------------------------------------------
     def _features(self, audio: np.ndarray) -> np.ndarray:
@@ -80,6 +82,16 @@ class WhisperRecognizer:
 
         feats = self._fw.feature_extractor(audio)
         return pad_or_trim(feats, self._frames)
+
+    def _encoded(self, segments: Sequence[np.ndarray]) -> np.ndarray:
+        """Encoder outputs of `segments`, from this thread's cache when it holds the same arrays."""
+        cache: dict[int, tuple[np.ndarray, np.ndarray]] = getattr(self._local, "cache", {})
+        hits = [cache.get(id(s)) for s in segments]
+        if all(h is not None and h[0] is s for h, s in zip(hits, segments)):
+            return np.concatenate([h[1] for h in hits if h is not None])
+        encoded = self._encode(segments)
+        self._local.cache = {id(s): (s, encoded[i : i + 1]) for i, s in enumerate(segments)}
+        return encoded
 
     def _encode(self, segments: Sequence[np.ndarray]) -> np.ndarray:
         import ctranslate2
@@ -105,8 +117,7 @@ class WhisperRecognizer:
 
         if not segments:
             return []
-        encoded = self._encode(segments)
-        self._encoded = {id(s): (s, encoded[i : i + 1]) for i, s in enumerate(segments)}
+        encoded = self._encoded(segments)
         prompt_ids = self._prompt(prompt)
         beam = max(self.beam_size, n)
         results = self._fw.model.generate(
@@ -160,8 +171,7 @@ class WhisperRecognizer:
         tokens = [t for t in tokens if t < self.tokenizer.eot]
         if not tokens:
             return []
-        cached = self._encoded.get(id(audio))
-        encoded = cached[1] if cached is not None and cached[0] is audio else self._encode([audio])
+        encoded = self._encoded([audio])
         num_frames = min(self._frames, int(round(len(audio) / SAMPLE_RATE * 100)))
         from faster_whisper.transcribe import merge_punctuations
 
