@@ -211,22 +211,26 @@ class Gate:
 
 
 class _Serialized:
-    """Proxy that lets one thread at a time call into a model (a Scorer keeps a one-entry context cache)."""
+    """A Scorer that one thread at a time may call (scorers keep a one-entry context cache).
+
+    Only the Scorer protocol's methods take the lock; every other attribute (the model, its dtype)
+    is the scorer's own.
+    """
 
     def __init__(self, target: Any) -> None:
         self._target = target
         self._lock = threading.Lock()
 
+    def score(self, texts: Any, context: str = "") -> list[float]:
+        with self._lock:
+            return self._target.score(texts, context)
+
+    def count_tokens(self, text: str) -> int:
+        with self._lock:
+            return self._target.count_tokens(text)
+
     def __getattr__(self, name: str) -> Any:
-        value = getattr(self._target, name)
-        if not callable(value):
-            return value
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return value(*args, **kwargs)
-
-        return locked
+        return getattr(self._target, name)
 
 
 class _State:
@@ -245,8 +249,8 @@ class _State:
                 started = time.perf_counter()
                 pipeline = self.factory(self.settings)
                 if self.settings.concurrency > 1 and pipeline.scorer is not None:
-                    # CausalLMScorer's context cache is not thread-safe; the first pass (CTranslate2)
-                    # is, so recognition still runs in parallel and only LM scoring takes turns.
+                    # CausalLMScorer's context cache is not thread-safe: LM scoring takes turns. (CTranslate2
+                    # also runs one Whisper call at a time per model, so workers mainly overlap stages.)
                     pipeline.scorer = _Serialized(pipeline.scorer)  # type: ignore[assignment]
                 self.pipeline = pipeline
                 log.info("models loaded in %.1f s: %s", time.perf_counter() - started, self.model_id())
