@@ -355,3 +355,11 @@ def test_cli_transcribe_and_eval_in_deep_mode(models: dict[str, str], manifest: 
     assert res.exit_code == 2 and "--deep-model" in res.output
     res = runner.invoke(app, ["transcribe", str(wav), "--mode", "hybrid"])
     assert res.exit_code == 2 and "shallow or deep" in res.output
+
+
+def test_recipe_validation_catches_untrainable_ctc_head_and_unknown_adapter() -> None:
+
+    with pytest.raises(RecipeError, match="ctc_weight > 0"):
+        load_recipe(None, ["stages.0.steps=1", "model.adapter=ctc", "model.ctc_weight=0"])
+    with pytest.raises(RecipeError, match="model.adapter 'stak'"):
+        load_recipe(None, ["stages.0.steps=1", "model.adapter=stak"])

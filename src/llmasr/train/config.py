@@ -169,6 +169,13 @@ class Recipe:
             raise RecipeError("optim.grad_accum must be at least 1")
         if self.model.ctc_weight > 0 and self.model.adapter != "ctc":
             raise RecipeError("model.ctc_weight > 0 needs model.adapter: ctc")
+        if self.model.adapter == "ctc" and self.model.ctc_weight <= 0:
+            # the compressor reads its head's argmax without gradient: only the CTC loss trains the head
+            raise RecipeError("model.adapter: ctc needs model.ctc_weight > 0 (the CTC loss trains its head)")
+        from llmasr.deep.adapters import ADAPTERS
+
+        if self.model.adapter not in ADAPTERS:
+            raise RecipeError(f"model.adapter '{self.model.adapter}': choose one of {', '.join(ADAPTERS)}")
         return self
 
 

@@ -8,7 +8,6 @@ row is speech.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,19 +29,11 @@ def load_utterances(
     return filter_duration(read_manifest(manifest), min_duration, max_duration)
 
 
-@functools.lru_cache(maxsize=256)
-def _terms_file(path: str) -> tuple[str, ...]:
-    from llmasr.shallow.context import read_terms
-
-    return tuple(read_terms(path))
-
-
 def utterance_terms(utt: Utterance) -> list[str] | None:
-    """The utterance's term list: inline, or read (once per file) from the path the manifest gives."""
-    terms = utt.terms
-    if terms is None:
-        return None
-    return list(_terms_file(terms)) if isinstance(terms, str) else list(terms)
+    """The utterance's term list, inline or from its file (the one reader evaluation uses too)."""
+    from llmasr.evaluate import utterance_prompt
+
+    return utterance_prompt(utt)[1]
 
 
 def collate(
