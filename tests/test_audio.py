@@ -231,3 +231,42 @@ def test_load_input_labels_and_refuses_silence(tmp_path: Path) -> None:
     assert label == str(path) and len(audio) == 16000
     with pytest.raises(AudioError, match="mic: audio is silent"):
         load_input(np.zeros(16000, np.float32), name="mic")
+
+
+def test_stream_without_stated_duration_is_capped_while_decoding():
+    """Browser recordings (WebM written to a pipe) state no duration: the limit holds while decoding."""
+    av = pytest.importorskip("av")
+
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return False
+
+        def write(self, b) -> int:
+            self.data += b
+            return len(b)
+
+    x = tone(3.0, 16000, amp=0.3)
+    pipe = Pipe()
+    with av.open(pipe, "w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        for i in range(0, len(x), 960):
+            frame = av.AudioFrame.from_ndarray(x[None, i : i + 960], format="flt", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    data = bytes(pipe.data)
+    with av.open(io.BytesIO(data)) as c:
+        assert c.duration is None  # really the case the limit must catch during decoding
+    assert audio_duration(load_audio(data, name="rec.webm")) == pytest.approx(3.0, abs=0.1)
+    with pytest.raises(AudioError) as e:
+        load_audio(data, name="rec.webm", max_duration=1.0)
+    assert e.value.kind == "too_long" and problem(e).startswith("too long: over 1 s")

@@ -50,11 +50,11 @@ def load_audio(
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise AudioError(label, "file not found")
+            raise AudioError(label, "file not found", "missing")
         if path.is_dir():
-            raise AudioError(label, "is a directory")
+            raise AudioError(label, "is a directory", "missing")
         if path.stat().st_size == 0:
-            raise AudioError(label, "empty file (0 bytes)")
+            raise AudioError(label, "empty file (0 bytes)", "empty")
         raw = raw or path.suffix.lower() in RAW_SUFFIXES
         if raw:
             with open(path, "rb") as f:
@@ -64,7 +64,7 @@ def load_audio(
     else:
         data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_stream(source)
         if not data:
-            raise AudioError(label, "empty file (0 bytes)")
+            raise AudioError(label, "empty file (0 bytes)", "empty")
         if raw:
             audio, rate = _read_raw(data, label, max_duration), SAMPLE_RATE
         else:
@@ -73,7 +73,7 @@ def load_audio(
     if audio.ndim == 2:
         audio = audio.mean(axis=1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0]
     if audio.size == 0:
-        raise AudioError(label, "empty audio (0 samples)")
+        raise AudioError(label, "empty audio (0 samples)", "empty")
     if not np.all(np.isfinite(audio)):
         raise AudioError(label, "audio contains NaN or infinite sample values")
     if rate != SAMPLE_RATE:
@@ -89,7 +89,7 @@ def check_not_silent(audio: np.ndarray, source: str) -> None:
     """Raise AudioError if the peak amplitude is below SILENCE_PEAK: there is nothing to transcribe."""
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     if peak < SILENCE_PEAK:
-        raise AudioError(source, f"audio is silent (peak amplitude below {SILENCE_PEAK:g})")
+        raise AudioError(source, f"audio is silent (peak amplitude below {SILENCE_PEAK:g})", "silent")
 
 
 def audio_duration(audio: np.ndarray) -> float:
@@ -117,7 +117,9 @@ def _read_stream(stream: BinaryIO) -> bytes:
 def _check_duration(label: str, seconds: float, max_duration: float | None) -> None:
     if max_duration is not None and seconds > max_duration:
         raise AudioError(
-            label, f"too long: {seconds:.1f} s, the limit is {max_duration:g} s (set max_duration)"
+            label,
+            f"too long: {seconds:.1f} s, the limit is {max_duration:g} s (set max_duration)",
+            "too_long",
         )
 
 
@@ -147,23 +149,42 @@ def _decode(src: str | bytes, label: str, max_duration: float | None) -> tuple[n
 
 
 def _decode_av(src: str | bytes, label: str, max_duration: float | None, sf_reason: str) -> np.ndarray:
+    """FFmpeg (PyAV) for what libsndfile cannot open. Samples are counted while decoding, so a stream
+    whose container states no duration (browser WebM, some Ogg) still cannot decode into gigabytes."""
     try:
         import av
-        from faster_whisper.audio import decode_audio
-    except ImportError:  # pragma: no cover - faster-whisper is a dependency
-        raise AudioError(label, f"not a readable audio file ({sf_reason})") from None
+    except ImportError:  # pragma: no cover - PyAV comes with faster-whisper
+        raise AudioError(label, f"not a readable audio file ({sf_reason})", "unreadable") from None
+    limit = None if max_duration is None else int(max_duration * SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    total = 0
     try:
         with av.open(src if isinstance(src, str) else io.BytesIO(src), metadata_errors="ignore") as container:
             if not container.streams.audio:
-                raise AudioError(label, "not a readable audio file (no audio stream)")
+                raise AudioError(label, "not a readable audio file (no audio stream)", "unreadable")
             if container.duration is not None:  # microseconds
                 _check_duration(label, container.duration / 1e6, max_duration)
-        audio = decode_audio(src if isinstance(src, str) else io.BytesIO(src), sampling_rate=SAMPLE_RATE)
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+            for frame in container.decode(audio=0):
+                for out in [*resampler.resample(frame)]:
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    total += len(chunk)
+                    if limit is not None and total > limit:
+                        raise AudioError(
+                            label,
+                            f"too long: over {max_duration:g} s, the limit (set max_duration)",
+                            "too_long",
+                        )
+            for out in resampler.resample(None):  # flush
+                chunks.append(out.to_ndarray().reshape(-1))
     except AudioError:
         raise
     except Exception as exc:  # PyAV raises FFmpegError subclasses, ValueError, OSError, IndexError...
-        raise AudioError(label, f"not a readable audio file ({sf_reason})") from exc
-    return np.asarray(audio, dtype=np.float32)
+        raise AudioError(label, f"not a readable audio file ({sf_reason})", "unreadable") from exc
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
 
 
 def _short_reason(exc: BaseException) -> str:

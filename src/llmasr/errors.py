@@ -8,11 +8,16 @@ class LlmasrError(Exception):
 
 
 class AudioError(LlmasrError):
-    """An audio input that cannot be used (missing, not audio, empty, silent, too long)."""
+    """An audio input that cannot be used (missing, not audio, empty, silent, too long).
 
-    def __init__(self, source: str, problem: str) -> None:
+    `kind` says which, for callers that answer differently (the server's HTTP status): one of
+    "missing", "unreadable", "empty", "silent", "too_long", "invalid".
+    """
+
+    def __init__(self, source: str, problem: str, kind: str = "invalid") -> None:
         self.source = source
         self.problem = problem
+        self.kind = kind
         super().__init__(f"{source}: {problem}")
 
 

@@ -99,7 +99,11 @@ class Pipeline:
         return ". ".join(parts) or None
 
     def first_pass(
-        self, audio: np.ndarray, prompt: str | None = None, terms: Sequence[str] | None = None
+        self,
+        audio: np.ndarray,
+        prompt: str | None = None,
+        terms: Sequence[str] | None = None,
+        nbest: int | None = None,
     ) -> Iterator[SegmentResult]:
         """N-best lists of the VAD segments, decoded `batch_size` at a time.
 
@@ -113,7 +117,7 @@ class Pipeline:
         retriever = TermRetriever(terms) if narrow else None
         spans = vad.split(audio, max_seconds=self.recognizer.window)
         batch = max(1, self.options.batch_size)
-        n = self.options.nbest
+        n = nbest or self.options.nbest
         for i in range(0, len(spans), batch):
             chunk = spans[i : i + batch]
             pieces = [audio[s:e] for s, e in chunk]
@@ -135,8 +139,10 @@ class Pipeline:
         prompt: str | None = None,
         terms: list[str] | None = None,
         name: str | None = None,
+        nbest: int | None = None,
     ) -> Transcript:
-        """One input (path, bytes or 16 kHz float32 array) to a Transcript; per-call prompt/terms override."""
+        """One input (path, bytes or 16 kHz float32 array) to a Transcript; per-call prompt, terms and
+        N-best size override the options (the server shares one Pipeline between requests)."""
         started = time.perf_counter()
         label, audio = load_input(source, name=name, max_duration=self.options.max_duration)
         prompt = prompt if prompt is not None else self.options.prompt
@@ -145,7 +151,7 @@ class Pipeline:
         segments: list[Segment] = []
         history: list[str] = []
         t = time.perf_counter()
-        for seg in self.first_pass(audio, prompt, terms):
+        for seg in self.first_pass(audio, prompt, terms, nbest):
             timings["first_pass"] += time.perf_counter() - t
             if seg.nbest:
                 t = time.perf_counter()
@@ -182,7 +188,7 @@ class Pipeline:
             "lm_dtype": str(getattr(getattr(self.scorer, "model", None), "dtype", "")).replace("torch.", "")
             or None,
             "weights": vars(self.options.weights).copy(),
-            "nbest": self.options.nbest,
+            "nbest": nbest or self.options.nbest,
             "seconds": {k: round(v, 3) for k, v in {**timings, "total": elapsed}.items()},
             "rtfx": round(duration / elapsed, 2) if elapsed > 0 else None,
         }

@@ -23,8 +23,6 @@ OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import hmac
 import logging
 import math
@@ -44,8 +42,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmasr import __version__
-from llmasr.asr.base import SAMPLE_RATE
-from llmasr.audio import check_not_silent, load_audio
+from llmasr.audio import audio_duration, load_audio
 from llmasr.errors import AudioError, LlmasrError
 from llmasr.pipeline import Pipeline
 from llmasr.serve.upload import FormError, read_form
@@ -539,20 +536,14 @@ def _transcribe(state: _State, job: _Request, settings: ServeSettings) -> Transc
             job.data, max_duration=settings.max_audio_seconds, name=job.filename, allow_silent=True
         )
         job.data = b""  # the decoded array is all that is needed from here on
-        duration = len(audio) / SAMPLE_RATE
-        try:
-            check_not_silent(audio, job.filename)
-        except AudioError:
+        return state.get_pipeline().transcribe(
+            audio, prompt=job.prompt, terms=job.terms, name=job.filename, nbest=job.nbest
+        )
+    except AudioError as exc:
+        if exc.kind == "silent":
             # Nothing to transcribe: answer with empty text, as OpenAI does, instead of letting the
             # recogniser invent words for silence.
-            return Transcript(source=job.filename, duration=duration, info={"silent": True})
-        pipeline = state.get_pipeline()
-        if job.nbest is not None and job.nbest != pipeline.options.nbest:
-            # A per-request view: same models, its own options; the shared pipeline is never mutated.
-            pipeline = copy.copy(pipeline)
-            pipeline.options = dataclasses.replace(pipeline.options, nbest=job.nbest)
-        return pipeline.transcribe(audio, prompt=job.prompt, terms=job.terms, name=job.filename)
-    except AudioError as exc:
+            return Transcript(source=job.filename, duration=audio_duration(audio), info={"silent": True})
         return _audio_error(exc)
     except LlmasrError as exc:
         log.warning("transcription of %s failed: %s", job.filename, exc)
@@ -564,9 +555,9 @@ def _transcribe(state: _State, job: _Request, settings: ServeSettings) -> Transc
 
 def _audio_error(exc: AudioError) -> ApiError:
     problem = exc.problem
-    if problem.startswith("too long"):
+    if exc.kind == "too_long":
         return ApiError(413, f"{exc.source}: audio {problem}", param="file", code="audio_too_long")
-    if problem.startswith("not a readable audio file"):
+    if exc.kind == "unreadable":
         return ApiError(415, f"{exc.source}: {problem}", param="file", code="unsupported_media")
     return ApiError(400, f"{exc.source}: {problem}", param="file", code="invalid_audio")
 

@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from llmasr.audio import check_not_silent, load_audio
+from llmasr.audio import load_input
 from llmasr.data.manifest import Utterance
 from llmasr.errors import LlmasrError
 from llmasr.evaluate import utterance_prompt
@@ -61,8 +61,7 @@ def decode(
     for utt in utterances:
         try:
             prompt, terms = utterance_prompt(utt)
-            audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=str(utt.audio))
-            check_not_silent(audio, str(utt.audio))
+            _, audio = load_input(utt.audio, max_duration=pipeline.options.max_duration)
             segs = [s for s in pipeline.first_pass(audio, prompt, terms) if s.nbest]
             item = Decoded(utt.id, utt.text, prompt, [s.nbest for s in segs], [s.terms for s in segs])
             out.append(item)
