@@ -168,6 +168,8 @@ def test_load_encoder_on_a_ct2_folder(converted):
         hidden, lengths = enc.encode(audio)
     assert hidden.shape == (2, 1500, 32) and lengths == [50, 25]
     assert enc.output_lengths(1) == 1 and enc.output_lengths(30 * 16000) == 1500
+    # vectorised: a batch's sample counts in, frame counts out (what SpeechLLM calls)
+    assert enc.output_lengths(torch.tensor([16000, 40 * 16000, 321])).tolist() == [50, 1500, 2]
     with pytest.raises(AudioError, match="30 s"):
         enc.features([np.zeros(31 * 16000, dtype=np.float32)])
 

@@ -232,13 +232,14 @@ class SpeechEncoder(torch.nn.Module):
     def features(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
         raise NotImplementedError
 
-    def output_lengths(self, num_samples: int) -> int:
+    def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Output frames holding real audio, per example, from the audio's sample counts."""
         raise NotImplementedError
 
     def encode(self, audio: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
         """Features, forward and real lengths in one call (convenience for inference)."""
         hidden = self(self.features(audio).to(self._device()))
-        return hidden, [self.output_lengths(len(a)) for a in audio]
+        return hidden, self.output_lengths(torch.tensor([len(a) for a in audio])).tolist()
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -286,9 +287,13 @@ class WhisperSpeechEncoder(SpeechEncoder):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.encoder(input_features=features).last_hidden_state
 
-    def output_lengths(self, num_samples: int) -> int:
-        """Frames holding real audio: one per 320 samples, rounded up, at most 1500."""
-        return min(math.ceil(num_samples / (2 * WHISPER_HOP)), self.max_frames)
+    def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
+        """Frames holding real audio: one per 320 samples, rounded up, at most 1500. (Features are
+        always padded to 30 s, so only the sample count says how much of the output is real.)"""
+        step = 2 * WHISPER_HOP
+        return torch.div(torch.as_tensor(num_samples) + step - 1, step, rounding_mode="floor").clamp(
+            max=self.max_frames
+        )
 
 
 class WaveformSpeechEncoder(SpeechEncoder):
@@ -315,9 +320,9 @@ class WaveformSpeechEncoder(SpeechEncoder):
         (feat_extract_norm == "layer"); group-norm models (e.g. wav2vec2-base) expect none."""
         return self.model(features, attention_mask=attention_mask).last_hidden_state
 
-    def output_lengths(self, num_samples: int) -> int:
+    def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Frames the conv front end makes from `num_samples` samples (exact conv arithmetic)."""
-        return int(self.model._get_feat_extract_output_lengths(torch.tensor(num_samples)))
+        return self.model._get_feat_extract_output_lengths(torch.as_tensor(num_samples))
 
 
 # --------------------------------------------------------------------------- Whisper from CTranslate2

@@ -13,7 +13,6 @@ The LLM stays frozen; LoRA (through peft) and the adapter are what trains.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -66,7 +65,8 @@ class LoraSettings:
 class SpeechBatch:
     """One training batch. `features` is whatever the encoder takes, time on axis 1 (B, T, ...).
 
-    `feature_lengths` (B,) counts valid steps of axis 1 (all valid when None); `texts` are the
+    `feature_lengths` (B,) are the input lengths in the units of the encoder's `output_lengths`
+    (audio samples for the real encoders; all frames valid when None); `texts` are the
     transcripts; `domains` / `terms` give each example's optional domain prompt and term list;
     `ctc_targets` (B, S) padded with `ctc_target_lengths` (B,) feed the CTC loss of a CTC adapter.
     """
@@ -163,7 +163,6 @@ class SpeechLLM(nn.Module):
         core = self.causal_lm
         self._softcap = getattr(core.config, "final_logit_softcapping", None)
         self._prompt_cache: dict[tuple[str | None, tuple[str, ...]], tuple[list[int], list[int]]] = {}
-        self._encoder_takes_lengths = "lengths" in inspect.signature(encoder.forward).parameters
         self.freeze(encoder=freeze_encoder, llm=True)
 
     @classmethod
@@ -258,20 +257,15 @@ class SpeechLLM(nn.Module):
     def encode(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> AdapterOutput:
         """Encoder then adapter; a fully frozen encoder runs without building a graph."""
         features = features.to(self.device)
-        if lengths is None:
-            lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long)
-        lengths = lengths.to(features.device).long()
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
         with torch.set_grad_enabled(grad):
-            out = (
-                self.encoder(features, lengths=lengths)
-                if self._encoder_takes_lengths
-                else self.encoder(features)
+            hidden = self.encoder(features)
+        if lengths is None:  # no lengths given: every output frame is real
+            out_lengths = torch.full(
+                (hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device
             )
-        if isinstance(out, tuple):  # an encoder that reports its own output lengths
-            hidden, out_lengths = out[0], out[1].to(features.device).long()
-        else:
-            hidden = out
+        else:  # in the units the encoder's `output_lengths` takes (audio samples for real encoders)
+            lengths = lengths.to(features.device).long()
             out_lengths = encoder_output_lengths(self.encoder, lengths, features.shape[1], hidden.shape[1])
         param = next(self.adapter.parameters(), None)
         if param is not None:

@@ -2,7 +2,7 @@
 
 Only the manifest's metadata (paths, texts, durations) is held in memory; audio is decoded and
 featurised batch by batch, in DataLoader workers when `num_workers` > 0. Feature lengths are audio
-sample counts (see llmasr.train.model.AudioEncoder), so the encoder knows how much of each padded
+sample counts (the encoders' `output_lengths` take samples), so the encoder knows how much of each padded
 row is speech.
 """
 

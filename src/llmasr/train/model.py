@@ -6,9 +6,8 @@ loaded into exactly the model it was trained as.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -31,30 +30,6 @@ def char_ids(text: str) -> list[int]:
     return [_CHAR_ID[c] for c in normalize(text) if c in _CHAR_ID]
 
 
-class AudioEncoder(nn.Module):
-    """A SpeechEncoder whose `forward(features, lengths)` takes lengths in audio samples.
-
-    Whisper features are (B, mels, 3000) whatever the audio length, so feature-axis lengths say
-    nothing; the real frame count comes from the sample count (`output_lengths`). SpeechLLM asks
-    an encoder whose forward takes `lengths` for (hidden, frame_lengths) directly.
-    """
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-        self.dim = int(inner.dim)
-        self.frames_per_second = float(inner.frames_per_second)
-        self.train(inner.training)
-
-    def features(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
-        return self.inner.features(audio)
-
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.inner(features)
-        frames = [min(int(self.inner.output_lengths(int(n))), hidden.shape[1]) for n in lengths.tolist()]
-        return hidden, torch.tensor(frames, dtype=torch.long, device=hidden.device)
-
-
 def build_model(recipe: ModelRecipe, device: str = "cpu", encoder: nn.Module | None = None) -> SpeechLLM:
     """The SpeechLLM a model recipe describes, everything frozen (the trainer unfreezes per stage).
 
@@ -63,8 +38,6 @@ def build_model(recipe: ModelRecipe, device: str = "cpu", encoder: nn.Module | N
     from llmasr.deep.encoders import load_encoder
 
     enc = encoder if encoder is not None else load_encoder(recipe.encoder)
-    if not isinstance(enc, AudioEncoder):
-        enc = AudioEncoder(enc)
     adapter_kw = dict(recipe.adapter_kw)
     if recipe.adapter == "ctc":
         adapter_kw.setdefault("vocab_size", len(CHAR_VOCAB))
