@@ -43,7 +43,6 @@ RAW_REFERENCES = {
     "goforward.raw": "go forward ten meters",
     "tidigits/dhd.2934z.raw": "two nine three four zero",
 }
-RAW_LEFT_OUT = ("numbers.raw", "something.raw")
 
 
 class DataError(LlmasrError):

@@ -191,11 +191,6 @@ ADAPTERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def register_adapter(kind: str, factory: Callable[..., nn.Module]) -> None:
-    """Make a new adapter available to `build_adapter` (and so to configs) under `kind`."""
-    ADAPTERS[kind] = factory
-
-
 def build_adapter(kind: str, in_dim: int, out_dim: int, **kw: object) -> nn.Module:
     """Adapter by name: 'stack' (stack=4), 'conv' (stride=4), 'ctc' (vocab_size=..., blank=0)."""
     try:

@@ -525,20 +525,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_encoder(name_or_path: str, dtype: torch.dtype = torch.float32) -> SpeechEncoder:
-    """Named llmasr Whisper models and CTranslate2 folders load from model.bin; anything else from HF."""
-    from llmasr import models
+    """A recogniser's name or folder, resolved as `--asr` is: CTranslate2 Whisper (named models, folders
+    with model.bin) loads from model.bin; a Hugging Face id or folder through transformers."""
+    from llmasr.models import resolve
 
-    if name_or_path in models.REGISTRY:
-        spec = models.REGISTRY[name_or_path]
-        if spec.kind != "whisper":
-            whispers = ", ".join(n for n, s in models.REGISTRY.items() if s.kind == "whisper")
-            raise ModelError(
-                f"'{name_or_path}' is a {spec.kind} model, not a speech encoder (use {whispers})"
-            )
-        return WhisperSpeechEncoder.from_ct2(models.prepare(name_or_path), dtype=dtype)
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.name == "model.bin":
-        path = path.parent
-    if path.is_dir() and (path / "model.bin").exists():
-        return WhisperSpeechEncoder.from_ct2(path, dtype=dtype)
-    return load_hf_encoder(name_or_path, dtype=dtype)
+        name_or_path = str(path.parent)
+    kind, location = resolve(name_or_path, "asr")
+    if kind == "whisper":
+        return WhisperSpeechEncoder.from_ct2(location, dtype=dtype)
+    if kind == "hf-asr":
+        return load_hf_encoder(location, dtype=dtype)
+    raise ModelError(f"'{name_or_path}' is a {kind} recogniser, not a speech encoder (use a Whisper model)")
