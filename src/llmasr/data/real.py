@@ -24,12 +24,9 @@ import re
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
+from llmasr.audio import load_audio
 from llmasr.data.manifest import Utterance, write_manifest
 from llmasr.data.synth import write_flac
 from llmasr.errors import LlmasrError
@@ -83,20 +80,18 @@ def pocketsphinx_utterances(out_dir: Path, testdata: Path = TESTDATA) -> list[Ut
         for wav in sorted((testdata / sub).glob("*.wav")):
             if wav.stem not in refs:
                 continue
-            audio, sr = sf.read(str(wav), dtype="float32")
             uid = f"ps-{prefix}-{wav.stem.rsplit('-', 1)[-1]}"
             dest = audio_dir / f"{uid}.flac"
-            dur = write_flac(audio, sr, dest)
+            dur = write_flac(load_audio(wav, max_duration=None), dest)
             src = f"pocketsphinx-testdata:{sub}/{wav.name}"
             utts.append(Utterance(uid, str(dest), refs[wav.stem], dur, extra={"source": src}))
     for rel, text in RAW_REFERENCES.items():
         raw = testdata / rel
         if not raw.exists():
             raise DataError(f"{raw}: not found (apt-get install pocketsphinx-testdata)")
-        pcm = np.fromfile(raw, dtype="<i2").astype(np.float32) / 32768.0
         uid = "ps-" + Path(rel).name.removesuffix(".raw").replace(".", "-")
         dest = audio_dir / f"{uid}.flac"
-        dur = write_flac(pcm, 16000, dest)
+        dur = write_flac(load_audio(raw, max_duration=None), dest)  # .raw: 16 kHz 16-bit PCM
         utts.append(Utterance(uid, str(dest), text, dur, extra={"source": f"pocketsphinx-testdata:{rel}"}))
     return utts
 
@@ -170,13 +165,9 @@ def an4_utterances(sdist: Path, out_dir: Path) -> list[Utterance]:
     for name in sorted(files):
         stem = Path(name).stem
         if name.endswith(".sph") and stem in refs:
-            with tempfile.NamedTemporaryFile(suffix=".sph") as tmp:
-                tmp.write(files[name])
-                tmp.flush()
-                audio, sr = sf.read(tmp.name, dtype="float32")
             uid = f"an4-{stem}"
             dest = audio_dir / f"{uid}.flac"
-            dur = write_flac(audio, sr, dest)
+            dur = write_flac(load_audio(files[name], name=name, max_duration=None), dest)
             rel = name.split("downloads/", 1)[-1]
             utts.append(
                 Utterance(uid, str(dest), refs[stem], dur, extra={"source": f"espnet-mini_an4:{rel}"})

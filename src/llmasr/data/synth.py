@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
+from llmasr.audio import load_audio
 from llmasr.data.manifest import Utterance
-from llmasr.errors import LlmasrError
+from llmasr.errors import AudioError, LlmasrError
 
 if TYPE_CHECKING:
     from llmasr.data.augment import AugmentSpec
@@ -148,21 +149,12 @@ def _run_tts(text: str, voice: str, speed: float, pitch: int, wav: Path, workdir
         raise SynthError(f"voice {voice!r}: exit {res.returncode}: {msg}")
 
 
-def _to_16k_mono(audio: np.ndarray, sr: int) -> np.ndarray:
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        import soxr
-
-        audio = soxr.resample(audio, sr, SAMPLE_RATE, quality="HQ")
-    return np.clip(audio, -1.0, 1.0).astype(np.float32)
-
-
-def write_flac(audio: np.ndarray, sr: int, dest: Path) -> float:
-    """Write 16 kHz mono 16-bit FLAC atomically (temp name + rename); returns the duration."""
-    audio = _to_16k_mono(np.asarray(audio, dtype=np.float32), sr)
-    if audio.size == 0:
-        raise SynthError(f"{dest}: empty audio")
+def write_flac(audio: np.ndarray, dest: Path) -> float:
+    """Write 16 kHz mono audio (as `llmasr.audio.load_audio` returns it) to 16-bit FLAC atomically
+    (temp name + rename); returns the duration."""
+    audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
+    if audio.ndim != 1 or audio.size == 0:
+        raise SynthError(f"{dest}: expected non-empty mono audio")
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=".flac", dir=str(dest.parent))
     os.close(fd)
@@ -188,12 +180,15 @@ def _synth_one(
     with tempfile.TemporaryDirectory(prefix="llmasr-tts-") as td:
         wav = Path(td) / "out.wav"
         _run_tts(text, voice, speed, pitch, wav, Path(td))
-        audio, sr = sf.read(str(wav), dtype="float32", always_2d=False)
-    if audio.size == 0 or float(np.max(np.abs(audio))) < 1e-4:
-        raise SynthError(f"{uid}: voice {voice!r} produced silence for {text[:60]!r}")
+        try:
+            audio = load_audio(wav, max_duration=None)  # 16 kHz mono; refuses empty or silent output
+        except AudioError as e:
+            raise SynthError(
+                f"{uid}: voice {voice!r} gave no usable audio for {text[:60]!r}: {e.problem}"
+            ) from e
     if transform is not None:  # augmentation works on the final 16 kHz mono signal
-        audio, sr = transform(_to_16k_mono(audio, sr)), SAMPLE_RATE
-    return write_flac(audio, sr, dest)
+        audio = transform(audio)
+    return write_flac(audio, dest)
 
 
 AUGMENT_RECORD = "augment.json"
