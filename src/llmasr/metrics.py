@@ -107,12 +107,21 @@ def _number_match(m: re.Match[str]) -> str:
     return " " + words + " "
 
 
+def spell_numbers(text: str) -> str:
+    """Digits to words ("$5" -> "5 dollars" -> "five dollars", "3%" -> "three percent"), punctuation kept:
+    the one set of number rules, for WER normalisation and for text that TTS will read."""
+    text = re.sub(r"\$((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)", r"\1 dollars", text)
+    text = re.sub(r"(\d)\s*%", r"\1 percent", text)
+    text = _NUMBER.sub(_number_match, text)
+    return re.sub(r"\s+([,.;:!?)])", r"\1", " ".join(text.split()))
+
+
 def normalize(text: str) -> str:
     """Lowercase, numbers as words, punctuation removed except apostrophes inside words, one space."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
+    text = spell_numbers(text)
     text = text.replace("%", " percent ").replace("&", " and ")
-    text = _NUMBER.sub(_number_match, text)
     text = re.sub(r"[^\w\s']|_", " ", text)  # punctuation and symbols, hyphens included
     text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)  # quotes, not apostrophes inside words
     return " ".join(text.split())

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmasr.data.sets import CorpusError, brown_sentences, fetch_brown
-from llmasr.metrics import _NUMBER, _number_match, normalize
+from llmasr.metrics import normalize, spell_numbers
 
 SOURCES = ("brown", "nlp-corpus", "fortunes")
 NLP_CORPUS_PACKAGE = "nlp-corpus@4.4.0"
@@ -156,14 +156,6 @@ def split_sentences(text: str) -> list[str]:
         start = m.end()
     pieces.append(text[start:].strip())
     return [p for p in pieces if p]
-
-
-def spell_numbers(text: str) -> str:
-    """Digits to words with the WER normaliser's rules ("$5" -> "five dollars", "3%" -> "three percent")."""
-    text = re.sub(r"\$((?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)", r"\1 dollars", text)
-    text = re.sub(r"(\d)\s*%", r"\1 percent", text)
-    text = _NUMBER.sub(_number_match, text)
-    return re.sub(r"\s+([,.;:!?)])", r"\1", " ".join(text.split()))
 
 
 def clean_sentence(raw: str, min_words: int = 4, max_words: int = 30) -> str | None:
