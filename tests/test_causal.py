@@ -209,7 +209,7 @@ def test_soft_capped_logits_are_capped_once(gemma_dir: Path, tmp_path: Path) -> 
     model.save_pretrained(tmp_path)
     word_tokenizer(WORDS).save_pretrained(tmp_path)
     s = CausalLMScorer(str(tmp_path), threads=1, dtype="float32")
-    assert s._softcap == 0.5
+    assert s.model.config.final_logit_softcapping == 0.5
     for context in ("", "the big red"):
         assert s.score(HYPS, context) == pytest.approx(naive_scores(s, HYPS, context), abs=1e-4)
 

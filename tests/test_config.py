@@ -189,7 +189,14 @@ def test_write_profile_round_trip(shipped, tmp_path: Path) -> None:
     assert path.is_file()
     data = read_profile(path)
     assert data["tuned"] == {"wer": 0.125, "items": 40}
-    assert data["weights"] == {"lm_weight": 0.2, "word_bonus": -0.5, "agreement_weight": 4.0}
+    assert data["weights"] == {
+        "lm_weight": 0.2,
+        "word_bonus": -0.5,
+        "agreement_weight": 4.0,
+        "am_norm_weight": 0.0,
+        "lm_norm_weight": 0.0,
+        "lm_word_weight": 0.0,
+    }
     back = resolve_options(str(path))
     assert (back.asr, back.lm, back.nbest, back.context_tokens) == (
         "whisper-base",
@@ -220,5 +227,9 @@ def test_real_shipped_profile_lookup() -> None:
 
 def test_to_dict() -> None:
     d = Options(weights=Weights(lm_weight=0.1)).to_dict()
-    assert d["weights"] == {"lm_weight": 0.1, "word_bonus": 0.0, "agreement_weight": 0.0}
+    assert d["weights"] == {"lm_weight": 0.1, **dict.fromkeys(("word_bonus", "agreement_weight"), 0.0)} | {
+        "am_norm_weight": 0.0,
+        "lm_norm_weight": 0.0,
+        "lm_word_weight": 0.0,
+    }
     assert d["asr"] == DEFAULT_ASR

@@ -158,3 +158,44 @@ def test_precomputed_errors_are_used_for_single_segment_items() -> None:
     item.errors = [7, 3]  # deliberately not the true counts
     assert total_errors([item], Weights()) == (7, 6)
     assert total_errors([item], Weights(lm_weight=0.5)) == (3, 6)
+
+
+def test_length_normalised_features_and_linearity_in_lm() -> None:
+    from llmasr.types import Hypothesis
+
+    c = Candidate(Hypothesis("a b", -2.0), "a b", am=-2.0, words=2, lm=-6.0, am_tokens=4, lm_tokens=3)
+    w = Weights(lm_weight=0.5, am_norm_weight=2.0, lm_norm_weight=3.0, lm_word_weight=1.0)
+    # -2 + 2 * (-2 / 4) + 0.5 * -6 + 3 * (-6 / 3) + 1 * (-6 / 2)
+    assert c.total(w) == pytest.approx(-2.0 - 1.0 - 3.0 - 6.0 - 3.0)
+    assert c.total(w) == pytest.approx(c.without_lm(w) + c.lm_coefficient(w) * c.lm)
+
+
+def norm_item(i: int = 0) -> TuneItem:
+    """Same words, same LM: only the recogniser's per-token score prefers the right text."""
+    from llmasr.types import Hypothesis
+
+    wrong = Candidate(Hypothesis("a x", -2.0), "a x", am=-2.0, words=2, am_tokens=2)
+    right = Candidate(Hypothesis("a b", -2.2), "a b", am=-2.2, words=2, am_tokens=4)
+    return single(f"norm{i}", "a b", [wrong, right])
+
+
+def test_refine_finds_a_normalised_weight_the_basic_grid_lacks() -> None:
+    from llmasr.shallow.tune import fit, refine
+
+    items = [norm_item()]
+    basic, basic_wer = fit(items, "basic", with_lm=True)
+    assert basic_wer == 0.5
+    w, wer = refine(items, basic, {"am_norm_weight": (0.0, 0.25, 0.5, 1.0)})
+    assert wer == 0.0 and w.am_norm_weight == 0.5  # the smallest that fixes it
+
+
+def test_auto_features_use_extra_weights_only_when_cross_validation_says_so() -> None:
+    from llmasr.shallow.tune import tune_weights
+
+    needs_norm = tune_weights([norm_item(i) for i in range(10)], with_lm=False, folds=5)
+    assert needs_norm.features == "all" and needs_norm.wer == 0.0
+    assert needs_norm.cv_wer["all"] == 0.0 < needs_norm.cv_wer["basic"]
+    plain = tune_weights([lm_item() for _ in range(10)], with_lm=True, folds=5)
+    assert plain.features == "basic" and plain.weights.am_norm_weight == 0.0 and plain.wer == 0.0
+    with pytest.raises(Exception, match="unknown feature set"):
+        tune_weights([lm_item()], with_lm=True, features="some")

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -414,12 +415,24 @@ def tune(
     threads: ThreadsOpt = None,
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            help="Feature set: basic (LM, word bonus, agreement), all (+ length-normalised AM/LM scores), "
+            "or auto (the one with the lower cross-validated WER)."
+        ),
+    ] = "auto",
+    folds: Annotated[
+        int, typer.Option(help="Cross-validation folds for --features auto (and the report).")
+    ] = 5,
 ) -> None:
-    """Grid-search the LM weight, word bonus and agreement weight on a dev manifest; write profiles."""
+    """Tune the log-linear weights (LM, word bonus, agreement, normalised scores) on a dev manifest."""
     from llmasr.config import write_profile
     from llmasr.pipeline import Pipeline, load_scorer
-    from llmasr.shallow.tune import decode, featurise, first_pass_wer, grid_search
+    from llmasr.shallow.tune import FEATURE_SETS, decode, featurise, first_pass_wer, tune_weights
 
+    if features not in FEATURE_SETS:
+        raise _fail(f"--features '{features}': choose one of {', '.join(FEATURE_SETS)}")
     utts = _read_manifest(manifest)
     lms = lms or [None]  # None: the default LM
     try:
@@ -451,29 +464,29 @@ def tune(
             items = featurise(
                 decoded, scorer, options.context_tokens, on_item=lambda _, t=task: progress.advance(t)
             )
-        grid = {} if options.lm else {"lm_weights": (0.0,)}
-        best, best_wer, results = grid_search(items, **grid)
-        baseline = next(
-            r for w, r in results if w.lm_weight == 0 and w.word_bonus == 0 and w.agreement_weight == 0
-        )
-        options.weights = best
+        result = tune_weights(items, with_lm=options.lm is not None, features=features, folds=folds)
+        options.weights = result.weights
         path = (
             out / f"{options.asr}+{options.lm or 'none'}.yaml".replace("/", "_") if len(targets) > 1 else out
         )
         tuned = {
             "manifest": str(manifest),
             "utterances": len(items),
-            "wer": round(best_wer, 4),
-            "am_only_wer": round(baseline, 4),
+            "wer": round(result.wer, 4),
+            "am_only_wer": round(result.am_only_wer, 4),
             "first_pass_wer": round(first_pass_wer(items), 4),
+            "features": result.features,
+            "cv_wer": {k: round(v, 4) for k, v in result.cv_wer.items()},
         }
         write_profile(options, path, tuned=tuned)
+        chosen = ", ".join(f"{k}={v:g}" for k, v in asdict(result.weights).items() if v)
+        cv = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.cv_wer.items())
         _say(
             out_console,
-            f"{options.asr} + {options.lm or 'none'}: "
-            f"lm_weight={best.lm_weight} word_bonus={best.word_bonus} "
-            f"agreement_weight={best.agreement_weight} WER {100 * best_wer:.2f}% "
-            f"(recogniser score alone: {100 * baseline:.2f}%, "
+            f"{options.asr} + {options.lm or 'none'}: {chosen or 'all weights 0'} "
+            f"({result.features} features) "
+            f"WER {100 * result.wer:.2f}% (cross-validated: {cv or '-'}; "
+            f"recogniser score alone: {100 * result.am_only_wer:.2f}%, "
             f"recogniser's pick: {100 * tuned['first_pass_wer']:.2f}%) -> {path}",
         )
 

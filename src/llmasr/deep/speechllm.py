@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from llmasr.deep.adapters import AdapterOutput, build_adapter
 from llmasr.errors import ModelError
+from llmasr.lm.lora import LoraSettings, with_lora
 
 AUDIO_PLACEHOLDER = "<audio>"
 DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
@@ -49,16 +50,6 @@ class PromptTemplate:
             suffix += "\nTerms: " + ", ".join(terms)
         before, after = self.text.replace("{prompt_suffix}", suffix).split(self.placeholder)
         return before, after
-
-
-@dataclass
-class LoraSettings:
-    """LoRA on the LLM's attention projections (names as in Llama, Qwen, Gemma, SmolLM)."""
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 @dataclass
@@ -150,7 +141,7 @@ class SpeechLLM(nn.Module):
         for p in llm.parameters():
             p.requires_grad_(False)
         if lora is not None:
-            llm = _with_lora(llm, lora)
+            llm = with_lora(llm, lora)
         self.llm = llm
         self.lora = lora
         tok = tokenizer
@@ -179,19 +170,13 @@ class SpeechLLM(nn.Module):
         **kw: object,
     ) -> SpeechLLM:
         """Load the LM the project's way (named model or folder) and add an adapter sized to it."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from llmasr.lm.causal import pick_dtype
+        from llmasr.lm.causal import load_causal_lm
         from llmasr.models import resolve
 
         kind, folder = resolve(lm, "lm")
         if kind != "causal-lm":
             raise ModelError(f"'{lm}' is a {kind} model, not a causal LM a SpeechLLM can use")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            llm = AutoModelForCausalLM.from_pretrained(folder, dtype=pick_dtype(dtype, device))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load causal LM '{lm}': {exc}") from exc
+        llm, tokenizer = load_causal_lm(folder, name=lm, device=device, dtype=dtype)
         width = llm.get_input_embeddings().embedding_dim
         ad = build_adapter(adapter, int(encoder.dim), width, **dict(adapter_kw or {}))
         return cls(encoder, ad, llm, tokenizer, lora=lora, **kw).to(device)
@@ -432,22 +417,6 @@ class SpeechLLM(nn.Module):
         finally:
             self.train(was_training)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
-
-
-def _with_lora(llm: nn.Module, settings: LoraSettings) -> nn.Module:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise ModelError("LoRA needs the 'peft' package: pip install 'peft>=0.13'") from exc
-    config = LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(llm, config)
 
 
 def _as_batch(batch: SpeechBatch | Mapping[str, object]) -> SpeechBatch:

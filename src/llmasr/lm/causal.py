@@ -34,6 +34,49 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
+def load_causal_lm(
+    location: str, *, name: str | None = None, device: str = "cpu", dtype: str = "auto"
+) -> tuple[torch.nn.Module, object]:
+    """(model, tokenizer) of a causal LM folder or Hugging Face id: the one loading path shared by the
+    scorer, SpeechLLM and the rescorer trainer. Errors name the model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=pick_dtype(dtype, device))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load causal LM '{name or location}': {exc}") from exc
+    return model.to(device), tokenizer
+
+
+def start_token(tokenizer: object, name: str) -> int:
+    """The token every scored text starts after: BOS, else EOS (GPT-style LMs have no BOS)."""
+    start = getattr(tokenizer, "bos_token_id", None)
+    if start is None:
+        start = getattr(tokenizer, "eos_token_id", None)
+    if start is None:
+        raise ModelError(f"{name}: the tokenizer has neither a BOS nor an EOS token to start from")
+    return int(start)
+
+
+def hypothesis_ids(tokenizer: object, text: str, after_context: bool) -> list[int]:
+    """Tokens of a hypothesis: it continues the context after a space, or starts the document."""
+    text = text.strip()
+    return tokenizer.encode((" " + text) if after_context else text, add_special_tokens=False)  # type: ignore[attr-defined]
+
+
+def head_logprobs(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities from final hidden states (rows given only: the head is most of the cost),
+    with the model's final-logit soft-cap (gemma) applied as its own forward would."""
+    logits = model.get_output_embeddings()(hidden).float()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1)
+
+
 def set_threads(threads: int) -> None:
     """Torch intra-op threads; with a busy second core, 1 thread can beat 2 by far."""
     if threads and threads > 0:
@@ -53,27 +96,15 @@ class CausalLMScorer:
         threads: int = 0,
         max_context_tokens: int = 1024,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         set_threads(threads)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=pick_dtype(dtype, device))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load causal LM '{model}': {exc}") from exc
-        self.model.to(device).eval()
+        self.model, self.tokenizer = load_causal_lm(model, name=name, device=device, dtype=dtype)
+        self.model.eval()
         self.device = device
         self.name = name or str(model)
         self.max_context_tokens = max_context_tokens
-        tok = self.tokenizer
-        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        if start is None:
-            raise ModelError(f"{self.name}: the tokenizer has neither a BOS nor an EOS token to start from")
-        self._start = int(start)
-        self._pad = int(tok.pad_token_id if tok.pad_token_id is not None else start)
-        self._softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        self._start = start_token(self.tokenizer, self.name)
+        pad = self.tokenizer.pad_token_id
+        self._pad = int(pad if pad is not None else self._start)
         # one-entry context cache: not thread-safe (the server lets one thread at a time score)
         self._cached: tuple[tuple[int, ...], object, torch.Tensor] | None = None
         # transformers 5 renamed `past_key_values` to `cache`; accept both generations
@@ -100,11 +131,6 @@ class CausalLMScorer:
             self._cached = (key, cache, last)
         return self._cached[1], self._cached[2]
 
-    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
-        if self._softcap:
-            return torch.tanh(logits / self._softcap) * self._softcap
-        return logits
-
     def score(self, texts: Sequence[str], context: str = "") -> list[float]:
         if not texts:
             return []
@@ -112,8 +138,7 @@ class CausalLMScorer:
             return self._score(texts, context)
 
     def _logp(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities from final hidden states, only at the rows given."""
-        return torch.log_softmax(self._capped(self.model.get_output_embeddings()(hidden).float()), dim=-1)
+        return head_logprobs(self.model, hidden)
 
     def _continue(self, inputs: torch.Tensor, mask: torch.Tensor, start: int, cache: object) -> torch.Tensor:
         """Run `inputs` (batch, length) after `start` cached tokens; returns the final hidden states."""
@@ -129,12 +154,7 @@ class CausalLMScorer:
     def _score(self, texts: Sequence[str], context: str) -> list[float]:
         ctx = self._context_ids(context.rstrip())
         # a hypothesis continues the context after a space, or starts the document
-        encoded = [
-            self.tokenizer.encode(
-                (" " + t.strip()) if context.strip() else t.strip(), add_special_tokens=False
-            )
-            for t in texts
-        ]
+        encoded = [hypothesis_ids(self.tokenizer, t, bool(context.strip())) for t in texts]
         scores = [0.0] * len(encoded)
         rows = [i for i, ids in enumerate(encoded) if ids]
         if not rows:

@@ -1,12 +1,15 @@
 """N-best rescoring (S1/S2): a log-linear choice over recogniser, LM and simple list features.
 
 score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement
+      + am_norm_weight * am / am_tokens + lm_norm_weight * lm / lm_tokens + lm_word_weight * lm / words
 
 `am` is the recogniser's total log-probability, `lm` the scorer's total log-probability of the
 hypothesis given the context, `words` the number of written words (counters the LM's taste for short
 text; counted on the text as written, since "111751" is one word to the LM, six once spelled out),
 and `agreement` the share of the N-best that contains each of the hypothesis's words, averaged
 (ROVER-style voting; the one feature measured to make a small LLM useful here, see findings).
+The length-normalised scores (per recogniser token, per LM token, per word) let the tuner trade
+total against average likelihood; their weights are 0 unless cross-validated tuning finds them useful.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ class Weights:
     lm_weight: float = 0.0
     word_bonus: float = 0.0
     agreement_weight: float = 0.0
+    am_norm_weight: float = 0.0
+    lm_norm_weight: float = 0.0
+    lm_word_weight: float = 0.0
 
 
 @dataclass
@@ -37,11 +43,27 @@ class Candidate:
     words: int
     agreement: float = 0.0
     lm: float = 0.0
+    #: recogniser tokens of the hypothesis (its length for the AM's per-token score)
+    am_tokens: int = 0
+    #: LM tokens of the hypothesis (set with `lm`)
+    lm_tokens: int = 0
+
+    def without_lm(self, w: Weights) -> float:
+        """Every term of the score but the LM's."""
+        per_token = self.am / max(1, self.am_tokens)
+        return (
+            self.am
+            + w.word_bonus * self.words
+            + w.agreement_weight * self.agreement
+            + w.am_norm_weight * per_token
+        )
+
+    def lm_coefficient(self, w: Weights) -> float:
+        """The score is linear in `lm`: total = without_lm + lm_coefficient * lm (what training uses)."""
+        return w.lm_weight + w.lm_norm_weight / max(1, self.lm_tokens) + w.lm_word_weight / max(1, self.words)
 
     def total(self, w: Weights) -> float:
-        return (
-            self.am + w.lm_weight * self.lm + w.word_bonus * self.words + w.agreement_weight * self.agreement
-        )
+        return self.without_lm(w) + self.lm_coefficient(w) * self.lm
 
 
 def candidates(nbest: Sequence[Hypothesis]) -> list[Candidate]:
@@ -58,7 +80,14 @@ def candidates(nbest: Sequence[Hypothesis]) -> list[Candidate]:
         share = [sum(w in bag for bag in bags) / len(bags) for w in words]
         agreement = sum(share) / len(share) if share else 0.0
         out.append(
-            Candidate(hypothesis=h, norm=key, am=h.am_score, words=written_words(h.text), agreement=agreement)
+            Candidate(
+                hypothesis=h,
+                norm=key,
+                am=h.am_score,
+                words=written_words(h.text),
+                agreement=agreement,
+                am_tokens=len(h.tokens) or len(words) + 1,
+            )
         )
     return out
 
@@ -94,6 +123,7 @@ class Rescorer:
             lm = self.scorer.score([c.hypothesis.text for c in cands], self.context(history))
             for c, s in zip(cands, lm):
                 c.lm = s
+                c.lm_tokens = self.scorer.count_tokens(c.hypothesis.text)
                 c.hypothesis.lm_score = s
         return cands
 

@@ -30,16 +30,28 @@ def train(
         int | None, typer.Option("--max-steps", help="Stop (with a checkpoint) after this many updates.")
     ] = None,
 ) -> None:
-    """Train a SpeechLLM (deep fusion): staged, resumable, CPU or GPU(s) via accelerate."""
+    """Train a SpeechLLM (deep fusion) or, with `kind: rescorer`, an N-best rescorer; CPU or GPU(s)."""
     from rich.console import Console
 
     from llmasr.train.config import dump_recipe, load_recipe
+    from llmasr.train.rescorer import RescorerRecipe, train_rescorer
     from llmasr.train.trainer import train as run
 
     console = Console(stderr=True)
     try:
         cfg = load_recipe(recipe, list(set_ or []))
         console.print(dump_recipe(cfg), highlight=False, markup=False)
+        if isinstance(cfg, RescorerRecipe):
+            done = train_rescorer(cfg, resume=resume, max_steps=max_steps, console=console)
+            before = f"{100 * done.dev_wer_before:.2f}%" if done.dev_wer_before is not None else "-"
+            after = f"{100 * done.dev_wer:.2f}%" if done.dev_wer is not None else "-"
+            console.print(
+                f"{done.steps} steps in {done.seconds:.1f} s; dev WER {before} -> {after}; "
+                f"adapter {done.adapter}",
+                highlight=False,
+                markup=False,
+            )
+            return
         summary = run(cfg, resume=resume, max_steps=max_steps, console=console)
     except LlmasrError as exc:
         console.print(f"error: {exc}", highlight=False, markup=False)

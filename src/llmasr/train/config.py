@@ -38,7 +38,7 @@ class RecipeError(LlmasrError):
 
 @dataclass
 class LoraRecipe:
-    """LoRA on the LLM (see llmasr.deep.speechllm.LoraSettings)."""
+    """LoRA on the LLM (see llmasr.lm.lora.LoraSettings)."""
 
     r: int = 8
     alpha: int = 16
@@ -131,6 +131,7 @@ class RunRecipe:
 
 @dataclass
 class Recipe:
+    kind: str = "speechllm"
     model: ModelRecipe = field(default_factory=ModelRecipe)
     data: DataRecipe = field(default_factory=DataRecipe)
     stages: list[StageRecipe] = field(default_factory=lambda: [StageRecipe()])
@@ -146,6 +147,8 @@ class Recipe:
 
     def validate(self) -> Recipe:
         """Cross-field checks that the types alone cannot express; returns self."""
+        if self.kind != "speechllm":
+            raise RecipeError(f"kind '{self.kind}': this recipe type is speechllm")
         if not self.stages:
             raise RecipeError("a recipe needs at least one stage")
         for i, s in enumerate(self.stages):
@@ -257,16 +260,17 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    """A validated Recipe from plain data (e.g. parsed YAML); missing fields take the defaults."""
+def recipe_from_dict(data: dict[str, Any], root: type = Recipe) -> Any:
+    """A validated recipe (`root`: Recipe, or another recipe dataclass with `validate`) from plain data
+    (e.g. parsed YAML); missing fields take the defaults."""
     if not isinstance(data, dict):
         raise RecipeError("a recipe is a YAML mapping")
-    return _build(Recipe, data).validate()
+    return _build(root, data).validate()
 
 
-def _target_type(parts: list[str]) -> Any:
+def _target_type(parts: list[str], root: type = Recipe) -> Any:
     """The declared type of the field a dotted path names; RecipeError for an unknown key."""
-    tp: Any = Recipe
+    tp: Any = root
     walked: list[str] = []
     for part in parts:
         inner, _ = _split_optional(tp)
@@ -302,7 +306,7 @@ def _parse_value(text: str, tp: Any) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str], root: type = Recipe) -> dict[str, Any]:
     """Apply `key.sub=value` strings to raw recipe data (in place); values get the field's type later."""
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -310,7 +314,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key:
             raise RecipeError(f"--set takes key.sub=value, got '{item}'")
         parts = key.split(".")
-        value = _parse_value(text, _target_type(parts))
+        value = _parse_value(text, _target_type(parts, root))
         node: Any = data
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):
@@ -323,7 +327,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 continue
             child = node.get(part)
             if child is None:  # absent or null: start from the defaults (the stage list) or empty
-                child = [asdict(s) for s in Recipe().stages] if i == 0 and part == "stages" else {}
+                child = [asdict(s) for s in root().stages] if i == 0 and part == "stages" else {}
                 node[part] = child
             node = child
         last = parts[-1]
@@ -340,19 +344,37 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe YAML (None: all defaults), apply `--set` overrides, type-check and validate."""
+#: recipe kinds by the top-level `kind:` key of a YAML file (absent: speechllm)
+KINDS = ("speechllm", "rescorer")
+
+
+def recipe_class(kind: str) -> type:
+    if kind == "speechllm":
+        return Recipe
+    if kind == "rescorer":
+        from llmasr.train.rescorer import RescorerRecipe
+
+        return RescorerRecipe
+    raise RecipeError(f"unknown recipe kind '{kind}'; choose one of {', '.join(KINDS)}")
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Any:
+    """Read a recipe YAML (None: all defaults), apply `--set` overrides, type-check and validate.
+
+    The file's `kind:` (speechllm, rescorer) picks the recipe type; it is kept in the resolved recipe.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml_mapping(path, "recipe", RecipeError)
     try:
-        return recipe_from_dict(apply_overrides(data, list(overrides or [])))
+        root = recipe_class(str(data.get("kind", "speechllm")))
+        return recipe_from_dict(apply_overrides(data, list(overrides or []), root), root)
     except RecipeError as exc:
         where = f"{path}: " if path is not None else ""
         raise RecipeError(f"{where}{exc}") from None
 
 
-def dump_recipe(recipe: Recipe, path: str | Path | None = None) -> str:
+def dump_recipe(recipe: Any, path: str | Path | None = None) -> str:
     """The resolved recipe as YAML (every field), written to `path` when given."""
     text = yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
     if path is not None:

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from llmasr.deep.speechllm import LoraSettings, PromptTemplate, SpeechLLM
+from llmasr.deep.speechllm import PromptTemplate, SpeechLLM
+from llmasr.lm.lora import LoraSettings
 from llmasr.metrics import normalize
 from llmasr.train.config import ModelRecipe
 

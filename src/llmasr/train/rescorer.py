@@ -1,0 +1,551 @@
+"""Train an LLM as a discriminative N-best rescorer (issue 7): LoRA, minimum-WER loss over each list.
+
+The rescorer is the same log-linear choice `llmasr.shallow.rescore` makes at inference,
+
+    score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement,
+
+with `lm` the LLM's total log-probability of the hypothesis given its context. Training moves the
+LLM (through LoRA; the base stays frozen) so that, under the softmax of these scores over a list, the
+expected number of word errors falls (MWER, as in Prabhavalkar et al. 2018), plus a little
+cross-entropy toward the list's best hypotheses. Lists whose candidates all make the same number of
+errors carry no signal and are skipped.
+
+The context is the one inference builds (`build_context`): some lists get another utterance as the
+previous segment, some a term list that holds a few of the reference's rarer words among
+distractors, so that carried-over context (S1) and term lists (S2) keep working after training.
+
+Output (`run.output_dir`): `adapter/` (peft LoRA files: what ships), `recipe.yaml`, `log.csv`,
+`summary.json`, and `checkpoints/step-N/` (adapter + optimizer state) for `--resume`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmasr.errors import LlmasrError
+from llmasr.lm.lora import LoraSettings, with_lora
+from llmasr.metrics import word_errors
+from llmasr.shallow.context import build_context
+from llmasr.shallow.rescore import Candidate, Weights, candidates
+from llmasr.train.config import LoraRecipe, OptimRecipe, RecipeError, RunRecipe, StageRecipe, dump_recipe
+from llmasr.types import Hypothesis
+
+#: what a rescorer stage can train
+RESCORER_PARTS = ("lora",)
+LOSSES = ("mwer", "listwise")
+CSV_FIELDS = (
+    "step",
+    "stage",
+    "epoch",
+    "loss",
+    "mwer",
+    "ce",
+    "lr",
+    "grad_norm",
+    "lists",
+    "elapsed",
+    "dev_wer",
+)
+
+
+@dataclass
+class RescorerModelRecipe:
+    """The LLM (named model, folder or HF id), its LoRA, and the fixed log-linear feature weights."""
+
+    lm: str = "gemma-3-270m"
+    lora: LoraRecipe = field(default_factory=LoraRecipe)
+    lm_dtype: str = "float32"
+    #: weights of the other features while the LLM trains (the zero-shot profile's; re-tuned on dev after)
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"lm_weight": 0.3, "word_bonus": 2.0, "agreement_weight": 8.0}
+    )
+    #: context tokens kept (the most recent), as the scorer's max_context_tokens
+    max_context_tokens: int = 256
+
+
+@dataclass
+class RescorerDataRecipe:
+    """N-best corpora (JSONL from `llmasr data nbest`) and how contexts are made up."""
+
+    train: str = ""
+    dev: str | None = None
+    max_candidates: int = 8
+    #: share of training lists given another utterance's reference as the previous segment (S1)
+    history_rate: float = 0.25
+    #: share of training lists given a term list (S2): rarer reference words among distractors
+    terms_rate: float = 0.25
+    terms_per_list: int = 8
+
+
+@dataclass
+class LossRecipe:
+    """mwer: expected word errors under softmax(score / temperature), minus the list mean;
+    listwise: cross-entropy toward the list's best candidates only. `ce_weight` adds that term to mwer."""
+
+    kind: str = "mwer"
+    temperature: float = 1.0
+    ce_weight: float = 0.1
+
+
+@dataclass
+class RescorerRecipe:
+    kind: str = "rescorer"
+    model: RescorerModelRecipe = field(default_factory=RescorerModelRecipe)
+    data: RescorerDataRecipe = field(default_factory=RescorerDataRecipe)
+    loss: LossRecipe = field(default_factory=LossRecipe)
+    stages: list[StageRecipe] = field(
+        default_factory=lambda: [StageRecipe(name="lora", epochs=1.0, lr=2e-4, train=["lora"], warmup=20)]
+    )
+    optim: OptimRecipe = field(default_factory=lambda: OptimRecipe(grad_accum=8))
+    run: RunRecipe = field(default_factory=lambda: RunRecipe(output_dir="runs/rescorer", eval_every=100))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> RescorerRecipe:
+        if self.kind != "rescorer":
+            raise RecipeError(f"kind '{self.kind}': this recipe type is rescorer")
+        if not self.data.train:
+            raise RecipeError("data.train: an N-best JSONL (llmasr data nbest) is required")
+        if not self.stages:
+            raise RecipeError("a recipe needs at least one stage")
+        for i, s in enumerate(self.stages):
+            if [p for p in s.train if p not in RESCORER_PARTS] or not s.train:
+                raise RecipeError(
+                    f"stages.{i}.train: {s.train}; a rescorer trains {', '.join(RESCORER_PARTS)}"
+                )
+            if s.steps <= 0 and s.epochs <= 0:
+                raise RecipeError(f"stages.{i} ({s.name}): set steps or epochs")
+        if self.loss.kind not in LOSSES:
+            raise RecipeError(f"loss.kind '{self.loss.kind}': choose one of {', '.join(LOSSES)}")
+        if self.loss.temperature <= 0:
+            raise RecipeError("loss.temperature must be positive")
+        try:
+            Weights(**self.model.weights)
+        except TypeError:
+            raise RecipeError(f"model.weights: keys are {', '.join(asdict(Weights()))}") from None
+        if self.optim.grad_accum < 1:
+            raise RecipeError("optim.grad_accum must be at least 1")
+        return self
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class NbestList:
+    """One training or dev list: distinct candidates with their features and word errors."""
+
+    id: str
+    reference: str
+    candidates: list[Candidate]
+    errors: list[int]
+    ref_words: int
+    context: str = ""
+
+    @property
+    def informative(self) -> bool:
+        return len(set(self.errors)) > 1
+
+
+def read_lists(path: str | Path, max_candidates: int = 8) -> list[NbestList]:
+    """N-best JSONL records as lists; a corrupt line is an error naming the file and line."""
+    out = []
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: N-best corpus not found (build one with `llmasr data nbest`)")
+    with open(p, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                hyps = [
+                    Hypothesis(
+                        text=h["text"], am_score=float(h["am_score"]), tokens=list(h.get("tokens", []))
+                    )
+                    for h in rec["nbest"]
+                ]
+                ref = str(rec["reference"])
+                rid = str(rec["id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RecipeError(f"{p}, line {n}: not an N-best record ({exc})") from None
+            cands = candidates(hyps[:max_candidates])
+            if not cands:
+                continue
+            errors = [word_errors(ref, c.hypothesis.text)[0] for c in cands]
+            out.append(NbestList(rid, ref, cands, errors, word_errors(ref, "")[1]))
+    return out
+
+
+def _rare_words(text: str) -> list[str]:
+    """Words a term list would hold: long or capitalised ones, as written."""
+    words = [w.strip(".,;:!?\"'()") for w in text.split()]
+    return [w for w in words if len(w) >= 6 or (w[:1].isupper() and len(w) > 2)]
+
+
+def add_contexts(lists: Sequence[NbestList], data: RescorerDataRecipe, seed: int) -> None:
+    """Give some lists a previous segment and some a term list (see the module doc); deterministic."""
+    rng = random.Random(seed)
+    pool = sorted({w for x in lists for w in _rare_words(x.reference)})
+    for i, x in enumerate(lists):
+        history = ""
+        terms: list[str] = []
+        if len(lists) > 1 and rng.random() < data.history_rate:
+            j = rng.randrange(len(lists) - 1)
+            history = lists[j + (j >= i)].reference  # any list but this one
+        if pool and rng.random() < data.terms_rate:
+            own = _rare_words(x.reference)
+            rng.shuffle(own)
+            keep = own[: rng.randint(1, 3)] if own else []
+            k = max(0, data.terms_per_list - len(keep))
+            terms = keep + rng.sample(pool, min(k, len(pool)))
+            rng.shuffle(terms)
+        x.context = build_context(None, terms, history)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ListScorer(torch.nn.Module):
+    """A causal LM (with LoRA) that scores every candidate of a list in one padded batch, with gradient.
+
+    Tokenisation, the start token, the context cut and the head's soft-cap are those of
+    `llmasr.lm.causal.CausalLMScorer`, so a trained adapter scores the same way at inference.
+    """
+
+    def __init__(self, lm: torch.nn.Module, tokenizer: Any, name: str, max_context_tokens: int) -> None:
+        super().__init__()
+        from llmasr.lm.causal import start_token
+
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.start = start_token(tokenizer, name)
+        pad = tokenizer.pad_token_id
+        self.pad = int(pad if pad is not None else self.start)
+        self.max_context_tokens = max_context_tokens
+
+    @property
+    def causal_lm(self) -> torch.nn.Module:
+        get = getattr(self.lm, "get_base_model", None)
+        return get() if callable(get) else self.lm
+
+    def forward(self, texts: Sequence[str], context: str = "", relative: bool = False) -> torch.Tensor:
+        """Total log-probability of each text given `context`.
+
+        `relative`: leave out the tokens every text starts with. Their log-probability is the same for
+        all texts, so scores shift by one constant: the softmax over the list, its gradient and the
+        argmax are unchanged, and the costly vocabulary head runs on fewer positions.
+        """
+        from llmasr.lm.causal import _common_prefix, head_logprobs, hypothesis_ids
+
+        ctx_text = context.rstrip()
+        ctx = self.tokenizer.encode(ctx_text, add_special_tokens=False) if ctx_text else []
+        ctx = (
+            [self.start, *ctx[-(self.max_context_tokens - 1) :]]
+            if self.max_context_tokens > 1
+            else [self.start]
+        )
+        hyps = [hypothesis_ids(self.tokenizer, t, bool(context.strip())) for t in texts]
+        device = self.causal_lm.get_input_embeddings().weight.device
+        scores = torch.zeros(len(texts), device=device)
+        rows = [i for i, h in enumerate(hyps) if h]
+        if not rows:
+            return scores
+        shared = len(_common_prefix([hyps[i] for i in rows])) if relative and len(rows) > 1 else 0
+        width = len(ctx) + max(len(hyps[i]) for i in rows)
+        inputs = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        pick_rows, pick_cols, targets, owner = [], [], [], []
+        for r, i in enumerate(rows):
+            seq = ctx + hyps[i]
+            inputs[r, : len(seq)] = torch.tensor(seq)
+            mask[r, : len(seq)] = 1
+            for j, tok in enumerate(hyps[i]):
+                if j < shared:
+                    continue
+                pick_rows.append(r)
+                pick_cols.append(len(ctx) - 1 + j)  # position j predicts the hypothesis's token j
+                targets.append(tok)
+                owner.append(i)
+        if not targets:
+            return scores
+        hidden = self.causal_lm.base_model(
+            input_ids=inputs.to(device), attention_mask=mask.to(device)
+        ).last_hidden_state
+        sel = hidden[torch.tensor(pick_rows, device=device), torch.tensor(pick_cols, device=device)]
+        logp = head_logprobs(self.causal_lm, sel)
+        tok = logp.gather(1, torch.tensor(targets, device=device).unsqueeze(1)).squeeze(1)
+        return scores.index_add(0, torch.tensor(owner, device=device), tok)
+
+
+def list_scores(x: NbestList, lm: torch.Tensor, w: Weights) -> torch.Tensor:
+    """The log-linear score of every candidate (as `Candidate.total`), differentiable in `lm`."""
+    other = torch.tensor([c.without_lm(w) for c in x.candidates], device=lm.device)
+    coef = torch.tensor([c.lm_coefficient(w) for c in x.candidates], device=lm.device)
+    return other + coef * lm.float()
+
+
+def list_loss(
+    scores: torch.Tensor, errors: Sequence[int], loss: LossRecipe
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, mwer, ce) of one list."""
+    logp = torch.log_softmax(scores / loss.temperature, dim=0)
+    err = torch.tensor(errors, dtype=logp.dtype, device=logp.device)
+    best = err == err.min()
+    ce = -torch.logsumexp(logp[best], dim=0)
+    mwer = (logp.exp() * (err - err.mean())).sum()
+    if loss.kind == "listwise":
+        return ce, mwer.detach(), ce.detach()
+    return mwer + loss.ce_weight * ce, mwer.detach(), ce.detach()
+
+
+def shift_invariant(w: Weights) -> bool:
+    """True when every candidate's LM score has the same coefficient, so a common shift of the LM
+    scores changes nothing (and `ListScorer(relative=True)` may leave shared tokens out)."""
+    return w.lm_norm_weight == 0 and w.lm_word_weight == 0
+
+
+def count_lm_tokens(lists: Sequence[NbestList], tokenizer: Any) -> None:
+    """Set each candidate's LM token count (the per-token LM feature's length)."""
+    for x in lists:
+        for c in x.candidates:
+            c.lm_tokens = len(tokenizer.encode(c.hypothesis.text, add_special_tokens=False))
+
+
+@torch.no_grad()
+def dev_wer(scorer: ListScorer, lists: Sequence[NbestList], w: Weights) -> float:
+    """Corpus WER of the choices the current model makes on dev lists."""
+    errors = words = 0
+    for x in lists:
+        lm = scorer([c.hypothesis.text for c in x.candidates], x.context, relative=shift_invariant(w))
+        pick = int(torch.argmax(list_scores(x, lm, w)))
+        errors += x.errors[pick]
+        words += x.ref_words
+    return errors / max(1, words)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class RescorerSummary:
+    steps: int
+    loss: float | None
+    dev_wer_before: float | None
+    dev_wer: float | None
+    seconds: float
+    lists: int
+    informative_lists: int
+    trainable: int
+    output_dir: str
+    adapter: str
+
+
+def _save_adapter(scorer: ListScorer, folder: Path) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    scorer.lm.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def train_rescorer(
+    recipe: RescorerRecipe, *, resume: bool = False, max_steps: int | None = None, console: Any = None
+) -> RescorerSummary:
+    """Run a rescorer recipe end to end (see the module doc for what lands in `run.output_dir`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from rich.console import Console
+
+    from llmasr.lm.causal import load_causal_lm
+    from llmasr.models import resolve
+    from llmasr.train.trainer import _optimizer, lr_factor, stage_steps
+
+    r = recipe.validate()
+    console = console or Console(stderr=True)
+
+    def say(msg: str) -> None:
+        console.print(msg, highlight=False, markup=False, soft_wrap=True)
+
+    acc = Accelerator(mixed_precision=r.run.mixed_precision)
+    set_seed(r.run.seed)
+    out = Path(r.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_recipe(r, out / "recipe.yaml")
+    w = Weights(**r.model.weights)
+
+    train_lists = read_lists(r.data.train, r.data.max_candidates)
+    add_contexts(train_lists, r.data, r.run.seed)
+    useful = [x for x in train_lists if x.informative]
+    dev_lists = read_lists(r.data.dev, r.data.max_candidates) if r.data.dev else []
+    dev_lists = dev_lists[: r.run.max_dev_utterances] if r.run.max_dev_utterances > 0 else dev_lists
+    if not useful:
+        raise RecipeError(f"{r.data.train}: no list whose candidates differ in word errors: nothing to learn")
+    say(f"{len(train_lists)} training lists, {len(useful)} informative; {len(dev_lists)} dev lists")
+
+    kind, folder = resolve(r.model.lm, "lm")
+    if kind != "causal-lm":
+        raise LlmasrError(f"'{r.model.lm}' is a {kind} model; a trained rescorer needs a causal LM")
+    lm, tokenizer = load_causal_lm(folder, name=r.model.lm, device=str(acc.device), dtype=r.model.lm_dtype)
+    lora = r.model.lora
+    lm = with_lora(lm, LoraSettings(lora.r, lora.alpha, lora.dropout, tuple(lora.target_modules)))
+    scorer = ListScorer(lm, tokenizer, r.model.lm, r.model.max_context_tokens)
+    count_lm_tokens(train_lists + dev_lists, tokenizer)
+    for name, p in scorer.named_parameters():
+        p.requires_grad_("lora_" in name)
+    trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
+
+    step, epoch, cursor = 0, 0, 0
+    ckpt_root = out / "checkpoints"
+    saved = None
+    if resume:
+        found = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        if found:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            last = found[-1]
+            set_peft_model_state_dict(lm, load_file(str(last / "adapter" / "adapter_model.safetensors")))
+            state = json.loads((last / "state.json").read_text(encoding="utf-8"))
+            step, epoch, cursor = int(state["step"]), int(state["epoch"]), int(state["cursor"])
+            saved = torch.load(last / "optimizer.pt", map_location="cpu", weights_only=False)
+            say(f"resuming from {last} (step {step})")
+
+    csv_path = out / "log.csv"
+    rows: list[dict[str, str]] = []
+    if saved is not None and csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            rows = [row for row in csv.DictReader(fh) if int(row["step"]) <= step]
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def log(row: dict[str, Any]) -> None:
+        with open(csv_path, "a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+
+    def order(ep: int) -> list[NbestList]:
+        items = list(useful)
+        random.Random(r.run.seed * 1000 + ep).shuffle(items)
+        return items
+
+    scorer.eval()
+    before = dev_wer(scorer, dev_lists, w) if dev_lists and saved is None else None
+    if before is not None:
+        say(f"dev WER before training: {100 * before:.2f}%")
+        log({"step": 0, "dev_wer": round(before, 5)})
+    started = time.perf_counter()
+    totals = [stage_steps(s, len(useful), r.optim.grad_accum) for s in r.stages]
+    last_loss: float | None = None
+    wer_now: float | None = before
+    done_before = 0
+    for si, (stage, total) in enumerate(zip(r.stages, totals)):
+        if step >= done_before + total:
+            done_before += total
+            continue
+        optimizer = _optimizer(scorer, stage, r)  # type: ignore[arg-type]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(stage, total))
+        if saved is not None and saved.get("stage") == si:
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+        saved = None
+        scorer, optimizer = acc.prepare(scorer, optimizer)
+        params = [p for p in scorer.parameters() if p.requires_grad]
+        say(f"stage {stage.name}: {trainable:,} trainable parameters, {total} steps")
+        window: dict[str, list[float]] = {"loss": [], "mwer": [], "ce": []}
+        data = order(epoch)
+        while step < done_before + total and (max_steps is None or step < max_steps):
+            scorer.train()
+            for _ in range(r.optim.grad_accum):
+                if cursor >= len(data):
+                    epoch, cursor = epoch + 1, 0
+                    data = order(epoch)
+                x = data[cursor]
+                cursor += 1
+                with acc.autocast():
+                    texts = [c.hypothesis.text for c in x.candidates]
+                    lm_scores = scorer(texts, x.context, relative=shift_invariant(w))
+                    loss, mwer, ce = list_loss(list_scores(x, lm_scores, w), x.errors, r.loss)
+                acc.backward(loss / r.optim.grad_accum)
+                window["loss"].append(float(loss.detach()))
+                window["mwer"].append(float(mwer))
+                window["ce"].append(float(ce))
+            grad_norm = (
+                float(acc.clip_grad_norm_(params, r.optim.grad_clip)) if r.optim.grad_clip > 0 else None
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            stage_end = step >= done_before + total
+            if step % max(1, r.run.log_every) == 0 or stage_end:
+                means = {k: sum(v) / len(v) for k, v in window.items() if v}
+                last_loss = means.get("loss")
+                row = {
+                    "step": step,
+                    "stage": stage.name,
+                    "epoch": epoch,
+                    "lr": f"{scheduler.get_last_lr()[0]:.3e}",
+                    "grad_norm": None if grad_norm is None else round(grad_norm, 4),
+                    "lists": step * r.optim.grad_accum,
+                    "elapsed": round(time.perf_counter() - started, 1),
+                    **{k: round(v, 5) for k, v in means.items()},
+                }
+                if dev_lists and ((r.run.eval_every and step % r.run.eval_every == 0) or stage_end):
+                    scorer.eval()
+                    wer_now = dev_wer(acc.unwrap_model(scorer), dev_lists, w)
+                    row["dev_wer"] = round(wer_now, 5)
+                log(row)
+                say(
+                    f"step {step} [{stage.name}] loss {means.get('loss', math.nan):.4f} "
+                    f"mwer {means.get('mwer', math.nan):+.4f}"
+                    + (f" dev WER {100 * wer_now:.2f}%" if "dev_wer" in row else "")
+                )
+                window = {k: [] for k in window}
+            if (r.run.save_every and step % r.run.save_every == 0) or stage_end:
+                target = ckpt_root / f"step-{step:07d}"
+                target.mkdir(parents=True, exist_ok=True)
+                _save_adapter(acc.unwrap_model(scorer), target / "adapter")
+                torch.save(
+                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "stage": si},
+                    target / "optimizer.pt",
+                )
+                (target / "state.json").write_text(
+                    json.dumps({"step": step, "epoch": epoch, "cursor": cursor}), encoding="utf-8"
+                )
+                keep = r.run.keep_checkpoints
+                found = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+                for old in found[:-keep] if keep > 0 else []:
+                    shutil.rmtree(old, ignore_errors=True)
+        done_before += total
+        if max_steps is not None and step >= max_steps:
+            break
+    final = acc.unwrap_model(scorer)
+    _save_adapter(final, out / "adapter")
+    summary = RescorerSummary(
+        steps=step,
+        loss=last_loss,
+        dev_wer_before=before,
+        dev_wer=wer_now,
+        seconds=round(time.perf_counter() - started, 1),
+        lists=len(train_lists),
+        informative_lists=len(useful),
+        trainable=trainable,
+        output_dir=str(out),
+        adapter=str(out / "adapter"),
+    )
+    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
+    return summary
