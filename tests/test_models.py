@@ -242,3 +242,23 @@ def test_prepare_whisper_tiny(home: Path) -> None:
     assert (path / "model.bin").is_file()
     assert resolve("whisper-tiny.en", "asr") == ("whisper", str(path))
     assert not (home / "models").exists()  # shipped in place, no cache copy
+
+
+def test_a_changed_fingerprint_rebuilds(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """A model built from files shipped with llmasr (a trained adapter) is rebuilt when they change."""
+    builder = Builder()
+    version = {"value": "adapter-v1"}
+    spec = register(monkeypatch, fake_spec(build=builder, fingerprint=lambda: version["value"]))
+    path = prepare("fake-lm")
+    assert is_prepared(spec) and len(builder.calls) == 1
+    assert prepare("fake-lm") == path and len(builder.calls) == 1
+    version["value"] = "adapter-v2"  # a new release ships a new adapter
+    assert not is_prepared(spec)
+    prepare("fake-lm")
+    assert len(builder.calls) == 2 and is_prepared(spec)
+
+
+def test_shipped_rescorer_is_a_named_lm() -> None:
+    spec = models.get_spec("gemma-3-270m-rescorer")
+    assert spec.family == "lm" and spec.kind == "causal-lm" and spec.fingerprint is not None
+    assert "peft" in spec.modules

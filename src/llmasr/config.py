@@ -42,6 +42,8 @@ class Options:
     #: segments decoded together by the first pass
     batch_size: int = 8
     threads: int = 0
+    #: first-pass model replicas that can decode at the same time (the server sets its concurrency)
+    asr_workers: int = 1
     device: str = "cpu"
     #: LLM precision: auto (bfloat16 where the hardware has it natively, else float32), float32, bfloat16
     lm_dtype: str = "auto"

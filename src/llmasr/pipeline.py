@@ -31,7 +31,9 @@ def load_recognizer(name: str, options: Options, log: Callable[[str], None] | No
     if kind == "whisper":
         from llmasr.asr.whisper import WhisperRecognizer
 
-        return WhisperRecognizer(location, name=name, device=options.device, threads=options.threads)
+        return WhisperRecognizer(
+            location, name=name, device=options.device, threads=options.threads, workers=options.asr_workers
+        )
     if kind == "pocketsphinx":
         from llmasr.asr.pocketsphinx import PocketsphinxRecognizer
 
@@ -41,7 +43,13 @@ def load_recognizer(name: str, options: Options, log: Callable[[str], None] | No
         from llmasr.asr.whisper import WhisperRecognizer
 
         converted = convert_hf_whisper(location, log=log)
-        return WhisperRecognizer(str(converted), name=name, device=options.device, threads=options.threads)
+        return WhisperRecognizer(
+            str(converted),
+            name=name,
+            device=options.device,
+            threads=options.threads,
+            workers=options.asr_workers,
+        )
     raise ModelError(f"'{name}' resolved to an unknown recogniser kind '{kind}'")
 
 

@@ -45,9 +45,12 @@ class WhisperRecognizer:
         device: str = "cpu",
         compute_type: str = "int8",
         threads: int = 0,
+        workers: int = 1,
         beam_size: int = 8,
         language: str = "en",
     ) -> None:
+        """`workers`: CTranslate2 model replicas, so that that many threads can decode at once (a
+        server with concurrency > 1); each has `threads` intra-op threads."""
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 
@@ -57,6 +60,7 @@ class WhisperRecognizer:
                 device=device,
                 compute_type=compute_type,
                 cpu_threads=threads,
+                num_workers=max(1, workers),
                 local_files_only=True,
             )
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with terse texts

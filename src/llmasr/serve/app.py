@@ -115,6 +115,7 @@ def default_pipeline(settings: ServeSettings) -> Pipeline:
         asr=settings.asr,
         lm=settings.lm,
         threads=settings.threads,
+        asr_workers=settings.concurrency,
         max_duration=settings.max_audio_seconds,
     )
     return Pipeline(options, log=log.info)
