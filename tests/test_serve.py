@@ -388,3 +388,49 @@ def test_real_server_with_openai_client():
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_slow_upload_does_not_hold_the_queue():
+    """A client that sends its body slowly holds an upload place, not the only transcription place."""
+    import httpx
+
+    uvicorn = pytest.importorskip("uvicorn")
+    fake = FakeRecognizer()
+
+    def factory(s: ServeSettings) -> Pipeline:
+        return Pipeline(resolve_options(asr="fake", lm="none"), recognizer=fake, scorer=None)
+
+    port = _free_port()
+    settings = ServeSettings(port=port, concurrency=1, queue_size=0, max_uploads=2)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, factory), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    slow = [socket.socket(), socket.socket()]
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}{URL}"
+        head = (
+            f"POST {URL} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=xx\r\n"
+            "Content-Length: 100000\r\n\r\n--xx\r\n"
+        ).encode()
+        slow[0].connect(("127.0.0.1", port))
+        slow[0].sendall(head)  # ... and the rest never comes (until the request timeout)
+        time.sleep(0.3)
+        files = {"file": ("a.wav", wav_bytes(), "audio/wav")}
+        assert httpx.post(url, files=files, timeout=10).status_code == 200
+        slow[1].connect(("127.0.0.1", port))
+        slow[1].sendall(head)
+        time.sleep(0.3)
+        r = httpx.post(url, files=files, timeout=10)  # the upload places are both taken now
+        assert_error(r, 503, "uploads")
+        assert r.json()["error"]["code"] == "too_many_uploads"
+    finally:
+        for s in slow:
+            s.close()
+        server.should_exit = True
+        thread.join(timeout=30)

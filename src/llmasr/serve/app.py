@@ -34,6 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -84,6 +85,9 @@ class ServeSettings:
     concurrency: int = 1
     #: requests allowed to wait for a worker; more are refused with 503
     queue_size: int = 16
+    #: uploads read at the same time (each holds up to max_upload_mb); more are refused with 503.
+    #: A request takes its queue place only once its upload is in, so slow senders cannot fill the queue
+    max_uploads: int = 32
     #: seconds from arrival to answer (upload, queue and transcription); then 408/503/504
     request_timeout: float = 600.0
     #: CPU threads per model (None: llmasr's default)
@@ -94,6 +98,8 @@ class ServeSettings:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.queue_size < 0:
             raise ValueError(f"queue_size must be 0 or more, got {self.queue_size}")
+        if self.max_uploads < 1:
+            raise ValueError(f"max_uploads must be at least 1, got {self.max_uploads}")
         for name in ("max_upload_mb", "max_audio_seconds", "request_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -283,6 +289,7 @@ def create_app(
     """The FastAPI app; `pipeline_factory` (default: the real models) lets tests serve fake models."""
     state = _State(settings, pipeline_factory or default_pipeline)
     gate = Gate(settings.concurrency, settings.queue_size)
+    uploads = SimpleNamespace(value=0)
     api_key = settings.key()
 
     @asynccontextmanager
@@ -371,6 +378,21 @@ def create_app(
         check_key(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.request_timeout
+        # the upload is read before a transcription slot is taken, so that slow uploads cannot hold
+        # the queue; uploads in progress have their own bound (memory)
+        if uploads.value >= settings.max_uploads:
+            raise ApiError(
+                503,
+                f"server busy: {settings.max_uploads} uploads are already in progress; retry later",
+                kind="server_error",
+                code="too_many_uploads",
+                headers={"Retry-After": "1"},
+            )
+        uploads.value += 1  # the event loop is one thread: no lock needed
+        try:
+            job = await _read_request(request, settings, deadline - loop.time())
+        finally:
+            uploads.value -= 1
         if not gate.enter():
             raise ApiError(
                 503,
@@ -381,7 +403,6 @@ def create_app(
             )
         submitted = False
         try:
-            job = await _read_request(request, settings, deadline - loop.time())
             future = gate.submit(lambda: _transcribe(state, job, settings))
             submitted = True
             try:

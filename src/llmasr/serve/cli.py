@@ -51,6 +51,9 @@ def serve(
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Transcriptions running at once.")] = 1,
     queue_size: Annotated[int, typer.Option(min=0, help="Requests that may wait; more get 503.")] = 16,
+    max_uploads: Annotated[
+        int, typer.Option(min=1, help="Uploads read at once (a request queues once its upload is in).")
+    ] = 32,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload (MB); larger gets 413.")] = 100.0,
     max_audio_seconds: Annotated[float, typer.Option(help="Longest audio (s); longer gets 413.")] = 3600.0,
     request_timeout: Annotated[
@@ -76,6 +79,7 @@ def serve(
             max_audio_seconds=max_audio_seconds,
             concurrency=concurrency,
             queue_size=queue_size,
+            max_uploads=max_uploads,
             request_timeout=request_timeout,
             threads=threads,
         )
