@@ -20,7 +20,6 @@ Output (`run.output_dir`): `adapter/` (peft LoRA files: what ships), `recipe.yam
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -39,11 +38,14 @@ from llmasr.metrics import word_errors
 from llmasr.shallow.context import build_context
 from llmasr.shallow.rescore import Candidate, Weights, candidates
 from llmasr.train.config import LoraRecipe, OptimRecipe, RecipeError, RunRecipe, StageRecipe, dump_recipe
+from llmasr.train.runlog import CsvLog, prune, step_folders
 from llmasr.types import Hypothesis
 
 #: what a rescorer stage can train
 RESCORER_PARTS = ("lora",)
 LOSSES = ("mwer", "listwise")
+#: files a checkpoint holds once complete (state.json is written last)
+COMPLETE = ("state.json", "optimizer.pt")
 CSV_FIELDS = (
     "step",
     "stage",
@@ -411,7 +413,7 @@ def train_rescorer(
     ckpt_root = out / "checkpoints"
     saved = None
     if resume:
-        found = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        found = step_folders(ckpt_root, COMPLETE)
         if found:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
@@ -423,19 +425,7 @@ def train_rescorer(
             saved = torch.load(last / "optimizer.pt", map_location="cpu", weights_only=False)
             say(f"resuming from {last} (step {step})")
 
-    csv_path = out / "log.csv"
-    rows: list[dict[str, str]] = []
-    if saved is not None and csv_path.is_file():
-        with open(csv_path, newline="", encoding="utf-8") as fh:
-            rows = [row for row in csv.DictReader(fh) if int(row["step"]) <= step]
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def log(row: dict[str, Any]) -> None:
-        with open(csv_path, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow({k: row.get(k, "") for k in CSV_FIELDS})
+    log = CsvLog(out / "log.csv", CSV_FIELDS, step if saved is not None else None).write
 
     def order(ep: int) -> list[NbestList]:
         items = list(useful)
@@ -526,10 +516,7 @@ def train_rescorer(
                 (target / "state.json").write_text(
                     json.dumps({"step": step, "epoch": epoch, "cursor": cursor}), encoding="utf-8"
                 )
-                keep = r.run.keep_checkpoints
-                found = sorted(ckpt_root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-                for old in found[:-keep] if keep > 0 else []:
-                    shutil.rmtree(old, ignore_errors=True)
+                prune(ckpt_root, r.run.keep_checkpoints, COMPLETE)
         done_before += total
         if max_steps is not None and step >= max_steps:
             break

@@ -17,7 +17,6 @@ so the losses continue as if the run had never stopped. A step is one optimizer 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -44,6 +43,7 @@ from llmasr.train.dataset import (
     load_utterances,
 )
 from llmasr.train.model import build_model, checkpoint_state, set_trainable
+from llmasr.train.runlog import CsvLog, prune, step_folders
 
 CSV_FIELDS = (
     "step", "stage", "epoch", "loss", "lm_loss", "ctc_loss", "lr", "grad_norm", "audio_seconds", "elapsed",
@@ -96,9 +96,7 @@ def stage_steps(stage: StageRecipe, batches_per_epoch: int, grad_accum: int) -> 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    found = [p for p in root.glob("step-*") if (p / STATE).is_file() and (p / WEIGHTS).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    return step_folders(Path(output_dir) / "checkpoints", (STATE, WEIGHTS))
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -276,9 +274,7 @@ class Trainer:
             (tmp / STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
             shutil.rmtree(target, ignore_errors=True)
             tmp.rename(target)
-            keep = self.recipe.run.keep_checkpoints
-            for old in checkpoints(self.out)[:-keep] if keep > 0 else []:
-                shutil.rmtree(old, ignore_errors=True)
+            prune(self.out / "checkpoints", self.recipe.run.keep_checkpoints, (STATE, WEIGHTS))
         self.acc.wait_for_everyone()
         return target
 
@@ -299,18 +295,10 @@ class Trainer:
 
     def _open_logs(self, resumed: bool) -> None:
         """CSV log (on resume, rows past the checkpoint are dropped: they will be redone)."""
-        self.csv_path = self.out / "log.csv"
         self.tb = None
         if not self.acc.is_main_process:
             return
-        rows: list[dict[str, str]] = []
-        if resumed and self.csv_path.is_file():
-            with open(self.csv_path, newline="", encoding="utf-8") as fh:
-                rows = [row for row in csv.DictReader(fh) if int(row["step"]) <= self.step]
-        with open(self.csv_path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        self.csv = CsvLog(self.out / "log.csv", CSV_FIELDS, self.step if resumed else None)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -321,9 +309,7 @@ class Trainer:
     def _log(self, row: dict[str, Any]) -> None:
         if not self.acc.is_main_process:
             return
-        clean = {k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS}
-        with open(self.csv_path, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writerow(clean)
+        self.csv.write(row)
         if self.tb is not None:
             for key in ("loss", "lm_loss", "ctc_loss", "lr", "grad_norm", "dev_wer"):
                 if row.get(key) is not None:
