@@ -88,6 +88,9 @@ class RescorerDataRecipe:
     #: share of training lists given a term list (S2): rarer reference words among distractors
     terms_rate: float = 0.25
     terms_per_list: int = 8
+    #: training lists whose best candidate is worse than this (word errors / reference words) are left
+    #: out: when every hypothesis is garbage (heavy noise), choosing among them teaches little
+    max_oracle_wer: float = 1.0
 
 
 @dataclass
@@ -390,7 +393,11 @@ def train_rescorer(
 
     train_lists = read_lists(r.data.train, r.data.max_candidates)
     add_contexts(train_lists, r.data, r.run.seed)
-    useful = [x for x in train_lists if x.informative]
+    useful = [
+        x
+        for x in train_lists
+        if x.informative and min(x.errors) <= r.data.max_oracle_wer * max(1, x.ref_words)
+    ]
     dev_lists = read_lists(r.data.dev, r.data.max_candidates) if r.data.dev else []
     dev_lists = dev_lists[: r.run.max_dev_utterances] if r.run.max_dev_utterances > 0 else dev_lists
     if not useful:
