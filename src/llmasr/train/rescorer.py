@@ -90,7 +90,7 @@ class RescorerDataRecipe:
     terms_per_list: int = 8
     #: training lists whose best candidate is worse than this (word errors / reference words) are left
     #: out: when every hypothesis is garbage (heavy noise), choosing among them teaches little
-    max_oracle_wer: float = 1.0
+    max_oracle_wer: float | None = None
 
 
 @dataclass
@@ -396,7 +396,8 @@ def train_rescorer(
     useful = [
         x
         for x in train_lists
-        if x.informative and min(x.errors) <= r.data.max_oracle_wer * max(1, x.ref_words)
+        if x.informative
+        and (r.data.max_oracle_wer is None or min(x.errors) <= r.data.max_oracle_wer * max(1, x.ref_words))
     ]
     dev_lists = read_lists(r.data.dev, r.data.max_candidates) if r.data.dev else []
     dev_lists = dev_lists[: r.run.max_dev_utterances] if r.run.max_dev_utterances > 0 else dev_lists
