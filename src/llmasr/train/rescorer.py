@@ -381,14 +381,18 @@ def train_rescorer(
     r = recipe.validate()
     console = console or Console(stderr=True)
 
-    def say(msg: str) -> None:
-        console.print(msg, highlight=False, markup=False, soft_wrap=True)
-
     acc = Accelerator(mixed_precision=r.run.mixed_precision)
+    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
+
+    def say(msg: str) -> None:
+        if main:
+            console.print(msg, highlight=False, markup=False, soft_wrap=True)
+
     set_seed(r.run.seed)
     out = Path(r.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_recipe(r, out / "recipe.yaml")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_recipe(r, out / "recipe.yaml")
     w = Weights(**r.model.weights)
 
     train_lists = read_lists(r.data.train, r.data.max_candidates)
@@ -433,20 +437,29 @@ def train_rescorer(
             saved = torch.load(last / "optimizer.pt", map_location="cpu", weights_only=False)
             say(f"resuming from {last} (step {step})")
 
-    log = CsvLog(out / "log.csv", CSV_FIELDS, step if saved is not None else None).write
+    csv_log = CsvLog(out / "log.csv", CSV_FIELDS, step if saved is not None else None) if main else None
+
+    def log(row: dict[str, Any]) -> None:
+        if csv_log is not None:
+            csv_log.write(row)
+
+    per_rank = len(useful) // world
+    if per_rank == 0:
+        raise RecipeError(f"{r.data.train}: {len(useful)} informative lists for {world} processes")
 
     def order(ep: int) -> list[NbestList]:
+        """This process's share of an epoch: one shuffle for all, then every world-th list."""
         items = list(useful)
         random.Random(r.run.seed * 1000 + ep).shuffle(items)
-        return items
+        return items[rank : per_rank * world : world]
 
     scorer.eval()
-    before = dev_wer(scorer, dev_lists, w) if dev_lists and saved is None else None
+    before = dev_wer(scorer, dev_lists, w) if dev_lists and saved is None and main else None
     if before is not None:
         say(f"dev WER before training: {100 * before:.2f}%")
         log({"step": 0, "dev_wer": round(before, 5)})
     started = time.perf_counter()
-    totals = [stage_steps(s, len(useful), r.optim.grad_accum) for s in r.stages]
+    totals = [stage_steps(s, per_rank, r.optim.grad_accum) for s in r.stages]
     last_loss: float | None = None
     wer_now: float | None = before
     done_before = 0
@@ -503,9 +516,11 @@ def train_rescorer(
                     **{k: round(v, 5) for k, v in means.items()},
                 }
                 if dev_lists and ((r.run.eval_every and step % r.run.eval_every == 0) or stage_end):
-                    scorer.eval()
-                    wer_now = dev_wer(acc.unwrap_model(scorer), dev_lists, w)
-                    row["dev_wer"] = round(wer_now, 5)
+                    if main:
+                        scorer.eval()
+                        wer_now = dev_wer(acc.unwrap_model(scorer), dev_lists, w)
+                        row["dev_wer"] = round(wer_now, 5)
+                    acc.wait_for_everyone()
                 log(row)
                 say(
                     f"step {step} [{stage.name}] loss {means.get('loss', math.nan):.4f} "
@@ -513,7 +528,7 @@ def train_rescorer(
                     + (f" dev WER {100 * wer_now:.2f}%" if "dev_wer" in row else "")
                 )
                 window = {k: [] for k in window}
-            if (r.run.save_every and step % r.run.save_every == 0) or stage_end:
+            if main and ((r.run.save_every and step % r.run.save_every == 0) or stage_end):
                 target = ckpt_root / f"step-{step:07d}"
                 target.mkdir(parents=True, exist_ok=True)
                 _save_adapter(acc.unwrap_model(scorer), target / "adapter")
@@ -528,8 +543,9 @@ def train_rescorer(
         done_before += total
         if max_steps is not None and step >= max_steps:
             break
-    final = acc.unwrap_model(scorer)
-    _save_adapter(final, out / "adapter")
+    acc.wait_for_everyone()
+    if main:
+        _save_adapter(acc.unwrap_model(scorer), out / "adapter")
     summary = RescorerSummary(
         steps=step,
         loss=last_loss,
@@ -542,5 +558,6 @@ def train_rescorer(
         output_dir=str(out),
         adapter=str(out / "adapter"),
     )
-    (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
+    if main:
+        (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
     return summary
