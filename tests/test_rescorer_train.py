@@ -164,3 +164,27 @@ def test_training_fixes_the_lists_and_resumes(lm_dir: Path, tmp_path: Path) -> N
     from llmasr.train.rescorer import dev_wer
 
     assert dev_wer(scorer, lists, w) == pytest.approx(done.dev_wer)
+
+
+def test_cli_trains_a_rescorer_recipe(lm_dir: Path, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from llmasr.train.cli import train as train_cmd
+
+    data = _write_lists(tmp_path / "n.jsonl")
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        f"kind: rescorer\nmodel: {{lm: '{lm_dir}'}}\ndata: {{train: '{data}', dev: '{data}'}}\n"
+        f"stages: [{{name: lora, steps: 3, lr: 1.0e-2, train: [lora]}}]\n"
+        f"optim: {{grad_accum: 1}}\nrun: {{output_dir: '{tmp_path / 'run'}', eval_every: 0}}\n",
+        encoding="utf-8",
+    )
+    app = typer.Typer()
+    app.command()(train_cmd)
+    result = CliRunner().invoke(app, [str(path), "--set", "loss.kind=listwise"])
+    assert result.exit_code == 0, result.output
+    assert "3 steps in" in result.output and "dev WER" in result.output
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    bad = CliRunner().invoke(app, [str(path), "--set", "loss.kind=hinge"])
+    assert bad.exit_code == 1 and "loss.kind 'hinge'" in bad.output

@@ -38,32 +38,25 @@ def train(
     from llmasr.train.trainer import train as run
 
     console = Console(stderr=True)
+
+    def pct(value: float | None) -> str:
+        return f"{100 * value:.2f}%" if value is not None else "-"
+
     try:
         cfg = load_recipe(recipe, list(set_ or []))
         console.print(dump_recipe(cfg), highlight=False, markup=False)
         if isinstance(cfg, RescorerRecipe):
             done = train_rescorer(cfg, resume=resume, max_steps=max_steps, console=console)
-            before = f"{100 * done.dev_wer_before:.2f}%" if done.dev_wer_before is not None else "-"
-            after = f"{100 * done.dev_wer:.2f}%" if done.dev_wer is not None else "-"
-            console.print(
-                f"{done.steps} steps in {done.seconds:.1f} s; dev WER {before} -> {after}; "
-                f"adapter {done.adapter}",
-                highlight=False,
-                markup=False,
-            )
-            return
-        summary = run(cfg, resume=resume, max_steps=max_steps, console=console)
+            line = f"dev WER {pct(done.dev_wer_before)} -> {pct(done.dev_wer)}; adapter {done.adapter}"
+        else:
+            summary = run(cfg, resume=resume, max_steps=max_steps, console=console)
+            loss = f"{summary.loss:.4f}" if summary.loss is not None else "-"
+            line = f"loss {loss}; dev WER {pct(summary.dev_wer)}; checkpoint {summary.checkpoint}"
+            done = summary
     except LlmasrError as exc:
         console.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None
-    loss = f"{summary.loss:.4f}" if summary.loss is not None else "-"
-    wer = f"{100 * summary.dev_wer:.2f}%" if summary.dev_wer is not None else "-"
-    console.print(
-        f"{summary.steps} steps in {summary.seconds:.1f} s; loss {loss}; dev WER {wer}; "
-        f"checkpoint {summary.checkpoint}",
-        highlight=False,
-        markup=False,
-    )
+    console.print(f"{done.steps} steps in {done.seconds:.1f} s; {line}", highlight=False, markup=False)
 
 
 def main() -> None:
