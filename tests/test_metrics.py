@@ -110,7 +110,7 @@ def test_wer_length_mismatch():
 def test_entity_recall():
     hyp = "We met Dr. O'Brien at Kubernetes-Con in 2019 with Ann."
     entities = ["O'Brien", "kubernetes con", "Ann", "Anna", "2019", "met Dr", "brien", "..."]
-    # found: o'brien, kubernetes con, ann, 2019 (twenty nineteen), met dr
+    # found: o'brien, kubernetes con, ann, 2019 (twenty nineteen), met dr (both "met doctor")
     # not found: anna, brien (only inside o'brien); "..." normalises to nothing and is not counted
     assert entity_recall(entities, hyp) == (5, 7)
     assert entity_recall([], hyp) == (0, 0)
@@ -155,3 +155,17 @@ def test_breakdown_groups_by_kind_not_parameters() -> None:
     by = Report(rows=rows).breakdown("voice")
     assert by["flite:slt"]["wer"] == 0.25 and by["flite:slt"]["utterances"] == 2
     assert by["espeak:en-us"]["wer"] == 0.5
+
+
+def test_titles_are_spelled_out_as_said() -> None:
+    """References spelled by hand ("MISTER") and recognisers that abbreviate ("Mr.") must agree."""
+    from llmasr.metrics import normalize, wer
+
+    assert (
+        normalize("And Mr. John Dashwood")
+        == normalize("AND MISTER JOHN DASHWOOD")
+        == ("and mister john dashwood")
+    )
+    assert normalize("Mrs. Smith and Ms. Lee") == "missus smith and miz lee"
+    assert normalize("Dr. Watson") == normalize("doctor watson") == "doctor watson"
+    assert wer(["he met mister brown"], ["He met Mr. Brown."]) == 0.0

@@ -116,15 +116,22 @@ def spell_numbers(text: str) -> str:
     return re.sub(r"\s+([,.;:!?)])", r"\1", " ".join(text.split()))
 
 
+#: titles as they are said, word by word whatever follows (both sides of a comparison must agree):
+#: references spelled out by hand ("mister") meet recognisers that abbreviate ("Mr."); "st" (saint or
+#: street) is left alone
+_TITLES = {"mr": "mister", "mrs": "missus", "ms": "miz", "dr": "doctor"}
+
+
 def normalize(text: str) -> str:
-    """Lowercase, numbers as words, punctuation removed except apostrophes inside words, one space."""
+    """Lowercase, numbers as words, titles spelled out, punctuation removed except apostrophes inside
+    words, one space."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("`", "'")
     text = spell_numbers(text)
     text = text.replace("%", " percent ").replace("&", " and ")
     text = re.sub(r"[^\w\s']|_", " ", text)  # punctuation and symbols, hyphens included
     text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)  # quotes, not apostrophes inside words
-    return " ".join(text.split())
+    return " ".join(_TITLES.get(w, w) for w in text.split())
 
 
 @dataclass
