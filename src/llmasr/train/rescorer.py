@@ -37,7 +37,15 @@ from llmasr.lm.lora import LoraSettings, with_lora
 from llmasr.metrics import word_errors
 from llmasr.shallow.context import build_context
 from llmasr.shallow.rescore import Candidate, Weights, candidates
-from llmasr.train.config import LoraRecipe, OptimRecipe, RecipeError, RunRecipe, StageRecipe, dump_recipe
+from llmasr.train.config import (
+    PRECISIONS,
+    LoraRecipe,
+    OptimRecipe,
+    RecipeError,
+    RunRecipe,
+    StageRecipe,
+    dump_recipe,
+)
 from llmasr.train.runlog import CsvLog, prune, step_folders
 from llmasr.types import Hypothesis
 
@@ -142,6 +150,10 @@ class RescorerRecipe:
             raise RecipeError(f"model.weights: keys are {', '.join(asdict(Weights()))}") from None
         if self.optim.grad_accum < 1:
             raise RecipeError("optim.grad_accum must be at least 1")
+        if self.run.mixed_precision not in PRECISIONS:
+            raise RecipeError(
+                f"run.mixed_precision '{self.run.mixed_precision}': choose one of {', '.join(PRECISIONS)}"
+            )
         return self
 
 
