@@ -102,3 +102,15 @@ def test_read_done_keeps_unterminated_whole_record(tmp_path: Path) -> None:
     done, removed = read_done(out)
     assert done == {"a", "b"} and removed == 0
     assert out.read_text(encoding="utf-8") == '{"id": "a"}\n{"id": "b"}\n'
+
+
+def test_records_read_back_as_hypotheses() -> None:
+    from llmasr.data.nbest import _hyp, record_hypotheses
+    from llmasr.types import Hypothesis
+
+    hyps = [Hypothesis("Hello there.", -1.25, tokens=[5, 6]), Hypothesis("hello dare", -2.5)]
+    back = record_hypotheses({"nbest": [_hyp(h) for h in hyps]})
+    assert [(h.text, h.am_score, h.tokens) for h in back] == [
+        ("Hello there.", -1.25, [5, 6]),
+        ("hello dare", -2.5, []),
+    ]

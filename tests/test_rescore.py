@@ -309,3 +309,16 @@ def test_word_count_is_of_written_words() -> None:
     assert cands["11, 17, 51"].words == 3
     assert cands["111751."].words == 1
     assert written_words("He said - well - ok.") == 4  # the dashes are not words
+
+
+def test_normalised_lm_weights_alone_run_the_lm_and_count_its_tokens() -> None:
+    fake = FakeScorer({"the cat sat": -6.0, "the cat": -5.0})
+    nb = hyps(("the cat", -1.0), ("the cat sat", -1.2))
+    # total LM prefers "the cat"; per word (-3 vs -2.5) prefers "the cat sat"
+    chosen = Rescorer(fake, Weights(lm_word_weight=1.0)).choose(nb)
+    assert len(fake.calls) == 1 and chosen.text == "the cat sat"
+    cands = Rescorer(fake, Weights(lm_norm_weight=1.0)).featurise(nb)
+    assert all(c.lm_tokens == fake.count_tokens(c.hypothesis.text) for c in cands)
+    # with only the total-LM weight, no per-token lengths are computed on the inference path
+    plain = Rescorer(fake, Weights(lm_weight=1.0)).featurise(nb)
+    assert all(c.lm_tokens == 0 for c in plain)

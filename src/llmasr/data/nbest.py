@@ -57,6 +57,16 @@ def _hyp(h: Hypothesis) -> dict[str, Any]:
     return d
 
 
+def record_hypotheses(record: dict[str, Any]) -> list[Hypothesis]:
+    """The hypotheses of one record, as `_hyp` wrote them (KeyError/TypeError/ValueError if malformed)."""
+    return [
+        Hypothesis(
+            text=str(h["text"]), am_score=float(h["am_score"]), tokens=[int(t) for t in h.get("tokens", [])]
+        )
+        for h in record["nbest"]
+    ]
+
+
 def read_done(path: Path) -> tuple[set[str], int]:
     """Ids already in an output file; a last line cut short by a kill is truncated away.
 

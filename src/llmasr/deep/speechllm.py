@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from llmasr.deep.adapters import AdapterOutput, build_adapter
 from llmasr.errors import ModelError
-from llmasr.lm.lora import LoraSettings, with_lora
+from llmasr.lm.lora import LoraSettings, base_causal_lm, with_lora
 
 AUDIO_PLACEHOLDER = "<audio>"
 DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
@@ -186,8 +186,7 @@ class SpeechLLM(nn.Module):
     @property
     def causal_lm(self) -> nn.Module:
         """The transformers causal LM itself (inside the peft wrapper when LoRA is on)."""
-        get = getattr(self.llm, "get_base_model", None)
-        return get() if callable(get) else self.llm
+        return base_causal_lm(self.llm)
 
     @property
     def device(self) -> torch.device:

@@ -67,6 +67,14 @@ def hypothesis_ids(tokenizer: object, text: str, after_context: bool) -> list[in
     return tokenizer.encode((" " + text) if after_context else text, add_special_tokens=False)  # type: ignore[attr-defined]
 
 
+def context_ids(tokenizer: object, start: int, context: str, max_tokens: int) -> list[int]:
+    """The start token, then the most recent `max_tokens - 1` context tokens (history closest to the
+    hypothesis matters most). Scoring and rescorer training both use this rule."""
+    context = context.rstrip()
+    ids = tokenizer.encode(context, add_special_tokens=False) if context else []  # type: ignore[attr-defined]
+    return [start, *(ids[-(max_tokens - 1) :] if max_tokens > 1 else [])]
+
+
 def head_logprobs(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """Log-probabilities from final hidden states (rows given only: the head is most of the cost),
     with the model's final-logit soft-cap (gemma) applied as its own forward would."""
@@ -114,12 +122,6 @@ class CausalLMScorer:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def _context_ids(self, context: str) -> list[int]:
-        ids = self.tokenizer.encode(context, add_special_tokens=False) if context else []
-        # keep the most recent part of the context: history closest to the hypothesis matters most
-        ids = ids[-(self.max_context_tokens - 1) :] if self.max_context_tokens > 1 else []
-        return [self._start, *ids]
-
     def _run_context(self, ids: list[int]) -> tuple[object, torch.Tensor]:
         key = tuple(ids)
         if self._cached is None or self._cached[0] != key:
@@ -152,7 +154,7 @@ class CausalLMScorer:
         ).last_hidden_state
 
     def _score(self, texts: Sequence[str], context: str) -> list[float]:
-        ctx = self._context_ids(context.rstrip())
+        ctx = context_ids(self.tokenizer, self._start, context, self.max_context_tokens)
         # a hypothesis continues the context after a space, or starts the document
         encoded = [hypothesis_ids(self.tokenizer, t, bool(context.strip())) for t in texts]
         scores = [0.0] * len(encoded)

@@ -19,6 +19,12 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+def base_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers causal LM itself, inside the peft wrapper when LoRA is on."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
 def with_lora(llm: nn.Module, settings: LoraSettings) -> nn.Module:
     """The LM wrapped by peft with fresh LoRA weights (B = 0: the output is unchanged until trained)."""
     try:

@@ -114,16 +114,20 @@ class Rescorer:
     ) -> list[Candidate]:
         """Candidates with LM scores; all hypotheses of a segment go through the LM in one batch.
 
-        The LM runs only when its weight is non-zero, unless `with_lm` says otherwise (tuning).
+        The LM runs only when one of its weights is non-zero, unless `with_lm` says otherwise (tuning).
         """
         cands = candidates(nbest)
+        # per-token LM lengths: for tuning (an explicit with_lm) or a weight that reads them
+        count = with_lm is not None or self.weights.lm_norm_weight != 0.0
         if with_lm is None:
-            with_lm = self.weights.lm_weight != 0.0
+            w = self.weights
+            with_lm = w.lm_weight != 0.0 or w.lm_norm_weight != 0.0 or w.lm_word_weight != 0.0
         if self.scorer is not None and with_lm and cands:
             lm = self.scorer.score([c.hypothesis.text for c in cands], self.context(history))
             for c, s in zip(cands, lm):
                 c.lm = s
-                c.lm_tokens = self.scorer.count_tokens(c.hypothesis.text)
+                if count:
+                    c.lm_tokens = self.scorer.count_tokens(c.hypothesis.text)
                 c.hypothesis.lm_score = s
         return cands
 

@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 
+from llmasr.data.nbest import record_hypotheses
 from llmasr.errors import LlmasrError
-from llmasr.lm.lora import LoraSettings, with_lora
+from llmasr.lm.lora import LoraSettings, base_causal_lm, with_lora
 from llmasr.metrics import word_errors
 from llmasr.shallow.context import build_context
 from llmasr.shallow.rescore import Candidate, Weights, candidates
@@ -47,7 +48,6 @@ from llmasr.train.config import (
     dump_recipe,
 )
 from llmasr.train.runlog import CsvLog, prune, step_folders
-from llmasr.types import Hypothesis
 
 #: what a rescorer stage can train
 RESCORER_PARTS = ("lora",)
@@ -188,12 +188,7 @@ def read_lists(path: str | Path, max_candidates: int = 8) -> list[NbestList]:
                 continue
             try:
                 rec = json.loads(line)
-                hyps = [
-                    Hypothesis(
-                        text=h["text"], am_score=float(h["am_score"]), tokens=list(h.get("tokens", []))
-                    )
-                    for h in rec["nbest"]
-                ]
+                hyps = record_hypotheses(rec)
                 ref = str(rec["reference"])
                 rid = str(rec["id"])
             except (ValueError, KeyError, TypeError) as exc:
@@ -255,8 +250,7 @@ class ListScorer(torch.nn.Module):
 
     @property
     def causal_lm(self) -> torch.nn.Module:
-        get = getattr(self.lm, "get_base_model", None)
-        return get() if callable(get) else self.lm
+        return base_causal_lm(self.lm)
 
     def forward(self, texts: Sequence[str], context: str = "", relative: bool = False) -> torch.Tensor:
         """Total log-probability of each text given `context`.
@@ -265,15 +259,9 @@ class ListScorer(torch.nn.Module):
         all texts, so scores shift by one constant: the softmax over the list, its gradient and the
         argmax are unchanged, and the costly vocabulary head runs on fewer positions.
         """
-        from llmasr.lm.causal import _common_prefix, head_logprobs, hypothesis_ids
+        from llmasr.lm.causal import _common_prefix, context_ids, head_logprobs, hypothesis_ids
 
-        ctx_text = context.rstrip()
-        ctx = self.tokenizer.encode(ctx_text, add_special_tokens=False) if ctx_text else []
-        ctx = (
-            [self.start, *ctx[-(self.max_context_tokens - 1) :]]
-            if self.max_context_tokens > 1
-            else [self.start]
-        )
+        ctx = context_ids(self.tokenizer, self.start, context, self.max_context_tokens)
         hyps = [hypothesis_ids(self.tokenizer, t, bool(context.strip())) for t in texts]
         device = self.causal_lm.get_input_embeddings().weight.device
         scores = torch.zeros(len(texts), device=device)
@@ -428,7 +416,8 @@ def train_rescorer(
     lora = r.model.lora
     lm = with_lora(lm, LoraSettings(lora.r, lora.alpha, lora.dropout, tuple(lora.target_modules)))
     scorer = ListScorer(lm, tokenizer, r.model.lm, r.model.max_context_tokens)
-    count_lm_tokens(train_lists + dev_lists, tokenizer)
+    if not shift_invariant(w):
+        count_lm_tokens(train_lists + dev_lists, tokenizer)
     for name, p in scorer.named_parameters():
         p.requires_grad_("lora_" in name)
     trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
