@@ -150,14 +150,21 @@ def _options(
     )
 
 
-def _pipeline(mode: str, deep_model: Path | None, *args: Any) -> tuple[Any, Any]:
+def _run_flags(scope: dict[str, Any]) -> dict[str, Any]:
+    """The shared run flags (the parameters of `_options`) out of a command's arguments, by name."""
+    import inspect
+
+    return {name: scope[name] for name in inspect.signature(_options).parameters if name in scope}
+
+
+def _pipeline(mode: str, deep_model: Path | None, flags: dict[str, Any]) -> tuple[Any, Any]:
     """Options from the shared command-line flags (see `_options`) and the pipeline they describe.
 
     Both modes give an object with `.options` and `.transcribe(source, prompt=, terms=, name=)`,
     so transcription, evaluation and the writers never care which family produced a Transcript.
     """
     try:
-        options = _options(*args)
+        options = _options(**flags)
         if mode == "shallow":
             from llmasr.pipeline import Pipeline
 
@@ -204,23 +211,7 @@ def transcribe(
 
     if fmt.lower().lstrip(".") not in FORMATS:
         raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(FORMATS)}", 2)
-    options, pipeline = _pipeline(
-        mode,
-        deep_model,
-        asr,
-        lm,
-        nbest,
-        prompt,
-        terms,
-        profile,
-        lm_weight,
-        word_bonus,
-        agreement_weight,
-        threads,
-        asr_prompt,
-        lm_dtype,
-        max_terms,
-    )
+    options, pipeline = _pipeline(mode, deep_model, _run_flags(locals()))
     failures = 0
     with _progress() as progress:
         task = progress.add_task("transcribing", total=len(files))
@@ -345,23 +336,7 @@ def eval_cmd(
     from llmasr.evaluate import evaluate
 
     utts = _read_manifest(manifest)
-    options, pipeline = _pipeline(
-        mode,
-        deep_model,
-        asr,
-        lm,
-        nbest,
-        prompt,
-        terms,
-        profile,
-        lm_weight,
-        word_bonus,
-        agreement_weight,
-        threads,
-        asr_prompt,
-        lm_dtype,
-        max_terms,
-    )
+    options, pipeline = _pipeline(mode, deep_model, _run_flags(locals()))
     with _progress() as progress:
         task = progress.add_task("evaluating", total=len(utts))
 
