@@ -240,3 +240,61 @@ def test_short_term_list_is_used_whole_in_one_pass() -> None:
     opts = Options(lm=None, nbest=4, max_terms=3)
     Pipeline(opts, recognizer=rec).transcribe(noise(1.0), terms=["x", "y"])
     assert [c[2] for c in rec.nbest_calls] == ["x, y"]
+
+
+class FakeCorrector:
+    """Writes a fixed text for every list; the guard is the real one."""
+
+    name = "fake-corrector"
+
+    def __init__(self, text: str, max_change: float = 0.3) -> None:
+        self.text = text
+        self.max_change = max_change
+        self.calls: list[tuple[list[str], str, str]] = []
+
+    def correct(self, hypotheses, fallback=None, context=""):  # noqa: ANN001, ANN201
+        from llmasr.shallow.correct import guard
+
+        self.calls.append((list(hypotheses), fallback, context))
+        return guard(self.text, hypotheses, fallback, self.max_change)
+
+
+@pytest.mark.parametrize(
+    ("written", "expected", "accepted"),
+    [("The cat sat.", "The cat sat.", 1), ("a completely different sentence here", "the cat sang", 0)],
+)
+def test_correction_after_rescoring_is_guarded(written: str, expected: str, accepted: int) -> None:
+    rec = FakeRecognizer([SEG1])
+    corrector = FakeCorrector(written)
+    pipe = Pipeline(options(prompt="Pets."), recognizer=rec, scorer=FakeScorer(TABLE), corrector=corrector)
+    tr = pipe.transcribe(noise(1.0))
+    assert tr.text == expected
+    assert corrector.calls == [(["the cat sat", "the cat sang"], "the cat sang", "Pets.\nTranscript:")]
+    assert rec.aligned == [(16000, expected)]  # word times are those of the text written out
+    assert tr.info["corrector"] == "fake-corrector" and tr.info["corrections_accepted"] == accepted
+
+
+class FakeFinder:
+    def __init__(self, picks: list[list[str]]) -> None:
+        self.picks = list(picks)
+        self.calls: list[tuple[int, list[str], int]] = []
+
+    def top(self, audio, entities, k):  # noqa: ANN001, ANN201
+        from llmasr.entities.retriever import Retrieved
+
+        self.calls.append((len(audio), list(entities), k))
+        return [[Retrieved(e, 1.0) for e in self.picks.pop(0)] for _ in audio]
+
+
+def test_speech_term_retrieval_decodes_once_with_the_retrieved_terms() -> None:
+    terms = ["metoprolol", "apixaban", "warfarin", "Betelgeuse", "kubectl", "atrial fibrillation"]
+    rec = FakeRecognizer([[("started on metoprolol", -2.0)]])
+    scorer = FakeScorer({})
+    opts = Options(lm="fake", nbest=4, max_terms=2, term_retrieval="speech", weights=Weights(lm_weight=0.5))
+    pipe = Pipeline(opts, recognizer=rec, scorer=scorer)
+    pipe._finder = FakeFinder([["metoprolol", "warfarin"]])
+    tr = pipe.transcribe(noise(1.0), terms=terms)
+    assert [c[2] for c in rec.nbest_calls] == ["metoprolol, warfarin"]  # one decoding, retrieved terms
+    assert pipe._finder.calls == [(1, terms, 2)]
+    assert "Terms: metoprolol, warfarin." in scorer.calls[0][1]
+    assert tr.text == "started on metoprolol"

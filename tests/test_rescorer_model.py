@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmasr.models import REGISTRY, is_installed, prepare, rescorer_adapter_dir
+from llmasr.models import REGISTRY, adapter_dir, is_installed, prepare
 
 pytestmark = [
     pytest.mark.integration,
@@ -17,7 +17,7 @@ TEXTS = ["the cat sat on the mat", "the cat sat on a mat", "the cats at on the m
 
 
 def test_the_adapter_ships_with_the_package() -> None:
-    folder = rescorer_adapter_dir("gemma-3-270m")
+    folder = adapter_dir("gemma-3-270m-rescorer")
     assert (folder / "adapter_model.safetensors").stat().st_size < 8_000_000  # a few MB at most
     assert (folder / "adapter_config.json").is_file()
 
@@ -33,7 +33,7 @@ def test_merged_model_scores_like_base_plus_adapter() -> None:
     base = CausalLMScorer(str(prepare("gemma-3-270m")), dtype="float32", threads=2)
     context = "Terms: mat.\nTranscript:"
     want_base = base.score(TEXTS, context)
-    base.model = PeftModel.from_pretrained(base.model, str(rescorer_adapter_dir("gemma-3-270m")))
+    base.model = PeftModel.from_pretrained(base.model, str(adapter_dir("gemma-3-270m-rescorer")))
     base.model = base.model.merge_and_unload()
     base._cached = None
     got = merged.score(TEXTS, context)

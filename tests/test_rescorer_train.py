@@ -21,7 +21,7 @@ from llmasr.train.rescorer import (
     read_lists,
     train_rescorer,
 )
-from tests.tiny import save_tiny_lm
+from tests.tiny import save_tiny_lm, write_nbest
 
 WORDS = "the cat sat on a mat dog ran in park red blue sky Terms Transcript : , .".split()
 
@@ -39,11 +39,7 @@ def _write_lists(path: Path) -> Path:
         ("a red cat sat", ["a blue cat sat", "a red cat sat", "a red cat"]),
         ("the sky", ["the sky sat", "the sky"]),
     ]
-    with open(path, "w", encoding="utf-8") as fh:
-        for i, (ref, hyps) in enumerate(rows):
-            nbest = [{"text": h, "am_score": -1.0 - 0.1 * j} for j, h in enumerate(hyps)]
-            fh.write(json.dumps({"id": f"u{i}", "reference": ref, "nbest": nbest}) + "\n")
-    return path
+    return write_nbest(path, rows)
 
 
 def test_list_scorer_matches_the_inference_scorer(lm_dir: Path) -> None:

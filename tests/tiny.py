@@ -61,3 +61,14 @@ def save_tiny_lm(
     tiny_llama(len(SPECIALS) + len(words) + unused_ids, sharpen).save_pretrained(folder)
     word_tokenizer(words, lowercase).save_pretrained(folder)
     return folder
+
+
+def write_nbest(path: Path, rows: Sequence[tuple[str, Sequence[str]]]) -> Path:
+    """An N-best JSONL (the `llmasr data nbest` format): (reference, hypotheses), AM scores falling."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, (ref, hyps) in enumerate(rows):
+            nbest = [{"text": h, "am_score": -1.0 - 0.1 * j} for j, h in enumerate(hyps)]
+            fh.write(json.dumps({"id": f"u{i}", "reference": ref, "nbest": nbest}) + "\n")
+    return path

@@ -102,6 +102,36 @@ DeepModelOpt = Annotated[
     Path | None,
     typer.Option("--deep-model", help="With --mode deep: checkpoint or run folder of `llmasr train`."),
 ]
+CorrectOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--correct/--no-correct",
+        help="Generative error correction: an instruct LLM rewrites the N-best list (guarded).",
+    ),
+]
+CorrectorOpt = Annotated[
+    str | None,
+    typer.Option("--corrector", help="With --correct: the LLM that corrects (a named model, HF id, folder)."),
+]
+CorrectMaxOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--correct-max-change",
+        help="With --correct: keep a correction only within this share of word edits of some hypothesis.",
+    ),
+]
+TermRetrievalOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--term-retrieval",
+        help="How a long --terms list is narrowed per segment: text (from a first decoding) or speech "
+        "(the trained speech-to-entity retriever, D5).",
+    ),
+]
+RetrieverOpt = Annotated[
+    str | None,
+    typer.Option("--retriever", help="With --term-retrieval speech: a retriever (named or folder)."),
+]
 AsrPromptOpt = Annotated[
     bool | None,
     typer.Option("--asr-prompt/--no-asr-prompt", help="Also prompt Whisper with the domain text."),
@@ -122,6 +152,11 @@ def _options(
     asr_prompt: bool | None = None,
     lm_dtype: str | None = None,
     max_terms: int | None = None,
+    correct: bool | None = None,
+    corrector: str | None = None,
+    correct_max_change: float | None = None,
+    term_retrieval: str | None = None,
+    retriever: str | None = None,
 ) -> Any:
     from llmasr.config import resolve_options
     from llmasr.shallow.context import read_terms
@@ -147,6 +182,11 @@ def _options(
         asr_prompt=asr_prompt,
         lm_dtype=lm_dtype,
         max_terms=max_terms,
+        correct=correct,
+        corrector=corrector,
+        correct_max_change=correct_max_change,
+        term_retrieval=term_retrieval,
+        retriever=retriever,
     )
 
 
@@ -203,6 +243,11 @@ def transcribe(
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
     max_terms: MaxTermsOpt = None,
+    correct: CorrectOpt = None,
+    corrector: CorrectorOpt = None,
+    correct_max_change: CorrectMaxOpt = None,
+    term_retrieval: TermRetrievalOpt = None,
+    retriever: RetrieverOpt = None,
     mode: ModeOpt = "shallow",
     deep_model: DeepModelOpt = None,
 ) -> None:
@@ -232,6 +277,49 @@ def transcribe(
     if failures:
         _say(err, f"{failures} of {len(files)} input(s) failed")
         raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    recipe: Annotated[
+        Path, typer.Argument(help="Compare recipe (YAML): manifests and methods (recipes/compare.yaml).")
+    ],
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Only the first N utterances of each manifest.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Markdown table (default: the recipe's output).")
+    ] = None,
+) -> None:
+    """Run every method of a recipe on the same manifests; write a Markdown table, a JSON file and a plot."""
+    from llmasr.compare import read_compare_recipe, run_compare, write_outputs
+
+    overrides: dict[str, Any] = {}
+    if limit is not None:
+        overrides["limit"] = limit
+    if output is not None:
+        overrides["output"] = str(output)
+        overrides["plot"] = str(output.with_suffix(".png"))
+        overrides["json"] = str(output.with_suffix(".json"))
+    started = time.perf_counter()
+    try:
+        cfg = read_compare_recipe(recipe, overrides)
+        with _progress() as progress:
+            task = progress.add_task("comparing", total=None)
+            results = run_compare(
+                cfg, log=lambda m: _say(progress.console, m), on_utterance=lambda: progress.advance(task)
+            )
+        command = (
+            "llmasr compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"llmasr compare {recipe}"
+        )
+        table = write_outputs(cfg, results, command, time.perf_counter() - started)
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+    sys.stdout.write(table)
+    _say(
+        err,
+        f"wrote {cfg.output}" + (f", {cfg.plot}" if cfg.plot else "") + (f", {cfg.json}" if cfg.json else ""),
+    )
 
 
 # models ------------------------------------------------------------------------------------------
@@ -320,6 +408,11 @@ def eval_cmd(
     asr_prompt: AsrPromptOpt = None,
     lm_dtype: LmDtypeOpt = None,
     max_terms: MaxTermsOpt = None,
+    correct: CorrectOpt = None,
+    corrector: CorrectorOpt = None,
+    correct_max_change: CorrectMaxOpt = None,
+    term_retrieval: TermRetrievalOpt = None,
+    retriever: RetrieverOpt = None,
     mode: ModeOpt = "shallow",
     deep_model: DeepModelOpt = None,
     no_manifest_prompts: Annotated[
@@ -472,9 +565,10 @@ def _train_command() -> Any:
     return train
 
 
-app.command("train", help="Train a deep-fusion model from a YAML recipe (recipes/); accelerate-ready.")(
-    _train_command()
-)
+app.command(
+    "train",
+    help="Train from a YAML recipe (recipes/): deep fusion, rescorer, corrector or entity retriever.",
+)(_train_command())
 
 
 @app.command(

@@ -15,10 +15,14 @@ from typing import Any
 import yaml
 
 from llmasr.errors import LlmasrError
+from llmasr.shallow.correct import MAX_CHANGE
 from llmasr.shallow.rescore import Weights
 
 DEFAULT_ASR = "whisper-tiny.en"
 DEFAULT_LM = "gemma-3-270m"
+DEFAULT_CORRECTOR = "smollm2-135m-corrector"
+DEFAULT_RETRIEVER = "retriever-tiny"
+TERM_RETRIEVALS = ("text", "speech")
 #: weights for an LM with no tuned profile (a Hugging Face id, a local folder): those tuned for
 #: whisper-tiny.en + gemma-3-270m, a sensible start until `llmasr tune` is run for that pair
 UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1.0}
@@ -39,6 +43,10 @@ class Options:
     #: terms per segment given to Whisper and the LLM; a longer list is narrowed per segment by a first
     #: decoding and term retrieval, then the segment is decoded again (0: always give the whole list)
     max_terms: int = 12
+    #: how that narrowing picks terms: "text" (the words of a first decoding spell the term) or "speech"
+    #: (the trained speech-to-entity retriever `retriever` (D5) reads the audio; one decoding instead of two)
+    term_retrieval: str = "text"
+    retriever: str = DEFAULT_RETRIEVER
     #: segments decoded together by the first pass
     batch_size: int = 8
     threads: int = 0
@@ -48,6 +56,11 @@ class Options:
     #: LLM precision: auto (bfloat16 where the hardware has it natively, else float32), float32, bfloat16
     lm_dtype: str = "auto"
     max_duration: float = 4 * 3600.0
+    #: generative error correction after rescoring (an instruct LLM rewrites the N-best list, guarded)
+    correct: bool = False
+    corrector: str = DEFAULT_CORRECTOR
+    #: the guard: the correction is kept only within this share of word edits of some hypothesis
+    correct_max_change: float = MAX_CHANGE
     profile: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,4 +152,8 @@ def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
         opts.weights.lm_weight = 0.0
     if opts.nbest < 1:
         raise LlmasrError(f"nbest must be at least 1, got {opts.nbest}")
+    if opts.term_retrieval not in TERM_RETRIEVALS:
+        raise LlmasrError(
+            f"term retrieval '{opts.term_retrieval}': choose one of {', '.join(TERM_RETRIEVALS)}"
+        )
     return opts

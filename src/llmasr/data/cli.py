@@ -280,3 +280,94 @@ def nbest(
     )
     if summary.errors:
         raise typer.Exit(1 if summary.written == 0 and summary.skipped == 0 else 0)
+
+
+@app.command()
+def states(
+    manifest: Path = typer.Argument(..., help="Input manifest (.jsonl)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (shards of encoder states; resumable)."),
+    encoder: str = typer.Option(
+        "whisper-tiny.en", "--encoder", help="Speech encoder (named, folder, HF id)."
+    ),
+    num: int | None = typer.Option(None, "--num", help="Only the first N utterances."),
+    threads: int | None = typer.Option(None, "--threads"),
+) -> None:
+    """Frozen encoder states of a manifest, for training on top of them (CTC head, entity retriever)."""
+    import torch
+
+    from llmasr.data.manifest import read_manifest
+    from llmasr.deep.encoders import load_encoder
+    from llmasr.deep.states import cache_states
+
+    t0 = time.monotonic()
+    if threads:
+        torch.set_num_threads(threads)
+    failed: list[str] = []
+    try:
+        utts = list(
+            read_manifest(
+                manifest, on_error=lambda e: _err.print(f"[yellow]skipped[/yellow] {escape(str(e))}")
+            )
+        )
+        utts = utts[:num] if num else utts
+        enc = load_encoder(encoder)
+        with Progress(
+            TextColumn("states"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err
+        ) as prog:
+            task = prog.add_task("states", total=len(utts))
+            cache_states(
+                enc,
+                utts,
+                out,
+                on_error=lambda u, e: (
+                    failed.append(u.id),
+                    prog.console.print(f"[yellow]skipped[/yellow] {escape(str(e))}"),
+                ),
+                progress=lambda n: prog.advance(task, n),
+            )
+    except LlmasrError as e:
+        _fail(str(e))
+    _out.print(
+        f"{out}: {len(utts) - len(failed)} utterances encoded, {len(failed)} failed, "
+        f"in {time.monotonic() - t0:.1f} s"
+    )
+
+
+@app.command("ctc-pairs")
+def ctc_pairs(
+    out: Path = typer.Option(..., "--out", help="Output JSONL (N-best format, one hypothesis a record)."),
+    text: Path | None = typer.Option(None, "--text", help="Manifest whose texts feed the text-only pairs."),
+    num_text: int | None = typer.Option(None, "--num-text", help="Only the first N texts."),
+    skip_text: int = typer.Option(0, "--skip-text", help="Leave out the first N texts (held out)."),
+    rate: float = typer.Option(0.08, "--rate", help="Character slips per character in text-only pairs."),
+    states_dir: Path | None = typer.Option(None, "--states", help="Cached encoder states (speech pairs)."),
+    recognizer: str = typer.Option("whisper-tiny.en-ctc", "--ctc", help="CTC recogniser for speech pairs."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Pairs for D2's text decoder: CTC output (real, or simulated from text) -> formatted reference."""
+    from llmasr.data.ctc_pairs import speech_pairs, text_pairs
+    from llmasr.data.manifest import read_manifest
+    from llmasr.fsutil import atomic_write
+    from llmasr.models import resolve
+
+    if text is None and states_dir is None:
+        _fail("give --text (text-only pairs), --states (speech pairs) or both")
+    counts = {"text": 0, "speech": 0}
+    try:
+        with atomic_write(out) as fh:
+            if states_dir is not None:
+                kind, folder = resolve(recognizer, "asr")
+                if kind != "ctc":
+                    _fail(f"'{recognizer}' is a {kind} recogniser, not a CTC one")
+                for line in speech_pairs(states_dir, folder):
+                    fh.write(line + "\n")
+                    counts["speech"] += 1
+            if text is not None:
+                utts = list(read_manifest(text))[skip_text:]
+                utts = utts[:num_text] if num_text else utts
+                for line in text_pairs(((u.id, u.text) for u in utts), rate, seed):
+                    fh.write(line + "\n")
+                    counts["text"] += 1
+    except LlmasrError as e:
+        _fail(str(e))
+    _out.print(f"{out}: {counts['speech']} speech pairs, {counts['text']} text-only pairs")

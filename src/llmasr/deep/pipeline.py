@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +26,20 @@ SAMPLE_RATE = 16000
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or a run folder (then its newest checkpoint)."""
+    """A checkpoint folder itself, a run folder (then its newest checkpoint), or the name of a deep
+    model shipped inside llmasr (`assets/adapters/<name>/`)."""
+    from llmasr.models import adapter_dir
     from llmasr.train.trainer import WEIGHTS, latest_checkpoint
 
     p = Path(path).expanduser()
+    if not p.exists():
+        shipped = adapter_dir(str(path))
+        if (shipped / WEIGHTS).is_file() and (shipped / "recipe.yaml").is_file():
+            return shipped
+        raise ModelError(
+            f"'{path}': not a checkpoint or run folder, and not a deep model shipped with llmasr "
+            "(the D1/D3/D4 recipes need GPU training first: docs/deep.md)"
+        )
     if (p / WEIGHTS).is_file() and (p / "recipe.yaml").is_file():
         return p
     found = latest_checkpoint(p) if p.is_dir() else None
@@ -95,21 +106,26 @@ class DeepRecognizer:
         audio_segments: Sequence[np.ndarray],
         prompt: str | None = None,
         terms: Sequence[str] | None = None,
+        segment_terms: Sequence[Sequence[str]] | None = None,
     ) -> list[str]:
-        """One transcript per segment, in order; decoded `batch_size` at a time, similar lengths together."""
+        """One transcript per segment, in order; decoded `batch_size` at a time, similar lengths together.
+
+        `terms` is one list for every segment; `segment_terms` one list per segment (retrieved entities).
+        """
         texts = [""] * len(audio_segments)
         order = sorted(
             (i for i, a in enumerate(audio_segments) if len(a)), key=lambda i: len(audio_segments[i])
         )
-        terms = list(terms) if terms else None
+        shared = list(terms) if terms else None
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             pieces = [np.asarray(audio_segments[i], dtype=np.float32) for i in idx]
             features = self.model.encoder.features(pieces)
             lengths = torch.tensor([len(a) for a in pieces], dtype=torch.long)
+            batch_terms: Any = [list(segment_terms[i]) for i in idx] if segment_terms is not None else shared
             with self._autocast():
                 out = self.model.generate(
-                    features, prompt, terms=terms, lengths=lengths, max_new_tokens=self.max_new_tokens
+                    features, prompt, terms=batch_terms, lengths=lengths, max_new_tokens=self.max_new_tokens
                 )
             for i, text in zip(idx, out):
                 texts[i] = text
@@ -124,6 +140,8 @@ def deep_transcript(
     prompt: str | None = None,
     terms: Sequence[str] | None = None,
     max_seconds: float | None = None,
+    finder: Any = None,
+    max_terms: int = 0,
 ) -> Transcript:
     """Long audio -> VAD spans (at most the encoder's window) -> batched transcripts -> Transcript.
 
@@ -131,11 +149,21 @@ def deep_transcript(
     so evaluation's first-pass and oracle columns equal its WER). `words` stays empty: a SpeechLLM
     has no alignment, and invented word times would mislead; subtitle writers then share a segment's
     time out over its cues by length, as they do for any unaligned text.
+
+    With a `finder` (the speech-to-entity retriever, D5), a term list longer than `max_terms` is narrowed
+    per segment to the `max_terms` entities the retriever finds in that segment's audio.
     """
     started = time.perf_counter()
     audio = np.asarray(audio, dtype=np.float32)
     spans = vad.split(audio, max_seconds=max_seconds or recognizer.window)
-    texts = recognizer.transcribe([audio[s:e] for s, e in spans], prompt=prompt, terms=terms)
+    pieces = [audio[s:e] for s, e in spans]
+    if finder is not None and terms and 0 < max_terms < len(terms):
+        found = finder.top(pieces, list(terms), max_terms) if pieces else []
+        texts = recognizer.transcribe(
+            pieces, prompt=prompt, segment_terms=[[r.entity for r in f] for f in found]
+        )
+    else:
+        texts = recognizer.transcribe(pieces, prompt=prompt, terms=terms)
     segments = [
         Segment(round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3), t.strip(), first_pass_text=t.strip())
         for (s, e), t in zip(spans, texts)
@@ -161,6 +189,7 @@ class DeepPipeline:
 
         self.recognizer = recognizer
         self.options = options if options is not None else Options(asr=recognizer.name, lm=None)
+        self._finder: Any = None
 
     def transcribe(
         self,
@@ -175,4 +204,14 @@ class DeepPipeline:
         label, audio = load_input(source, name=name, max_duration=getattr(self.options, "max_duration", None))
         prompt = prompt if prompt is not None else getattr(self.options, "prompt", None)
         terms = terms if terms is not None else (getattr(self.options, "terms", None) or None)
-        return deep_transcript(self.recognizer, audio, label, prompt=prompt, terms=terms)
+        finder = None
+        if getattr(self.options, "term_retrieval", "text") == "speech":
+            if self._finder is None:
+                from llmasr.entities.retriever import EntityFinder
+
+                self._finder = EntityFinder.load(self.options.retriever)  # type: ignore[attr-defined]
+            finder = self._finder
+        limit = int(getattr(self.options, "max_terms", 0) or 0)
+        return deep_transcript(
+            self.recognizer, audio, label, prompt=prompt, terms=terms, finder=finder, max_terms=limit
+        )

@@ -21,12 +21,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmasr.deep.adapters import AdapterOutput, build_adapter
+from llmasr.deep.xattn import XAttnFusion
 from llmasr.errors import ModelError
 from llmasr.lm.lora import LoraSettings, base_causal_lm, with_lora
 
 AUDIO_PLACEHOLDER = "<audio>"
 DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
 IGNORE = -100  # label of positions that carry no loss (prompt, audio, padding)
+#: prefix: audio embeddings in the prompt (D3, D4); xattn: gated cross-attention blocks (D1)
+FUSIONS = ("prefix", "xattn")
 
 
 @dataclass
@@ -128,10 +131,15 @@ class SpeechLLM(nn.Module):
         ctc_weight: float = 0.0,
         loss_reduction: str = "token",
         freeze_encoder: bool = True,
+        fusion: str = "prefix",
+        xattn_every: int = 4,
+        xattn_heads: int = 8,
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "example"):
             raise ValueError(f"loss_reduction must be 'token' or 'example', got '{loss_reduction}'")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got '{fusion}'")
         self.encoder = encoder
         self.adapter = adapter
         self.tokenizer = tokenizer
@@ -154,6 +162,8 @@ class SpeechLLM(nn.Module):
         core = self.causal_lm
         self._softcap = getattr(core.config, "final_logit_softcapping", None)
         self._prompt_cache: dict[tuple[str | None, tuple[str, ...]], tuple[list[int], list[int]]] = {}
+        #: D1: the speech reaches the LLM through gated cross-attention, not as prompt embeddings
+        self.xattn = XAttnFusion(core, xattn_every, xattn_heads) if fusion == "xattn" else None
         self.freeze(encoder=freeze_encoder, llm=True)
 
     @classmethod
@@ -193,13 +203,20 @@ class SpeechLLM(nn.Module):
         return self.causal_lm.get_input_embeddings().weight.device
 
     def freeze(
-        self, encoder: bool = True, llm: bool = True, lora: bool = False, adapter: bool = False
+        self,
+        encoder: bool = True,
+        llm: bool = True,
+        lora: bool = False,
+        adapter: bool = False,
+        xattn: bool = False,
     ) -> None:
         """Choose what trains. D4's two stages: freeze(lora=True) first, then freeze() with LoRA on."""
         for p in self.encoder.parameters():
             p.requires_grad_(not encoder)
         for p in self.adapter.parameters():
             p.requires_grad_(not adapter)
+        for p in self.xattn.parameters() if self.xattn is not None else ():
+            p.requires_grad_(not xattn)
         for name, p in self.llm.named_parameters():
             p.requires_grad_(not (lora if "lora_" in name else llm))
 
@@ -222,7 +239,7 @@ class SpeechLLM(nn.Module):
         return {
             k: v.detach().cpu().clone()
             for k, v in self.state_dict().items()
-            if k in names or k.startswith("adapter.")
+            if k in names or k.startswith(("adapter.", "xattn."))
         }
 
     def load_trainable(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
@@ -279,9 +296,15 @@ class SpeechLLM(nn.Module):
         targets: Sequence[Sequence[int]] | None = None,
         left_pad: bool = False,
     ) -> SpeechInputs:
-        """Splice each example's audio embeddings between its prompt parts and pad the batch."""
-        n_audio = [int(n) for n in audio.lengths.tolist()]
+        """Splice each example's audio embeddings between its prompt parts and pad the batch.
+
+        With cross-attention fusion the prompt holds no audio: the blocks get the speech instead."""
         rows = len(prompts)
+        if self.xattn is not None:
+            self.xattn.set_memory(audio.embeds, audio.lengths)
+            n_audio = [0] * rows
+        else:
+            n_audio = [int(n) for n in audio.lengths.tolist()]
         if len(n_audio) != rows or (targets is not None and len(targets) != rows):
             raise ValueError("audio, prompts and targets must have the same batch size")
         seqs = []
@@ -305,9 +328,10 @@ class SpeechLLM(nn.Module):
         device = self.device
         ids, audio_mask, attention = ids.to(device), audio_mask.to(device), attention.to(device)
         embeds = self.causal_lm.get_input_embeddings()(ids)
-        frames = [audio.embeds[i, : n_audio[i]] for i in range(rows)]
-        flat = torch.cat(frames).to(device=device, dtype=embeds.dtype)
-        embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), flat)
+        if any(n_audio):
+            frames = [audio.embeds[i, : n_audio[i]] for i in range(rows)]
+            flat = torch.cat(frames).to(device=device, dtype=embeds.dtype)
+            embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), flat)
         return SpeechInputs(
             embeds, attention, labels.to(device) if labels is not None else None, audio_mask, audio
         )

@@ -30,11 +30,14 @@ def train(
         int | None, typer.Option("--max-steps", help="Stop (with a checkpoint) after this many updates.")
     ] = None,
 ) -> None:
-    """Train a SpeechLLM (deep fusion) or, with `kind: rescorer`, an N-best rescorer; CPU or GPU(s)."""
+    """Train a SpeechLLM (deep fusion), an N-best rescorer (`kind: rescorer`) or a generative corrector
+    (`kind: corrector`); CPU or GPU(s)."""
     from rich.console import Console
 
     from llmasr.train.config import dump_recipe, load_recipe
+    from llmasr.train.corrector import CorrectorRecipe, train_corrector
     from llmasr.train.rescorer import RescorerRecipe, train_rescorer
+    from llmasr.train.retriever import RetrieverRecipe, train_retriever
     from llmasr.train.trainer import train as run
 
     console = Console(stderr=True)
@@ -45,8 +48,12 @@ def train(
     try:
         cfg = load_recipe(recipe, list(set_ or []))
         console.print(dump_recipe(cfg), highlight=False, markup=False)
-        if isinstance(cfg, RescorerRecipe):
-            done = train_rescorer(cfg, resume=resume, max_steps=max_steps, console=console)
+        if isinstance(cfg, RetrieverRecipe):
+            done = train_retriever(cfg, console=console)
+            line = f"dev recall@5 {done.dev_recall_at_5}; dev CER {pct(done.dev_cer)}; {done.retriever}"
+        elif isinstance(cfg, (RescorerRecipe, CorrectorRecipe)):
+            fit = train_rescorer if isinstance(cfg, RescorerRecipe) else train_corrector
+            done = fit(cfg, resume=resume, max_steps=max_steps, console=console)  # type: ignore[arg-type]
             line = f"dev WER {pct(done.dev_wer_before)} -> {pct(done.dev_wer)}; adapter {done.adapter}"
         else:
             summary = run(cfg, resume=resume, max_steps=max_steps, console=console)

@@ -27,7 +27,7 @@ from llmasr.deep.speechllm import DEFAULT_TEMPLATE
 from llmasr.errors import LlmasrError
 
 #: the parts of a SpeechLLM a stage can train
-PARTS = ("adapter", "ctc_head", "lora", "encoder")
+PARTS = ("adapter", "ctc_head", "xattn", "lora", "encoder")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("no", "bf16")
 
@@ -65,6 +65,11 @@ class ModelRecipe:
     lm_dtype: str = "float32"
     #: transcript length limit at dev evaluation and inference
     max_new_tokens: int = 128
+    #: prefix: audio embeddings in the prompt (D3, D4); xattn: gated cross-attention blocks (D1)
+    fusion: str = "prefix"
+    #: D1: a cross-attention block after every k-th decoder layer, with this many heads
+    xattn_every: int = 4
+    xattn_heads: int = 8
 
 
 @dataclass
@@ -164,6 +169,8 @@ class Recipe:
                 raise RecipeError(f"{where} trains lora but model.lora is null")
             if "ctc_head" in s.train and self.model.adapter != "ctc":
                 raise RecipeError(f"{where} trains ctc_head but model.adapter is '{self.model.adapter}'")
+            if "xattn" in s.train and self.model.fusion != "xattn":
+                raise RecipeError(f"{where} trains xattn but model.fusion is '{self.model.fusion}'")
         if self.run.mixed_precision not in PRECISIONS:
             raise RecipeError(
                 f"run.mixed_precision '{self.run.mixed_precision}': choose one of {', '.join(PRECISIONS)}"
@@ -175,6 +182,10 @@ class Recipe:
         if self.model.adapter == "ctc" and self.model.ctc_weight <= 0:
             # the compressor reads its head's argmax without gradient: only the CTC loss trains the head
             raise RecipeError("model.adapter: ctc needs model.ctc_weight > 0 (the CTC loss trains its head)")
+        if self.model.fusion not in ("prefix", "xattn"):
+            raise RecipeError(f"model.fusion '{self.model.fusion}': choose prefix or xattn")
+        if self.model.xattn_every < 1:
+            raise RecipeError("model.xattn_every must be at least 1")
         from llmasr.deep.adapters import ADAPTERS
 
         if self.model.adapter not in ADAPTERS:
@@ -345,7 +356,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], root: type = Rec
 
 
 #: recipe kinds by the top-level `kind:` key of a YAML file (absent: speechllm)
-KINDS = ("speechllm", "rescorer")
+KINDS = ("speechllm", "rescorer", "corrector", "retriever")
 
 
 def recipe_class(kind: str) -> type:
@@ -355,13 +366,26 @@ def recipe_class(kind: str) -> type:
         from llmasr.train.rescorer import RescorerRecipe
 
         return RescorerRecipe
+    if kind == "corrector":
+        from llmasr.train.corrector import CorrectorRecipe
+
+        return CorrectorRecipe
+    if kind == "retriever":
+        from llmasr.train.retriever import RetrieverRecipe
+
+        return RetrieverRecipe
+    if kind == "compare":
+        raise RecipeError(
+            "kind 'compare': a comparison of methods, run it with `llmasr compare`, not trained"
+        )
     raise RecipeError(f"unknown recipe kind '{kind}'; choose one of {', '.join(KINDS)}")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Any:
     """Read a recipe YAML (None: all defaults), apply `--set` overrides, type-check and validate.
 
-    The file's `kind:` (speechllm, rescorer) picks the recipe type; it is kept in the resolved recipe.
+    The file's `kind:` (speechllm, rescorer, corrector, retriever) picks the recipe type; it is kept in the
+    resolved recipe.
     """
     data: dict[str, Any] = {}
     if path is not None:

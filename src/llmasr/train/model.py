@@ -62,15 +62,21 @@ def build_model(recipe: ModelRecipe, device: str = "cpu", encoder: nn.Module | N
         template=PromptTemplate(recipe.template),
         ctc_weight=recipe.ctc_weight,
         loss_reduction=recipe.loss_reduction,
+        fusion=recipe.fusion,
+        xattn_every=recipe.xattn_every,
+        xattn_heads=recipe.xattn_heads,
     )
     set_trainable(model, ())
     return model
 
 
 def part_of(name: str) -> str:
-    """Which recipe part a parameter / state key belongs to: adapter, ctc_head, lora, encoder or llm."""
+    """Which recipe part a parameter / state key belongs to: adapter, ctc_head, xattn, lora, encoder or
+    llm."""
     if name.startswith("encoder."):
         return "encoder"
+    if name.startswith("xattn."):
+        return "xattn"
     if name.startswith("adapter.ctc_head."):
         return "ctc_head"
     if name.startswith("adapter."):
@@ -88,6 +94,7 @@ def set_trainable(model: SpeechLLM, parts: Iterable[str]) -> None:
         llm=True,
         lora="lora" not in parts,
         adapter="adapter" not in parts,
+        xattn="xattn" not in parts,
     )
     head = getattr(model.adapter, "ctc_head", None)
     if head is not None:
@@ -96,7 +103,8 @@ def set_trainable(model: SpeechLLM, parts: Iterable[str]) -> None:
 
 
 def checkpoint_state(model: SpeechLLM, parts: Iterable[str]) -> dict[str, torch.Tensor]:
-    """The whole adapter (new weights, buffers included) and whatever else a stage trains.
+    """The whole adapter and cross-attention blocks (new weights, buffers included) and whatever else a
+    stage trains.
 
     The frozen encoder and LLM are left out: they are reloaded by name from the recipe.
     """
@@ -104,5 +112,5 @@ def checkpoint_state(model: SpeechLLM, parts: Iterable[str]) -> dict[str, torch.
     return {
         k: v.detach().to("cpu", copy=True).contiguous()
         for k, v in model.state_dict().items()
-        if k.startswith("adapter.") or part_of(k) in parts
+        if k.startswith(("adapter.", "xattn.")) or part_of(k) in parts
     }

@@ -21,10 +21,7 @@ Output (`run.output_dir`): `adapter/` (peft LoRA files: what ships), `recipe.yam
 from __future__ import annotations
 
 import json
-import math
 import random
-import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,40 +30,22 @@ from typing import Any
 import torch
 
 from llmasr.data.nbest import record_hypotheses
-from llmasr.errors import LlmasrError
-from llmasr.lm.lora import LoraSettings, base_causal_lm, with_lora
+from llmasr.lm.lora import base_causal_lm
 from llmasr.metrics import word_errors
 from llmasr.shallow.context import build_context
 from llmasr.shallow.rescore import Candidate, Weights, candidates
 from llmasr.train.config import (
-    PRECISIONS,
     LoraRecipe,
     OptimRecipe,
     RecipeError,
     RunRecipe,
     StageRecipe,
-    dump_recipe,
 )
-from llmasr.train.runlog import CsvLog, prune, step_folders
+from llmasr.train.lora_loop import LoraSummary, load_lora_lm, run_lora_loop, start_run, validate_lora_recipe
 
 #: what a rescorer stage can train
 RESCORER_PARTS = ("lora",)
 LOSSES = ("mwer", "listwise")
-#: files a checkpoint holds once complete (state.json is written last)
-COMPLETE = ("state.json", "optimizer.pt")
-CSV_FIELDS = (
-    "step",
-    "stage",
-    "epoch",
-    "loss",
-    "mwer",
-    "ce",
-    "lr",
-    "grad_norm",
-    "lists",
-    "elapsed",
-    "dev_wer",
-)
 
 
 @dataclass
@@ -129,17 +108,7 @@ class RescorerRecipe:
     def validate(self) -> RescorerRecipe:
         if self.kind != "rescorer":
             raise RecipeError(f"kind '{self.kind}': this recipe type is rescorer")
-        if not self.data.train:
-            raise RecipeError("data.train: an N-best JSONL (llmasr data nbest) is required")
-        if not self.stages:
-            raise RecipeError("a recipe needs at least one stage")
-        for i, s in enumerate(self.stages):
-            if [p for p in s.train if p not in RESCORER_PARTS] or not s.train:
-                raise RecipeError(
-                    f"stages.{i}.train: {s.train}; a rescorer trains {', '.join(RESCORER_PARTS)}"
-                )
-            if s.steps <= 0 and s.epochs <= 0:
-                raise RecipeError(f"stages.{i} ({s.name}): set steps or epochs")
+        validate_lora_recipe(self, RESCORER_PARTS)
         if self.loss.kind not in LOSSES:
             raise RecipeError(f"loss.kind '{self.loss.kind}': choose one of {', '.join(LOSSES)}")
         if self.loss.temperature <= 0:
@@ -148,12 +117,6 @@ class RescorerRecipe:
             Weights(**self.model.weights)
         except TypeError:
             raise RecipeError(f"model.weights: keys are {', '.join(asdict(Weights()))}") from None
-        if self.optim.grad_accum < 1:
-            raise RecipeError("optim.grad_accum must be at least 1")
-        if self.run.mixed_precision not in PRECISIONS:
-            raise RecipeError(
-                f"run.mixed_precision '{self.run.mixed_precision}': choose one of {', '.join(PRECISIONS)}"
-            )
         return self
 
 
@@ -344,55 +307,13 @@ def dev_wer(scorer: ListScorer, lists: Sequence[NbestList], w: Weights) -> float
 # --------------------------------------------------------------------------- the loop
 
 
-@dataclass
-class RescorerSummary:
-    steps: int
-    loss: float | None
-    dev_wer_before: float | None
-    dev_wer: float | None
-    seconds: float
-    lists: int
-    informative_lists: int
-    trainable: int
-    output_dir: str
-    adapter: str
-
-
-def _save_adapter(scorer: ListScorer, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    scorer.lm.save_pretrained(str(tmp))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-
-
 def train_rescorer(
     recipe: RescorerRecipe, *, resume: bool = False, max_steps: int | None = None, console: Any = None
-) -> RescorerSummary:
+) -> LoraSummary:
     """Run a rescorer recipe end to end (see the module doc for what lands in `run.output_dir`)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from rich.console import Console
-
-    from llmasr.lm.causal import load_causal_lm
-    from llmasr.models import resolve
-    from llmasr.train.trainer import _optimizer, lr_factor, stage_steps
-
     r = recipe.validate()
-    console = console or Console(stderr=True)
-
-    acc = Accelerator(mixed_precision=r.run.mixed_precision)
-    main, rank, world = acc.is_main_process, acc.process_index, acc.num_processes
-
-    def say(msg: str) -> None:
-        if main:
-            console.print(msg, highlight=False, markup=False, soft_wrap=True)
-
-    set_seed(r.run.seed)
-    out = Path(r.run.output_dir)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_recipe(r, out / "recipe.yaml")
+    ctx = start_run(r, console)
+    say = ctx.say
     w = Weights(**r.model.weights)
 
     train_lists = read_lists(r.data.train, r.data.max_candidates)
@@ -409,156 +330,30 @@ def train_rescorer(
         raise RecipeError(f"{r.data.train}: no list whose candidates differ in word errors: nothing to learn")
     say(f"{len(train_lists)} training lists, {len(useful)} informative; {len(dev_lists)} dev lists")
 
-    kind, folder = resolve(r.model.lm, "lm")
-    if kind != "causal-lm":
-        raise LlmasrError(f"'{r.model.lm}' is a {kind} model; a trained rescorer needs a causal LM")
-    lm, tokenizer = load_causal_lm(folder, name=r.model.lm, device=str(acc.device), dtype=r.model.lm_dtype)
-    lora = r.model.lora
-    lm = with_lora(lm, LoraSettings(lora.r, lora.alpha, lora.dropout, tuple(lora.target_modules)))
+    lm, tokenizer = load_lora_lm(
+        r.model.lm, r.model.lora, r.model.lm_dtype, str(ctx.accelerator.device), "trained rescorer"
+    )
     scorer = ListScorer(lm, tokenizer, r.model.lm, r.model.max_context_tokens)
     if not shift_invariant(w):
         count_lm_tokens(train_lists + dev_lists, tokenizer)
-    for name, p in scorer.named_parameters():
-        p.requires_grad_("lora_" in name)
-    trainable = sum(p.numel() for p in scorer.parameters() if p.requires_grad)
 
-    step, epoch, cursor = 0, 0, 0
-    ckpt_root = out / "checkpoints"
-    saved = None
-    if resume:
-        found = step_folders(ckpt_root, COMPLETE)
-        if found:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
+    def step_loss(module: torch.nn.Module, x: NbestList) -> tuple[torch.Tensor, dict[str, float]]:
+        lm_scores = module([c.hypothesis.text for c in x.candidates], x.context, relative=shift_invariant(w))
+        loss, mwer, ce = list_loss(list_scores(x, lm_scores, w), x.errors, r.loss)
+        return loss, {"mwer": float(mwer), "ce": float(ce)}
 
-            last = found[-1]
-            set_peft_model_state_dict(lm, load_file(str(last / "adapter" / "adapter_model.safetensors")))
-            state = json.loads((last / "state.json").read_text(encoding="utf-8"))
-            step, epoch, cursor = int(state["step"]), int(state["epoch"]), int(state["cursor"])
-            saved = torch.load(last / "optimizer.pt", map_location="cpu", weights_only=False)
-            say(f"resuming from {last} (step {step})")
+    def dev(module: torch.nn.Module) -> float:
+        return dev_wer(module, dev_lists, w)  # type: ignore[arg-type]
 
-    csv_log = CsvLog(out / "log.csv", CSV_FIELDS, step if saved is not None else None) if main else None
-
-    def log(row: dict[str, Any]) -> None:
-        if csv_log is not None:
-            csv_log.write(row)
-
-    per_rank = len(useful) // world
-    if per_rank == 0:
-        raise RecipeError(f"{r.data.train}: {len(useful)} informative lists for {world} processes")
-
-    def order(ep: int) -> list[NbestList]:
-        """This process's share of an epoch: one shuffle for all, then every world-th list."""
-        items = list(useful)
-        random.Random(r.run.seed * 1000 + ep).shuffle(items)
-        return items[rank : per_rank * world : world]
-
-    scorer.eval()
-    before = dev_wer(scorer, dev_lists, w) if dev_lists and saved is None and main else None
-    if before is not None:
-        say(f"dev WER before training: {100 * before:.2f}%")
-        log({"step": 0, "dev_wer": round(before, 5)})
-    started = time.perf_counter()
-    totals = [stage_steps(s, per_rank, r.optim.grad_accum) for s in r.stages]
-    last_loss: float | None = None
-    wer_now: float | None = before
-    done_before = 0
-    for si, (stage, total) in enumerate(zip(r.stages, totals)):
-        if step >= done_before + total:
-            done_before += total
-            continue
-        optimizer = _optimizer(scorer, stage, r)  # type: ignore[arg-type]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(stage, total))
-        if saved is not None and saved.get("stage") == si:
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-        saved = None
-        scorer, optimizer = acc.prepare(scorer, optimizer)
-        params = [p for p in scorer.parameters() if p.requires_grad]
-        say(f"stage {stage.name}: {trainable:,} trainable parameters, {total} steps")
-        window: dict[str, list[float]] = {"loss": [], "mwer": [], "ce": []}
-        data = order(epoch)
-        while step < done_before + total and (max_steps is None or step < max_steps):
-            scorer.train()
-            for _ in range(r.optim.grad_accum):
-                if cursor >= len(data):
-                    epoch, cursor = epoch + 1, 0
-                    data = order(epoch)
-                x = data[cursor]
-                cursor += 1
-                with acc.autocast():
-                    texts = [c.hypothesis.text for c in x.candidates]
-                    lm_scores = scorer(texts, x.context, relative=shift_invariant(w))
-                    loss, mwer, ce = list_loss(list_scores(x, lm_scores, w), x.errors, r.loss)
-                acc.backward(loss / r.optim.grad_accum)
-                window["loss"].append(float(loss.detach()))
-                window["mwer"].append(float(mwer))
-                window["ce"].append(float(ce))
-            grad_norm = (
-                float(acc.clip_grad_norm_(params, r.optim.grad_clip)) if r.optim.grad_clip > 0 else None
-            )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            stage_end = step >= done_before + total
-            if step % max(1, r.run.log_every) == 0 or stage_end:
-                means = {k: sum(v) / len(v) for k, v in window.items() if v}
-                last_loss = means.get("loss")
-                row = {
-                    "step": step,
-                    "stage": stage.name,
-                    "epoch": epoch,
-                    "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-                    "grad_norm": None if grad_norm is None else round(grad_norm, 4),
-                    "lists": step * r.optim.grad_accum,
-                    "elapsed": round(time.perf_counter() - started, 1),
-                    **{k: round(v, 5) for k, v in means.items()},
-                }
-                if dev_lists and ((r.run.eval_every and step % r.run.eval_every == 0) or stage_end):
-                    if main:
-                        scorer.eval()
-                        wer_now = dev_wer(acc.unwrap_model(scorer), dev_lists, w)
-                        row["dev_wer"] = round(wer_now, 5)
-                    acc.wait_for_everyone()
-                log(row)
-                say(
-                    f"step {step} [{stage.name}] loss {means.get('loss', math.nan):.4f} "
-                    f"mwer {means.get('mwer', math.nan):+.4f}"
-                    + (f" dev WER {100 * wer_now:.2f}%" if "dev_wer" in row else "")
-                )
-                window = {k: [] for k in window}
-            if main and ((r.run.save_every and step % r.run.save_every == 0) or stage_end):
-                target = ckpt_root / f"step-{step:07d}"
-                target.mkdir(parents=True, exist_ok=True)
-                _save_adapter(acc.unwrap_model(scorer), target / "adapter")
-                torch.save(
-                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "stage": si},
-                    target / "optimizer.pt",
-                )
-                (target / "state.json").write_text(
-                    json.dumps({"step": step, "epoch": epoch, "cursor": cursor}), encoding="utf-8"
-                )
-                prune(ckpt_root, r.run.keep_checkpoints, COMPLETE)
-        done_before += total
-        if max_steps is not None and step >= max_steps:
-            break
-    acc.wait_for_everyone()
-    if main:
-        _save_adapter(acc.unwrap_model(scorer), out / "adapter")
-    summary = RescorerSummary(
-        steps=step,
-        loss=last_loss,
-        dev_wer_before=before,
-        dev_wer=wer_now,
-        seconds=round(time.perf_counter() - started, 1),
+    return run_lora_loop(
+        r,
+        ctx,
+        module=scorer,
+        examples=useful,
+        step_loss=step_loss,
+        dev_metric=dev if dev_lists else None,
+        metrics=("mwer", "ce"),
         lists=len(train_lists),
-        informative_lists=len(useful),
-        trainable=trainable,
-        output_dir=str(out),
-        adapter=str(out / "adapter"),
+        resume=resume,
+        max_steps=max_steps,
     )
-    if main:
-        (out / "summary.json").write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
-    return summary

@@ -33,7 +33,7 @@ from torch import nn
 
 from llmasr.data.manifest import Utterance
 from llmasr.deep.speechllm import SpeechBatch, SpeechLLM
-from llmasr.train.config import Recipe, RecipeError, StageRecipe, dump_recipe
+from llmasr.train.config import OptimRecipe, Recipe, RecipeError, StageRecipe, dump_recipe
 from llmasr.train.dataset import (
     BatchDataset,
     batch_loader,
@@ -117,14 +117,14 @@ class _Objective(nn.Module):
         return out.loss, out.lm_loss.detach(), ctc
 
 
-def _optimizer(model: nn.Module, stage: StageRecipe, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norms (1-D tensors)."""
+def make_optimizer(model: nn.Module, stage: StageRecipe, optim: OptimRecipe) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; no weight decay on biases and norms (1-D tensors)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": recipe.optim.weight_decay},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    betas = tuple(recipe.optim.betas)
+    betas = tuple(optim.betas)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, betas=betas)  # type: ignore[arg-type]
 
 
@@ -376,7 +376,7 @@ class Trainer:
                 set_trainable(self.model, stage.train)
                 summary.trainable[stage.name] = self.model.count_parameters()[0]
                 params = [p for p in self.model.parameters() if p.requires_grad]
-                optimizer = _optimizer(self.model, stage, r)
+                optimizer = make_optimizer(self.model, stage, r.optim)
                 scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(stage, total))
                 if saved is not None and self.stage_step > 0:
                     optimizer.load_state_dict(saved["optimizer"])

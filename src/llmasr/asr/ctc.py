@@ -1,0 +1,70 @@
+"""A CTC recogniser: a frozen speech encoder and a character CTC head, greedy decoding (D2's first pass).
+
+The head is the one the speech-to-entity retriever (D5) trains to compress speech (stage 1 of
+`recipes/retriever_tiny.yaml`), so one trained file serves both. Its output is lowercase, unpunctuated
+text with spelling slips; D2's text decoder (`--correct` with a decoder trained on such text) turns it
+into formatted text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmasr.errors import ModelError
+from llmasr.types import Hypothesis, Word
+
+
+def greedy_ctc(logits: torch.Tensor, length: int, vocab: Sequence[str], blank: int = 0) -> tuple[str, float]:
+    """Best path of one (T, V) logit matrix: repeats merged, blanks dropped; (text, log-probability)."""
+    logp = torch.log_softmax(logits[:length].float(), dim=-1)
+    best, ids = logp.max(-1)
+    out, prev = [], blank
+    for i in ids.tolist():
+        if i != blank and i != prev:
+            out.append(vocab[i])
+        prev = i
+    return " ".join("".join(out).split()), float(best.sum())
+
+
+class CtcRecognizer:
+    window = 30.0
+
+    def __init__(self, folder: str | Path, name: str = "ctc", device: str = "cpu") -> None:
+        from llmasr.deep.encoders import load_encoder
+        from llmasr.entities.retriever import SpeechEntityRetriever
+        from llmasr.train.model import CHAR_VOCAB
+
+        model = SpeechEntityRetriever.load(folder)
+        if model.config.vocab_size != len(CHAR_VOCAB):
+            raise ModelError(
+                f"{folder}: its CTC head has {model.config.vocab_size} labels, not {len(CHAR_VOCAB)}"
+            )
+        self.head = model.compressor.ctc_head.to(device).eval()
+        self.blank = model.config.blank
+        self.vocab = CHAR_VOCAB
+        self.encoder = load_encoder(model.config.encoder).to(device).eval()
+        self.name = name
+
+    @torch.no_grad()
+    def nbest(
+        self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
+    ) -> list[list[Hypothesis]]:
+        """One hypothesis per segment (greedy CTC has no list); `prompt` is not used by CTC."""
+        if not segments:
+            return []
+        features = self.encoder.features(list(segments))
+        hidden = self.encoder(features)
+        lengths = self.encoder.output_lengths(torch.tensor([len(s) for s in segments]))
+        logits = self.head(hidden.float())
+        out = []
+        for row, length in zip(logits, lengths):
+            text, score = greedy_ctc(row, int(length), self.vocab, self.blank)
+            out.append([Hypothesis(text=text, am_score=score)] if text else [])
+        return out
+
+    def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
+        return []  # no word timings: writers share a segment's time out over its text

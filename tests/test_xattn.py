@@ -1,0 +1,88 @@
+"""D1 gated cross-attention: zero gates give the bare LLM; training opens them; batching, beams, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmasr.deep.xattn import XAttnFusion
+from llmasr.train.config import RecipeError, load_recipe
+from tests.test_speechllm import TEXTS, WORDS, _batch, _model, _train
+from tests.tiny import save_tiny_lm, tiny_llama
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-llama"), WORDS, unused_ids=2, lowercase=True)
+
+
+def test_zero_gate_model_equals_the_bare_llm() -> None:
+    llm = tiny_llama(40).eval()
+    ids = torch.randint(4, 40, (2, 7))
+    with torch.no_grad():
+        bare = llm(input_ids=ids).logits
+        fusion = XAttnFusion(llm, every=1, heads=4)
+        assert fusion.positions == [0, 1] and len(fusion.blocks) == 2
+        fusion.set_memory(torch.randn(2, 5, 32), torch.tensor([5, 3]))
+        assert torch.equal(llm(input_ids=ids).logits, bare)
+        for block in fusion.blocks:  # open the gates: now the speech changes the logits
+            block.attn_gate.fill_(1.0)
+        opened = llm(input_ids=ids).logits
+        assert not torch.allclose(opened, bare)
+        fusion.set_memory(None)
+        assert torch.equal(llm(input_ids=ids).logits, bare)
+        fusion.remove()
+
+
+def test_blocks_ignore_padded_speech_frames() -> None:
+    llm = tiny_llama(40).eval()
+    fusion = XAttnFusion(llm, every=2, heads=4)
+    for block in fusion.blocks:
+        block.attn_gate.data.fill_(1.0)
+    ids = torch.randint(4, 40, (1, 6))
+    memory = torch.randn(1, 8, 32)
+    with torch.no_grad():
+        fusion.set_memory(memory, torch.tensor([4]))
+        short = llm(input_ids=ids).logits
+        garbage = memory.clone()
+        garbage[:, 4:] = 99.0
+        fusion.set_memory(garbage, torch.tensor([4]))
+        assert torch.allclose(llm(input_ids=ids).logits, short, atol=1e-5)
+
+
+def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path) -> None:
+    model = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4)
+    model.freeze(adapter=False, xattn=False)
+    batch = _batch([12, 8], TEXTS[:2])
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"adapter", "xattn"}
+    first, last = _train(model, batch, steps=40)
+    assert last < 0.7 * first, (first, last)
+    gates = [b.attn_gate.item() for b in model.xattn.blocks]
+    assert any(abs(g) > 1e-3 for g in gates)
+    state = model.trainable_state_dict()
+    assert any(k.startswith("xattn.") for k in state) and any(k.startswith("adapter.") for k in state)
+    fresh = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4, seed=1)
+    fresh.load_trainable(state)
+    with torch.no_grad():
+        assert torch.equal(fresh(batch), model(batch))
+    # the prompt holds no audio positions: the speech only enters through the blocks
+    feats = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (12, 5)]
+    together = model.generate(feats, max_new_tokens=5)
+    assert [model.generate([f], max_new_tokens=5)[0] for f in feats] == together
+    assert len(model.generate(feats, max_new_tokens=3, num_beams=2)) == 2
+
+
+def test_recipe_checks_xattn(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("stages: [{name: a, steps: 1, train: [xattn]}]\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="model.fusion is 'prefix'"):
+        load_recipe(path)
+    path.write_text("model: {fusion: xattn}\nstages: [{name: a, steps: 1, train: [adapter, xattn]}]\n")
+    assert load_recipe(path).model.fusion == "xattn"
+    with pytest.raises(RecipeError, match="model.fusion"):
+        load_recipe(path, ["model.fusion=cross"])
+    assert load_recipe(Path("recipes/d1_xattn_gemma.yaml")).model.xattn_every == 6
