@@ -186,15 +186,16 @@ def _build(method: MethodSpec, asr: str, log: Callable[[str], None]) -> Any:
     opts = dict(method.options)
     if isinstance(opts.get("terms"), str):
         opts["terms"] = read_terms(opts["terms"])
+    asr = opts.pop("asr", asr)
     if method.mode == "deep":
         from llmasr.deep.pipeline import DeepPipeline, DeepRecognizer
 
-        options = resolve_options(asr=asr, lm="none", **opts)
+        options = resolve_options(asr=asr, **{"lm": "none", **opts})
         options.asr = str(method.deep_model)
         return DeepPipeline(DeepRecognizer.load(str(method.deep_model)), options)
     from llmasr.pipeline import Pipeline
 
-    return Pipeline(resolve_options(asr=opts.pop("asr", asr), **opts), log=log)
+    return Pipeline(resolve_options(asr=asr, **opts), log=log)
 
 
 def run_compare(

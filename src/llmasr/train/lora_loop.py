@@ -36,7 +36,7 @@ DevMetric = Callable[[torch.nn.Module], float]
 
 @dataclass
 class RunContext:
-    """An accelerate run whose main process prints and writes; every trainer starts one the same way."""
+    """An accelerate run whose main process prints and writes (rescorer, corrector and retriever training)."""
 
     accelerator: Any
     say: Callable[[str], None]
