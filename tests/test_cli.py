@@ -130,3 +130,17 @@ def test_models_prepare_unknown_name() -> None:
     res = llmasr("models", "prepare", "llama-70b")
     assert res.returncode == 1
     assert "unknown model 'llama-70b'" in res.stderr
+
+
+def test_correct_and_term_retrieval_flags() -> None:
+    bad = llmasr("transcribe", str(SPEECH), "--term-retrieval", "audio")
+    assert bad.returncode == 1 and "term retrieval 'audio'" in bad.stderr
+    plain = json.loads(llmasr("transcribe", str(SPEECH), "--format", "json").stdout)
+    out = llmasr("transcribe", str(SPEECH), "--correct", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["info"]["corrector"] == "smollm2-135m-corrector" and plain["info"]["corrector"] is None
+    accepted = doc["info"]["corrections_accepted"]
+    assert accepted in (0, 1) and "young man" in doc["text"]
+    if not accepted:  # the guard fell back: the rescored text stands
+        assert doc["text"] == plain["text"]

@@ -233,3 +233,14 @@ def test_to_dict() -> None:
         "lm_word_weight": 0.0,
     }
     assert d["asr"] == DEFAULT_ASR
+
+
+def test_correction_and_retrieval_options(shipped, tmp_path: Path) -> None:
+    opts = resolve_options()
+    assert (opts.correct, opts.corrector, opts.term_retrieval) == (False, config.DEFAULT_CORRECTOR, "text")
+    profile = tmp_path / "p.yaml"
+    profile.write_text("correct: true\nterm_retrieval: speech\ncorrect_max_change: 0.2\n", encoding="utf-8")
+    opts = resolve_options(profile=str(profile))
+    assert opts.correct and opts.term_retrieval == "speech" and opts.correct_max_change == 0.2
+    with pytest.raises(LlmasrError, match="term retrieval 'audio': choose one of text, speech"):
+        resolve_options(term_retrieval="audio")
