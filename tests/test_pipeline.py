@@ -261,7 +261,11 @@ class FakeCorrector:
 
 @pytest.mark.parametrize(
     ("written", "expected", "accepted"),
-    [("The cat sat.", "The cat sat.", 1), ("a completely different sentence here", "the cat sang", 0)],
+    [
+        ("The cat sang!", "The cat sang!", 1),  # the chosen text, formatted
+        ("The cat sat.", "the cat sang", 0),  # another hypothesis: the rescorer's choice stands
+        ("a completely different sentence here", "the cat sang", 0),
+    ],
 )
 def test_correction_after_rescoring_is_guarded(written: str, expected: str, accepted: int) -> None:
     rec = FakeRecognizer([SEG1])
