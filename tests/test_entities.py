@@ -13,7 +13,7 @@ from llmasr.entities.db import EntityDB
 from llmasr.entities.retriever import EntityFinder, RetrieverConfig, SpeechEntityRetriever
 from llmasr.errors import LlmasrError
 from llmasr.train.config import load_recipe
-from llmasr.train.retriever import contrastive_loss, entity_words, mentions, train_retriever
+from llmasr.train.retriever import Example, contrastive_loss, entity_words, positives, train_retriever
 
 
 class HashEmbedder:
@@ -55,8 +55,10 @@ def test_training_entities_and_mentions() -> None:
     assert "Charles" in words and "Kubernetes" in words and "yesterday" in words and "We" not in words
     assert "Kubernetes team" not in words  # "team" is neither long nor capitalised
     assert "meeting yesterday" in words
-    assert mentions("atrial fibrillation", "Her atrial fibrillation, again.")
-    assert not mentions("rial", "Her atrial fibrillation")
+    said = Example(np.zeros((1, 1)), "", ["warfarin"], [], " her atrial fibrillation again ")
+    other = Example(np.zeros((1, 1)), "", [], [], " her atrial fibrillation ")
+    got = positives([said, other], ["atrial fibrillation", "rial", "warfarin"])
+    assert got.tolist() == [[True, False, True], [True, False, False]]  # whole words, and own entities
 
 
 def test_contrastive_loss_prefers_the_right_pairs() -> None:

@@ -135,9 +135,9 @@ class Pipeline:
     def entity_finder(self) -> Any:
         """The speech-to-entity retriever (D5), loaded on first use."""
         if self._finder is None:
-            from llmasr.entities.retriever import EntityFinder
+            from llmasr.entities.retriever import shared_finder
 
-            self._finder = EntityFinder.load(self.options.retriever)
+            self._finder = shared_finder(self.options.retriever)
         return self._finder
 
     def first_pass(

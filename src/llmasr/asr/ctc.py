@@ -54,15 +54,12 @@ class CtcRecognizer:
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
         """One hypothesis per segment (greedy CTC has no list); `prompt` is not used by CTC."""
-        if not segments:
-            return []
-        features = self.encoder.features(list(segments))
-        hidden = self.encoder(features)
-        lengths = self.encoder.output_lengths(torch.tensor([len(s) for s in segments]))
-        logits = self.head(hidden.float())
+        from llmasr.deep.states import encode_utterances
+
         out = []
-        for row, length in zip(logits, lengths):
-            text, score = greedy_ctc(row, int(length), self.vocab, self.blank)
+        for states in encode_utterances(self.encoder, list(segments)) if segments else []:
+            logits = self.head(torch.from_numpy(states.astype(np.float32)))  # float16 states, as in training
+            text, score = greedy_ctc(logits, len(logits), self.vocab, self.blank)
             out.append([Hypothesis(text=text, am_score=score)] if text else [])
         return out
 

@@ -207,9 +207,9 @@ class DeepPipeline:
         finder = None
         if getattr(self.options, "term_retrieval", "text") == "speech":
             if self._finder is None:
-                from llmasr.entities.retriever import EntityFinder
+                from llmasr.entities.retriever import shared_finder
 
-                self._finder = EntityFinder.load(self.options.retriever)  # type: ignore[attr-defined]
+                self._finder = shared_finder(self.options.retriever)  # type: ignore[attr-defined]
             finder = self._finder
         limit = int(getattr(self.options, "max_terms", 0) or 0)
         return deep_transcript(

@@ -14,6 +14,7 @@ Trained contrastively (`llmasr.train.retriever`): the entities an utterance ment
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -203,6 +204,13 @@ class EntityFinder:
         from llmasr.deep.states import encode_utterances
 
         return self.top_states(encode_utterances(self.encoder, audio), entities, k)
+
+
+@functools.lru_cache(maxsize=2)
+def shared_finder(name: str) -> EntityFinder:
+    """One loaded finder per retriever name for the process: the shallow and deep pipelines (and the
+    pipelines a comparison builds) share its encoder and embedder instead of loading them again."""
+    return EntityFinder.load(name)
 
 
 def retriever_dir(name_or_path: str | Path) -> Path:

@@ -94,9 +94,10 @@ def entity_words(text: str) -> list[str]:
     return list(seen)
 
 
-def mentions(entity: str, text: str) -> bool:
-    """Whether the normalised entity occurs as whole words in the normalised text."""
-    return f" {normalize(entity)} " in f" {normalize(text)} "
+def positives(batch: Sequence[Example], entities: Sequence[str]) -> torch.Tensor:
+    """(B, E): which utterance mentions which entity (its own, or one it happens to say as well)."""
+    keys = [f" {normalize(e)} " for e in entities]
+    return torch.tensor([[e in x.entities or k in x.spoken for e, k in zip(entities, keys)] for x in batch])
 
 
 @dataclass
@@ -105,6 +106,8 @@ class Example:
     text: str
     entities: list[str]
     chars: list[int]
+    #: the normalised text between spaces, for whole-word entity matching
+    spoken: str = ""
 
 
 def load_examples(folder: str) -> list[Example]:
@@ -113,7 +116,7 @@ def load_examples(folder: str) -> list[Example]:
     out = []
     for u in read_states(folder):
         ents = list(u.entities) or entity_words(u.text)
-        out.append(Example(u.states, u.text, ents, char_ids(u.text)))
+        out.append(Example(u.states, u.text, ents, char_ids(u.text), f" {normalize(u.text)} "))
     if not out:
         raise RecipeError(f"{folder}: no encoded utterances")
     return out
@@ -162,6 +165,7 @@ def recall_at_k(
 @torch.no_grad()
 def ctc_cer(model: SpeechEntityRetriever, examples: Sequence[Example]) -> float:
     """Character error rate of the CTC head's greedy output (how well compression knows characters)."""
+    from llmasr.asr.ctc import greedy_ctc
     from llmasr.metrics import char_errors
     from llmasr.train.model import CHAR_VOCAB
 
@@ -169,10 +173,9 @@ def ctc_cer(model: SpeechEntityRetriever, examples: Sequence[Example]) -> float:
     for i in range(0, len(examples), 32):
         batch = examples[i : i + 32]
         states, lengths = _pad(batch)
-        pred = model.ctc_logits(states).argmax(-1)
-        for x, row, n in zip(batch, pred, lengths):
-            ids = row[: int(n)].tolist()
-            text = "".join(CHAR_VOCAB[a] for j, a in enumerate(ids) if a != 0 and (j == 0 or a != ids[j - 1]))
+        logits = model.ctc_logits(states)
+        for x, row, n in zip(batch, logits, lengths):
+            text, _ = greedy_ctc(row, int(n), CHAR_VOCAB, model.config.blank)
             e, c = char_errors(normalize(x.text), text)
             errors, chars = errors + e, chars + c
     return errors / max(1, chars)
@@ -246,9 +249,7 @@ def train_retriever(recipe: RetrieverRecipe, *, console: Any = None, **_: Any) -
                 ents = sorted({e for x in batch for e in x.entities})
                 if not ents:
                     continue
-                positive = torch.tensor(
-                    [[e in x.entities or mentions(e, x.text) for e in ents] for x in batch]
-                )
+                positive = positives(batch, ents)
                 frames, mask = model.speech(states, lengths)
                 ent_vectors = torch.from_numpy(np.stack([vectors[e] for e in ents]))
                 scores = model.scores(frames, mask, model.entities(ent_vectors, char_tensor(ents)))
