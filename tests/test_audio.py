@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llmasr.audio import audio_duration, check_not_silent, load_audio
+from llmasr.audio import PcmFormat, audio_duration, check_not_silent, load_audio, read_audio
 from llmasr.errors import AudioError
 
 GOFORWARD = "/usr/share/pocketsphinx/test/data/goforward.raw"
@@ -71,18 +71,55 @@ def test_bytes_and_file_object(tmp_path):
     assert e.value.source == "upload.wav"
 
 
-def test_raw_is_16k_16bit_pcm(tmp_path):
-    x = tone(0.75, 16000)
+def test_headerless_audio_is_refused_without_a_declared_format(tmp_path):
+    path = tmp_path / "call.raw"
+    path.write_bytes((tone(0.75, 8000) * 32767).astype("<i2").tobytes())
+    with pytest.raises(AudioError) as e:
+        load_audio(path)
+    assert e.value.source == str(path) and "headerless" in problem(e) and "--raw-format" in problem(e)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "dtype", "scale"),
+    [("s16le", "<i2", 32767), ("s16be", ">i2", 32767), ("s32le", "<i4", 2**31 - 1), ("f32le", "<f4", 1.0)],
+)
+@pytest.mark.parametrize("rate", [8000, 16000, 48000])
+def test_declared_raw_formats_read_at_their_true_rate_and_scale(tmp_path, encoding, dtype, scale, rate):
+    x = tone(0.75, rate, freq=300.0)
     path = tmp_path / "a.raw"
-    path.write_bytes((x * 32767).astype("<i2").tobytes())
-    audio = load_audio(path)
-    assert len(audio) == 12000
-    np.testing.assert_allclose(audio, x, atol=1e-4)
+    path.write_bytes((x * scale).astype(dtype).tobytes())
+    audio = load_audio(path, raw=PcmFormat(rate, encoding))
+    assert len(audio) == pytest.approx(12000, abs=2)
+    assert np.max(np.abs(audio)) == pytest.approx(0.5, abs=0.01)
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert np.argmax(spectrum) * 16000 / len(audio) == pytest.approx(300, abs=3)
+
+
+def test_mulaw_and_stereo_raw(tmp_path):
+    x = tone(1.0, 8000, amp=0.5)
+    mulaw = tmp_path / "a.ulaw"
+    sf.write(mulaw, x, 8000, format="RAW", subtype="ULAW")
+    audio = load_audio(mulaw, raw=PcmFormat.parse("mulaw:8000"))
+    assert len(audio) == 16000 and np.max(np.abs(audio)) == pytest.approx(0.5, abs=0.03)
+    stereo = tmp_path / "b.pcm"
+    stereo.write_bytes((np.stack([x, -x], axis=1) * 32767).astype("<i2").tobytes())
+    audio = read_audio(stereo, raw=PcmFormat.parse("s16le:8000:2"))
+    assert audio.channels == 2 and audio.downmix.startswith("channel 1 of 2")
+    assert np.max(np.abs(audio.samples)) == pytest.approx(0.5, abs=0.02)
+
+
+def test_pcm_format_parsing():
+    assert PcmFormat.parse("8000") == PcmFormat(8000, "s16le", 1)
+    assert PcmFormat.parse("MULAW:8000") == PcmFormat(8000, "mulaw", 1)
+    assert PcmFormat.parse("f32le:48000:2") == PcmFormat(48000, "f32le", 2)
+    for bad in ("s16le", "pcm:8000", "s16le:8k", "s16le:8000:0", "s16le:50"):
+        with pytest.raises(ValueError):
+            PcmFormat.parse(bad)
 
 
 @pytest.mark.skipif(not os.path.exists(GOFORWARD), reason="no pocketsphinx test data")
 def test_pocketsphinx_raw():
-    audio = load_audio(GOFORWARD)
+    audio = load_audio(GOFORWARD, raw=PcmFormat(16000))
     assert audio_duration(audio) == pytest.approx(os.path.getsize(GOFORWARD) / 32000)
     assert 1.0 < audio_duration(audio) < 10.0
     assert np.max(np.abs(audio)) > 0.01
@@ -203,9 +240,9 @@ def test_too_long_rejected_from_header(tmp_path, monkeypatch):
 def test_max_duration_none_and_raw_limit(tmp_path):
     path = tmp_path / "a.raw"
     path.write_bytes((tone(3.0, 16000) * 32767).astype("<i2").tobytes())
-    assert len(load_audio(path, max_duration=None)) == 48000
+    assert len(load_audio(path, max_duration=None, raw=PcmFormat(16000))) == 48000
     with pytest.raises(AudioError) as e:
-        load_audio(path, max_duration=2.5)
+        load_audio(path, max_duration=2.5, raw=PcmFormat(16000))
     assert problem(e).startswith("too long: 3.0 s")
 
 
@@ -228,7 +265,8 @@ def test_load_input_labels_and_refuses_silence(tmp_path: Path) -> None:
     path = tmp_path / "t.wav"
     sf.write(path, tone, 16000)
     label, audio = load_input(path)
-    assert label == str(path) and len(audio) == 16000
+    assert label == str(path) and len(audio.samples) == 16000 and audio.source_rate == 16000
+    assert len(load_input(tone[::2], rate=8000)[1].samples) == pytest.approx(16000, abs=2)
     with pytest.raises(AudioError, match="mic: audio is silent"):
         load_input(np.zeros(16000, np.float32), name="mic")
 

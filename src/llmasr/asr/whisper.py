@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from llmasr.asr.base import SAMPLE_RATE
+from llmasr.audio import SAMPLE_RATE
 from llmasr.errors import ModelError
 from llmasr.types import Hypothesis, Word
 

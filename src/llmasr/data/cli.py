@@ -79,9 +79,13 @@ def synth(
     voices: str = typer.Option(
         "flite:slt,flite:rms,flite:awb",
         "--voices",
-        help="Comma-separated engine:voice list, e.g. flite:slt,espeak:en-us.",
+        help="Comma-separated engine:voice list, e.g. flite:slt,espeak:en-us,kokoro:af_heart; kokoro:all is "
+        "the 28 English Kokoro voices, kokoro:mix a new two-voice blend per utterance; VOICE=W weights a "
+        "voice (default 1), e.g. kokoro:all,kokoro:mix=28 for half blends.",
     ),
-    num: int | None = typer.Option(None, "--num", help="Only the first N sentences."),
+    num: int | None = typer.Option(None, "--num", help="Only the first N sentences (after --skip)."),
+    skip: int = typer.Option(0, "--skip", help="Leave out the first K sentences (ids keep line numbers)."),
+    max_words: int | None = typer.Option(None, "--max-words", help="Only sentences of at most N words."),
     jobs: int = typer.Option(2, "--jobs", help="Parallel TTS processes."),
     seed: int = typer.Option(0, "--seed", help="Seed for the per-utterance voice choice."),
     out: Path = typer.Option(..., "--out", help="Output folder (audio + synth.jsonl)."),
@@ -98,7 +102,7 @@ def synth(
     ),
 ) -> None:
     """Synthesise a text file with TTS voices into 16 kHz FLAC + a manifest."""
-    from llmasr.data.synth import synthesize
+    from llmasr.data.synth import parse_voice_list, synthesize
 
     spec = None
     if augment is not None:
@@ -114,17 +118,21 @@ def synth(
         lines = [ln.strip() for ln in text.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as e:
         _fail(f"{text}: cannot read ({e})")
-    lines = [ln for ln in lines if ln]
+    numbered = [(i, ln) for i, ln in enumerate(ln for ln in lines if ln)][skip:]
+    if max_words is not None:
+        numbered = [(i, ln) for i, ln in numbered if len(ln.split()) <= max_words]
     if num is not None:
-        lines = lines[:num]
-    if not lines:
+        numbered = numbered[:num]
+    if not numbered:
         _fail(f"{text}: no sentences")
     # the text's hash in the id: an edited line gets new audio instead of reusing a stale file
-    items = [(f"{text.stem}-{i:05d}-{_sha8(s)}", s) for i, s in enumerate(lines)]
-    specs = [v.strip() for v in voices.split(",") if v.strip()]
+    items = [(f"{text.stem}-{i:05d}-{_sha8(s)}", s) for i, s in numbered]
     try:
+        specs, weights = parse_voice_list(voices)
         with _progress("synthesising", len(items)) as tick:
-            utts = synthesize(items, out / "audio", specs, seed=seed, jobs=jobs, on_done=tick, augment=spec)
+            utts = synthesize(
+                items, out / "audio", specs, seed=seed, jobs=jobs, on_done=tick, augment=spec, weights=weights
+            )
         path = write_manifest(utts, out / "synth.jsonl")
     except LlmasrError as e:
         _fail(str(e))
@@ -291,8 +299,14 @@ def states(
     ),
     num: int | None = typer.Option(None, "--num", help="Only the first N utterances."),
     threads: int | None = typer.Option(None, "--threads"),
+    trim_tail: float | None = typer.Option(
+        None,
+        "--trim-tail",
+        help="Whisper: encode each batch's audio plus this many seconds of silence instead of the full "
+        "30 s window (~3-5x faster on short utterances; the speech-LLM recipes use 1.0).",
+    ),
 ) -> None:
-    """Frozen encoder states of a manifest, for training on top of them (CTC head, entity retriever)."""
+    """Frozen encoder states of a manifest, for training on top of them (CTC heads, entity retriever)."""
     import torch
 
     from llmasr.data.manifest import read_manifest
@@ -310,7 +324,7 @@ def states(
             )
         )
         utts = utts[:num] if num else utts
-        enc = load_encoder(encoder)
+        enc = load_encoder(encoder, trim_tail=trim_tail)
         with Progress(
             TextColumn("states"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=_err
         ) as prog:

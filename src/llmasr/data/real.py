@@ -26,7 +26,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from llmasr.audio import load_audio
+from llmasr.audio import PcmFormat, load_audio
 from llmasr.data.manifest import Utterance, write_manifest
 from llmasr.data.synth import write_flac
 from llmasr.errors import LlmasrError
@@ -91,7 +91,7 @@ def pocketsphinx_utterances(out_dir: Path, testdata: Path = TESTDATA) -> list[Ut
             raise DataError(f"{raw}: not found (apt-get install pocketsphinx-testdata)")
         uid = "ps-" + Path(rel).name.removesuffix(".raw").replace(".", "-")
         dest = audio_dir / f"{uid}.flac"
-        dur = write_flac(load_audio(raw, max_duration=None), dest)  # .raw: 16 kHz 16-bit PCM
+        dur = write_flac(load_audio(raw, max_duration=None, raw=PcmFormat(16000)), dest)  # headerless
         utts.append(Utterance(uid, str(dest), text, dur, extra={"source": f"pocketsphinx-testdata:{rel}"}))
     return utts
 

@@ -1,8 +1,10 @@
-"""Text-to-speech evaluation audio with flite and espeak-ng: offline, free, and reproducible.
+"""Text-to-speech audio with flite, espeak-ng and Kokoro-82M: offline, free, and reproducible.
 
-Voices are written ``engine:name``: ``flite:slt``, ``flite:rms``, ``flite:awb``, ``flite:kal16`` or
-``espeak:en-us``, ``espeak:en``, ``espeak:en-us+f3`` ... Every output is 16 kHz mono 16-bit FLAC.
-The voice of an utterance (and, for espeak, a small speed/pitch change) is a pure function of
+Voices are written ``engine:name``: ``flite:slt``, ``flite:rms``, ``flite:awb``, ``flite:kal16``,
+``espeak:en-us``, ``espeak:en``, ``espeak:en-us+f3`` ..., or the natural Kokoro voices ``kokoro:af_heart``,
+blends ``kokoro:af_heart+bm_george`` and ``kokoro:mix`` (a new blended speaker per utterance; see
+`llmasr.data.kokoro`). Every output is 16 kHz mono 16-bit FLAC. The voice of an utterance (and a small
+speed change; for espeak also pitch; for ``kokoro:mix`` the blend) is a pure function of
 ``(seed, id)``, so a rebuild gives the same set. Existing valid outputs are kept, so an interrupted
 build resumes; audio is written under a temporary name and renamed, so no half file survives.
 """
@@ -31,7 +33,8 @@ from llmasr.errors import AudioError, LlmasrError
 if TYPE_CHECKING:
     from llmasr.data.augment import AugmentSpec
 
-SAMPLE_RATE = 16000
+from llmasr.audio import SAMPLE_RATE
+
 FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal", "awb_time")
 DEFAULT_VOICES = ("flite:slt", "flite:rms", "flite:awb", "flite:kal16")
 _TIMEOUT_S = 120
@@ -48,9 +51,27 @@ class VoiceInfo:
     installed: bool
 
 
+ENGINES = ("flite", "espeak", "kokoro")
+#: what to install for each engine
+INSTALL = {
+    "flite": "apt-get install flite",
+    "espeak": "apt-get install espeak-ng",
+    "kokoro": "pip install 'llmasr[kokoro]'",
+}
+
+
 def engines() -> dict[str, str | None]:
-    """Path of each TTS engine binary, None when it is not installed."""
-    return {"flite": shutil.which("flite"), "espeak": shutil.which("espeak-ng") or shutil.which("espeak")}
+    """Where each TTS engine is (a binary, or Kokoro's first package folder); None when not installed."""
+    import importlib.util
+
+    from llmasr.models import KOKORO_MODEL_PACKAGES
+
+    kokoro = all(importlib.util.find_spec(m) for m in (*KOKORO_MODEL_PACKAGES, "hibari"))
+    return {
+        "flite": shutil.which("flite"),
+        "espeak": shutil.which("espeak-ng") or shutil.which("espeak"),
+        "kokoro": "kokoro-82m" if kokoro else None,
+    }
 
 
 def available_voices() -> list[VoiceInfo]:
@@ -59,6 +80,10 @@ def available_voices() -> list[VoiceInfo]:
     out = [VoiceInfo(f"flite:{v}", "flite", eng["flite"] is not None) for v in FLITE_VOICES]
     for v in ("en-us", "en", "en-gb-x-rp", "en-us+f3", "en-us+m3", "en+f2"):
         out.append(VoiceInfo(f"espeak:{v}", "espeak", eng["espeak"] is not None))
+    from llmasr.models import ENGLISH_VOICES
+
+    for v in (*ENGLISH_VOICES, "mix"):
+        out.append(VoiceInfo(f"kokoro:{v}", "kokoro", eng["kokoro"] is not None))
     return out
 
 
@@ -68,11 +93,38 @@ def parse_voice(spec: str) -> tuple[str, str]:
     engine = engine.strip().lower()
     if engine == "espeak-ng":
         engine = "espeak"
-    if not sep or not name or engine not in ("flite", "espeak"):
-        raise SynthError(f"voice {spec!r}: expected 'flite:NAME' or 'espeak:NAME'")
+    if not sep or not name or engine not in ENGINES:
+        raise SynthError(f"voice {spec!r}: expected 'flite:NAME', 'espeak:NAME' or 'kokoro:NAME'")
     if engine == "flite" and name not in FLITE_VOICES and not Path(name).exists():
         raise SynthError(f"voice {spec!r}: unknown flite voice (known: {', '.join(FLITE_VOICES)})")
+    if engine == "kokoro":
+        from llmasr.data.kokoro import parse_blend
+
+        parse_blend(name)  # KokoroError (an LlmasrError) names a bad voice or weight
     return engine, name
+
+
+def parse_voice_list(text: str) -> tuple[list[str], list[float] | None]:
+    """`--voices` text -> (voice specs, weights or None). `VOICE=W` weights a voice; `kokoro:all` stands
+    for the 28 English Kokoro voices (each with the weight given). Raises SynthError on a bad weight."""
+    from llmasr.models import ENGLISH_VOICES
+
+    specs: list[str] = []
+    weights: list[float] = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        spec, _, w = item.partition("=")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise SynthError(f"voice {item!r}: weight {w!r} is not a number") from None
+        if weight <= 0:
+            raise SynthError(f"voice {item!r}: weights must be positive")
+        expanded = [f"kokoro:{v}" for v in ENGLISH_VOICES] if spec.strip() == "kokoro:all" else [spec.strip()]
+        specs += expanded
+        weights += [weight] * len(expanded)
+    return specs, (weights if any(w != 1.0 for w in weights) else None)
 
 
 def check_voices(voices: Sequence[str]) -> None:
@@ -83,18 +135,24 @@ def check_voices(voices: Sequence[str]) -> None:
     for spec in voices:
         engine, _ = parse_voice(spec)
         if eng[engine] is None:
-            pkg = "flite" if engine == "flite" else "espeak-ng"
-            raise SynthError(f"voice {spec!r}: {pkg} is not installed (apt-get install {pkg})")
+            raise SynthError(f"voice {spec!r}: {engine} is not installed ({INSTALL[engine]})")
 
 
 def choose_voice(
     uid: str, voices: Sequence[str], seed: int, weights: Sequence[float] | None = None
 ) -> tuple[str, float, int]:
-    """Deterministic (voice, speed factor, pitch) for one utterance, from (seed, id) only."""
+    """Deterministic (voice, speed factor, pitch) for one utterance, from (seed, id) only.
+
+    `kokoro:mix` becomes a concrete blend of two voices (`kokoro:A*0.63+B*0.37`), drawn after the rest,
+    so adding it to a voice list does not change the choices made for the other voices."""
     rng = random.Random(f"{seed}:{uid}")
     voice = rng.choices(list(voices), weights=list(weights) if weights else None, k=1)[0]
     speed = round(rng.uniform(0.9, 1.1), 3)
     pitch = rng.randint(35, 65)
+    if voice.replace(" ", "") == "kokoro:mix":
+        from llmasr.data.kokoro import random_blend
+
+        voice = f"kokoro:{random_blend(rng).label}"
     return voice, speed, pitch
 
 
@@ -177,15 +235,20 @@ def _synth_one(
     dest: Path,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> float:
-    with tempfile.TemporaryDirectory(prefix="llmasr-tts-") as td:
-        wav = Path(td) / "out.wav"
-        _run_tts(text, voice, speed, pitch, wav, Path(td))
-        try:
-            audio = load_audio(wav, max_duration=None)  # 16 kHz mono; refuses empty or silent output
-        except AudioError as e:
-            raise SynthError(
-                f"{uid}: voice {voice!r} gave no usable audio for {text[:60]!r}: {e.problem}"
-            ) from e
+    try:
+        if voice.startswith("kokoro:"):
+            from llmasr.data.kokoro import OUTPUT_RATE, parse_blend, shared_tts
+
+            blend = parse_blend(voice.partition(":")[2])
+            assert blend is not None  # choose_voice made `mix` concrete
+            audio = load_audio(shared_tts().synthesize(text, blend, speed), rate=OUTPUT_RATE, name=uid)
+        else:
+            with tempfile.TemporaryDirectory(prefix="llmasr-tts-") as td:
+                wav = Path(td) / "out.wav"
+                _run_tts(text, voice, speed, pitch, wav, Path(td))
+                audio = load_audio(wav, max_duration=None)  # 16 kHz mono; refuses empty or silent output
+    except AudioError as e:
+        raise SynthError(f"{uid}: voice {voice!r} gave no usable audio for {text[:60]!r}: {e.problem}") from e
     if transform is not None:  # augmentation works on the final 16 kHz mono signal
         audio = transform(audio)
     return write_flac(audio, dest)
@@ -281,7 +344,13 @@ def synthesize(
         duration = _valid_audio(dest)
         if duration is None:
             duration = _synth_one(uid, text, voice, speed, pitch, dest, transform)
-        label = voice if voice.startswith("flite:") else f"{voice}@s{speed}p{pitch}"
+        label = (
+            voice
+            if voice.startswith("flite:")
+            else f"{voice}@s{speed}"
+            if voice.startswith("kokoro:")
+            else f"{voice}@s{speed}p{pitch}"
+        )
         utt = Utterance(
             id=uid,
             audio=str(dest.resolve()),

@@ -21,9 +21,9 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from llmasr.audio import SAMPLE_RATE
 from llmasr.errors import AudioError, ModelError
 
-SAMPLE_RATE = 16000
 CT2_BINARY_VERSION = 6
 # Position = the type id written to model.bin (CTranslate2's DataType enum, include/ctranslate2/types.h).
 CT2_DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
@@ -248,19 +248,24 @@ class SpeechEncoder(torch.nn.Module):
 class WhisperSpeechEncoder(SpeechEncoder):
     """A Whisper encoder: log-mel features padded to 30 s in, 1500 frames (50 per second) out."""
 
-    def __init__(self, encoder: torch.nn.Module, info: EncoderInfo) -> None:
+    def __init__(self, encoder: torch.nn.Module, info: EncoderInfo, trim_tail: float | None = None) -> None:
+        """`trim_tail`: None encodes the full 30 s window, as Whisper was trained; a number of seconds
+        encodes only the batch's longest audio plus that much silence (see `features`)."""
         super().__init__(info)
         self.encoder = encoder
         self.n_mels = info.n_mels or 80
         self.max_frames = int(encoder.config.max_source_positions)
+        self.trim_tail = trim_tail
         self._extractor = None
         self.train(encoder.training)  # follow the loaded module (eval), not nn.Module's default
 
     @classmethod
-    def from_ct2(cls, model_dir: str | Path, dtype: torch.dtype = torch.float32) -> WhisperSpeechEncoder:
+    def from_ct2(
+        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, trim_tail: float | None = None
+    ) -> WhisperSpeechEncoder:
         """Wrap the encoder of a CTranslate2 Whisper folder (see `load_whisper_encoder`)."""
         module, info = load_whisper_encoder(model_dir, dtype=dtype)
-        return cls(module, info)
+        return cls(module, info, trim_tail=trim_tail)
 
     def features(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
         """Whisper log-mels exactly as faster-whisper computes them for CTranslate2: (B, n_mels, 3000).
@@ -282,10 +287,29 @@ class WhisperSpeechEncoder(SpeechEncoder):
                     f"audio {i}", f"{len(a) / SAMPLE_RATE:.1f} s is longer than Whisper's 30 s window"
                 )
             out.append(pad_or_trim(self._extractor(a), frames))
-        return torch.from_numpy(np.stack(out).astype(np.float32))
+        batch = torch.from_numpy(np.stack(out).astype(np.float32))
+        if self.trim_tail is not None and len(audio):
+            longest = max(len(np.asarray(a).reshape(-1)) for a in audio) / SAMPLE_RATE
+            keep = min(frames, int(math.ceil((longest + self.trim_tail) * SAMPLE_RATE / WHISPER_HOP)))
+            batch = batch[:, :, : keep + keep % 2]  # an even count: the encoder halves it
+        return batch
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_features=features).last_hidden_state
+        """(B, n_mels, F) log-mels -> (B, F / 2, dim). F is 3000 (30 s), or shorter with `trim_tail`:
+        then the layers run on the real frames only (transformers' WhisperEncoder insists on 3000), so an
+        utterance of a few seconds costs a fraction of the full window. Trimmed states differ a little
+        from full-window ones (cosine ~0.95-0.99 with >= 1 s of tail); train and infer with the same mode.
+        """
+        if features.shape[-1] == 2 * self.max_frames:
+            return self.encoder(input_features=features).last_hidden_state
+        enc = self.encoder
+        x = torch.nn.functional.gelu(enc.conv1(features.to(enc.conv1.weight.dtype)))
+        x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.embed_positions.weight[: x.shape[1]]
+        for layer in enc.layers:
+            out = layer(x, None)
+            x = out[0] if isinstance(out, tuple) else out
+        return enc.layer_norm(x)
 
     def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Frames holding real audio: one per 320 samples, rounded up, at most 1500. (Features are
@@ -524,9 +548,12 @@ def _first_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- dispatch
 
 
-def load_encoder(name_or_path: str, dtype: torch.dtype = torch.float32) -> SpeechEncoder:
+def load_encoder(
+    name_or_path: str, dtype: torch.dtype = torch.float32, trim_tail: float | None = None
+) -> SpeechEncoder:
     """A recogniser's name or folder, resolved as `--asr` is: CTranslate2 Whisper (named models, folders
-    with model.bin) loads from model.bin; a Hugging Face id or folder through transformers."""
+    with model.bin) loads from model.bin; a Hugging Face id or folder through transformers.
+    `trim_tail` (Whisper only): encode the audio plus this many seconds of silence, not 30 s."""
     from llmasr.models import resolve
 
     path = Path(name_or_path).expanduser()
@@ -534,7 +561,10 @@ def load_encoder(name_or_path: str, dtype: torch.dtype = torch.float32) -> Speec
         name_or_path = str(path.parent)
     kind, location = resolve(name_or_path, "asr")
     if kind == "whisper":
-        return WhisperSpeechEncoder.from_ct2(location, dtype=dtype)
+        return WhisperSpeechEncoder.from_ct2(location, dtype=dtype, trim_tail=trim_tail)
     if kind == "hf-asr":
-        return load_hf_encoder(location, dtype=dtype)
+        encoder = load_hf_encoder(location, dtype=dtype)
+        if isinstance(encoder, WhisperSpeechEncoder):
+            encoder.trim_tail = trim_tail
+        return encoder
     raise ModelError(f"'{name_or_path}' is a {kind} recogniser, not a speech encoder (use a Whisper model)")

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 
 from llmasr import vad
+from llmasr.audio import SAMPLE_RATE
 from llmasr.deep.speechllm import SpeechLLM
 from llmasr.errors import ModelError
 from llmasr.types import Segment, Transcript
-
-SAMPLE_RATE = 16000
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -201,7 +200,10 @@ class DeepPipeline:
     ) -> Transcript:
         from llmasr.audio import load_input
 
-        label, audio = load_input(source, name=name, max_duration=getattr(self.options, "max_duration", None))
+        label, decoded = load_input(
+            source, name=name, max_duration=getattr(self.options, "max_duration", None)
+        )
+        audio = decoded.samples
         prompt = prompt if prompt is not None else getattr(self.options, "prompt", None)
         terms = terms if terms is not None else (getattr(self.options, "terms", None) or None)
         finder = None

@@ -33,6 +33,16 @@ class EncodedUtterance:
     entities: list[str]
 
 
+#: which encoder (and window) made a folder's states: one folder never mixes two
+ENCODER_META = "encoder.json"
+
+
+def encoder_setup(folder: str | Path) -> dict[str, object]:
+    """{"encoder": name, "trim_tail": seconds or None} of a states folder ({} for older folders)."""
+    path = Path(folder) / ENCODER_META
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _shard_path(folder: Path, index: int) -> Path:
     return folder / f"states-{index:05d}.npz"
 
@@ -59,11 +69,21 @@ def cache_states(
     """Encode `utts` into `folder` (see the module doc); unreadable audio is reported and skipped."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
+    setup = {
+        "encoder": getattr(getattr(encoder, "info", None), "name", None),
+        "trim_tail": getattr(encoder, "trim_tail", None),
+    }
+    meta_path = out / ENCODER_META
+    if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")) != setup:
+        raise LlmasrError(f"{out}: holds states of another encoder setup ({meta_path}); use a new folder")
+    with atomic_write(meta_path) as fh:
+        fh.write(json.dumps(setup))
     meta = {u.id: {"text": u.text, "entities": list(u.entities)} for u in utts}
     with atomic_write(out / "texts.json") as fh:
         fh.write(json.dumps(meta))
     for index, start in enumerate(range(0, len(utts), shard_size)):
-        chunk = utts[start : start + shard_size]
+        # similar lengths together: a trimmed encoder pads each batch only to its longest utterance
+        chunk = sorted(utts[start : start + shard_size], key=lambda u: float(u.duration or 0.0))
         path = _shard_path(out, index)
         if path.is_file():
             if progress:

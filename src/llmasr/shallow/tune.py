@@ -71,6 +71,7 @@ def decode(
         try:
             prompt, terms = utterance_prompt(utt)
             _, audio = load_input(utt.audio, max_duration=pipeline.options.max_duration)
+            audio = audio.samples
             segs = [s for s in pipeline.first_pass(audio, prompt, terms) if s.nbest]
             item = Decoded(utt.id, utt.text, prompt, [s.nbest for s in segs], [s.terms for s in segs])
             out.append(item)

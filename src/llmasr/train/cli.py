@@ -48,6 +48,18 @@ def train(
     try:
         cfg = load_recipe(recipe, list(set_ or []))
         console.print(dump_recipe(cfg), highlight=False, markup=False)
+        if cfg.kind == "ctc_head":
+            from llmasr.train.ctc_head import CtcHeadTask
+            from llmasr.train.loop import fit
+
+            result = fit(CtcHeadTask(cfg), resume=resume, max_steps=max_steps, console=console)
+            dev = " ".join(f"{k} {v:.4f}" for k, v in result.dev.items())
+            console.print(
+                f"{result.steps} steps in {result.seconds:.1f} s; {dev}; exported {result.export}",
+                highlight=False,
+                markup=False,
+            )
+            return
         if isinstance(cfg, RetrieverRecipe):
             done = train_retriever(cfg, console=console)
             line = f"dev recall@5 {done.dev_recall_at_5}; dev CER {pct(done.dev_cer)}; {done.retriever}"

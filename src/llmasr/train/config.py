@@ -132,6 +132,9 @@ class RunRecipe:
     eval_batch_size: int = 16
     #: checkpoints kept in output_dir/checkpoints (older ones are deleted; 0 keeps all)
     keep_checkpoints: int = 3
+    #: also measure the dev metrics before the first update (a fresh run), and at the end of each stage
+    eval_before: bool = False
+    eval_each_stage: bool = False
 
 
 @dataclass
@@ -356,7 +359,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], root: type = Rec
 
 
 #: recipe kinds by the top-level `kind:` key of a YAML file (absent: speechllm)
-KINDS = ("speechllm", "rescorer", "corrector", "retriever")
+KINDS = ("speechllm", "rescorer", "corrector", "retriever", "ctc_head")
 
 
 def recipe_class(kind: str) -> type:
@@ -374,6 +377,10 @@ def recipe_class(kind: str) -> type:
         from llmasr.train.retriever import RetrieverRecipe
 
         return RetrieverRecipe
+    if kind == "ctc_head":
+        from llmasr.train.ctc_head import CtcHeadRecipe
+
+        return CtcHeadRecipe
     if kind == "compare":
         raise RecipeError(
             "kind 'compare': a comparison of methods, run it with `llmasr compare`, not trained"
