@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llmasr.errors import LlmasrError
+from llmasr.errors import LlmasrError, internal_error
 
 app = typer.Typer(
     help="LLMs inside speech recognition: N-best rescoring with LLMs, domain prompts, long-form audio.",
@@ -78,7 +78,23 @@ NbestOpt = Annotated[int | None, typer.Option("--nbest", help="Hypotheses per se
 PromptOpt = Annotated[
     str | None, typer.Option("--prompt", help="Domain description that conditions the LLM.")
 ]
-TermsOpt = Annotated[Path | None, typer.Option("--terms", help="Term list file, one term a line.")]
+TermsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--terms",
+        help="Term list file: one term a line, UTF-8 (a BOM is ignored), LF or CRLF; lines starting "
+        "with '# ' are comments ('#include' is a term). docs/inputs.md.",
+    ),
+]
+RawFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--raw-format",
+        help="Format of headerless inputs (.raw, .pcm, ...): ENCODING:RATE[:CHANNELS], e.g. s16le:8000, "
+        "mulaw:8000 (encodings: s8 u8 s16le s16be s24le s32le f32le f64le mulaw alaw). Files with a header "
+        "are read from it.",
+    ),
+]
 ProfileOpt = Annotated[
     Path | None, typer.Option("--profile", help="Tuned profile (YAML) from `llmasr tune`.")
 ]
@@ -157,6 +173,7 @@ def _options(
     correct_max_change: float | None = None,
     term_retrieval: str | None = None,
     retriever: str | None = None,
+    raw_format: str | None = None,
 ) -> Any:
     from llmasr.config import resolve_options
     from llmasr.shallow.context import read_terms
@@ -187,6 +204,7 @@ def _options(
         correct_max_change=correct_max_change,
         term_retrieval=term_retrieval,
         retriever=retriever,
+        raw_format=raw_format,
     )
 
 
@@ -248,23 +266,32 @@ def transcribe(
     correct_max_change: CorrectMaxOpt = None,
     term_retrieval: TermRetrievalOpt = None,
     retriever: RetrieverOpt = None,
+    raw_format: RawFormatOpt = None,
     mode: ModeOpt = "shallow",
     deep_model: DeepModelOpt = None,
 ) -> None:
     """Transcribe audio files; with --out, one output file per input, else print to stdout."""
-    from llmasr.writers import FORMATS, render, write
+    from llmasr.writers import FORMATS, output_paths, render, write
 
     if fmt.lower().lstrip(".") not in FORMATS:
         raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(FORMATS)}", 2)
     options, pipeline = _pipeline(mode, deep_model, _run_flags(locals()))
+    targets = output_paths(files, out_dir, fmt) if out_dir is not None else [None] * len(files)
     failures = 0
+    done: set[Path] = set()
     with _progress() as progress:
         task = progress.add_task("transcribing", total=len(files))
-        for path in files:
+        for path, target in zip(files, targets):
+            if target is not None and target in done:  # the same input given twice
+                progress.advance(task)
+                continue
             try:
                 transcript = pipeline.transcribe(path)
-                if out_dir is not None:
-                    write(transcript, fmt, out_dir / f"{path.stem}.{fmt.lower().lstrip('.')}")
+                if transcript.info.get("input", {}).get("downmix", "average") not in (None, "average"):
+                    _say(err, f"note: {transcript.source}: used {transcript.info['input']['downmix']}")
+                if target is not None:
+                    write(transcript, fmt, target)
+                    done.add(target)
                 else:
                     progress.stop()
                     sys.stdout.write(render(transcript, fmt))
@@ -273,6 +300,9 @@ def transcribe(
             except LlmasrError as exc:
                 failures += 1
                 _error(err, exc)
+            except Exception as exc:  # a bug must cost one input, not the batch
+                failures += 1
+                _error(err, internal_error(path, exc))
             progress.advance(task)
     if failures:
         _say(err, f"{failures} of {len(files)} input(s) failed")
@@ -413,6 +443,7 @@ def eval_cmd(
     correct_max_change: CorrectMaxOpt = None,
     term_retrieval: TermRetrievalOpt = None,
     retriever: RetrieverOpt = None,
+    raw_format: RawFormatOpt = None,
     mode: ModeOpt = "shallow",
     deep_model: DeepModelOpt = None,
     no_manifest_prompts: Annotated[
@@ -588,6 +619,9 @@ def main() -> None:
     except LlmasrError as exc:  # anything not caught closer to its input
         _error(err, exc)
         sys.exit(1)
+    except KeyboardInterrupt:
+        _say(err, "interrupted")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,18 @@ class AudioError(LlmasrError):
         super().__init__(f"{source}: {problem}")
 
 
+def internal_error(source: object, exc: BaseException) -> str:
+    """One line for an unexpected failure (a bug) on one input: its name, the exception, where to report
+    it. Batch paths (CLI, eval, data builders, batch, server) catch per input with this, so one input never
+    stops the others and never prints a traceback."""
+    import os
+
+    name = os.fsdecode(source) if isinstance(source, (str, bytes, os.PathLike)) else str(source)
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{name}: internal error ({type(exc).__name__}: {detail}); please report it"
+
+
 class ModelError(LlmasrError):
     """A model name or path that cannot be resolved or loaded."""
 

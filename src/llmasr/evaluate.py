@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmasr.data.manifest import Utterance
-from llmasr.errors import LlmasrError
+from llmasr.errors import LlmasrError, internal_error
 from llmasr.metrics import entity_recall, normalize, word_errors
 from llmasr.pipeline import Pipeline
 from llmasr.shallow.context import read_terms
@@ -170,6 +170,8 @@ def evaluate(
                 row.entities_found, row.entities_total = entity_recall(utt.entities, row.hypothesis)
         except LlmasrError as exc:
             row.error = str(exc)
+        except Exception as exc:  # a bug costs one utterance, not the evaluation
+            row.error = internal_error(utt.audio, exc)
         report.rows.append(row)
         if on_row:
             on_row(row)

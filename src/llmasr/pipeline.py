@@ -101,6 +101,8 @@ class SegmentResult:
     nbest: list[Hypothesis]
     #: the terms this segment was decoded with (narrowed from a long list by retrieval)
     terms: list[str] = field(default_factory=list)
+    #: seconds of silence added before `audio` (vad.pad_edges): times in `audio` minus this are segment times
+    lead: float = 0.0
 
 
 class Pipeline:
@@ -165,7 +167,9 @@ class Pipeline:
         n = nbest or self.options.nbest
         for i in range(0, len(spans), batch):
             chunk = spans[i : i + batch]
-            pieces = [audio[s:e] for s, e in chunk]
+            padded = [vad.pad_edges(audio[s:e], self.recognizer.window) for s, e in chunk]
+            pieces = [p for p, _ in padded]
+            leads = [lead for _, lead in padded]
             if by_speech:
                 found = self.entity_finder().top(pieces, terms, limit)
                 picked = [[r.entity for r in row] for row in found]
@@ -173,19 +177,19 @@ class Pipeline:
                     self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
                     for piece, seg_terms in zip(pieces, picked)
                 ]
-                for (s, e), piece, nb, seg_terms in zip(chunk, pieces, lists, picked):
-                    yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms)
+                for (s, e), piece, nb, seg_terms, lead in zip(chunk, pieces, lists, picked, leads):
+                    yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms, lead)
                 continue
             lists = self.recognizer.nbest(
                 pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
             )
-            for (s, e), piece, nb in zip(chunk, pieces, lists):
+            for (s, e), piece, nb, lead in zip(chunk, pieces, lists, leads):
                 seg_terms = terms
                 if retriever is not None:
                     seg_terms = retriever.top([h.text for h in nb], limit)
                     if seg_terms:
                         nb = self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
-                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, list(seg_terms))
+                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, list(seg_terms), lead)
 
     def transcribe(
         self,
@@ -230,10 +234,13 @@ class Pipeline:
                     timings["correction"] += time.perf_counter() - t
                 if chosen.text.strip():
                     t = time.perf_counter()
+                    shift = seg.start - seg.lead
+
+                    def at(t: float, shift: float = shift, seg: SegmentResult = seg) -> float:
+                        return round(min(max(t + shift, seg.start), seg.end), 3)
+
                     words = [
-                        Word(
-                            w.word, round(w.start + seg.start, 3), round(w.end + seg.start, 3), w.probability
-                        )
+                        Word(w.word, at(w.start), at(w.end), w.probability)
                         for w in self.recognizer.align(seg.audio, chosen)
                     ]
                     timings["alignment"] += time.perf_counter() - t

@@ -8,6 +8,8 @@ written atomically so an interrupted run never leaves a half-written transcript 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,28 @@ def write(transcript: Transcript, fmt: str, path: Path, *, nbest: bool = False) 
     with atomic_write(path, newline="\n") as f:
         f.write(text)
     return path
+
+
+def output_paths(inputs: Sequence[str | os.PathLike[str]], out_dir: Path, fmt: str) -> list[Path]:
+    """Where each input's transcript goes under `out_dir`: its path relative to the inputs' common folder,
+    with the format's suffix, so inputs of the same name in different folders never share an output
+    (monday/meeting.wav -> OUT/monday/meeting.txt, tuesday/meeting.wav -> OUT/tuesday/meeting.txt).
+    Inputs that would still collide (meeting.wav and meeting.flac side by side) keep their own suffix
+    (meeting.wav.txt, meeting.flac.txt). The same input given twice gets the same path."""
+    key = _check_format(fmt)
+    absolute = [os.path.abspath(os.fspath(p)) for p in inputs]
+    if not absolute:
+        return []
+    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    relative = [Path(os.path.relpath(p, root)) for p in absolute]
+    plain = [r.with_suffix(f".{key}") if r.suffix else r.with_name(f"{r.name}.{key}") for r in relative]
+    owners: dict[Path, set[str]] = {}
+    for path, source in zip(plain, absolute):
+        owners.setdefault(path, set()).add(source)
+    return [
+        out_dir / (p if len(owners[p]) == 1 else r.with_name(f"{r.name}.{key}"))
+        for p, r in zip(plain, relative)
+    ]
 
 
 def format_timestamp(seconds: float, sep: str = ",") -> str:

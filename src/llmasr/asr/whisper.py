@@ -16,10 +16,14 @@ from llmasr.audio import SAMPLE_RATE
 from llmasr.errors import ModelError
 from llmasr.types import Hypothesis, Word
 
-#: faster-whisper's defaults for "this window holds no speech" and "this text is a loop"
+#: faster-whisper's defaults for "this window holds no speech" and "this text repeats itself"
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
+#: a repetitive text is a decoder loop only if it says more than speech can in the audio's time: natural
+#: speech stays under ~5 words a second over a segment; a speaker repeating a phrase six times does not
+MAX_WORDS_PER_SECOND = 6.0
+MAX_LENGTH = 448
 #: Whisper attends to at most 223 prompt tokens (half its 448-token context)
 MAX_PROMPT_TOKENS = 223
 #: punctuation glued to the neighbouring word in word timings (faster-whisper's defaults)
@@ -30,6 +34,21 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 def compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / max(1, len(zlib.compress(data)))
+
+
+def is_decoder_loop(text: str, seconds: float, tokens: int = 0, max_tokens: int = MAX_LENGTH) -> bool:
+    """True when a hypothesis is a decoder loop rather than speech that repeats itself: it is repetitive
+    (zlib compression ratio over COMPRESSION_RATIO_THRESHOLD, faster-whisper's test) AND longer than the
+    audio can hold (more spoken words than MAX_WORDS_PER_SECOND * seconds + 2, numbers counted as spoken
+    words), or it ran into the decoder's length limit. Genuine repetition ("no, no, no ..." twelve times
+    in 6 s, a chant, a counting drill) passes; "montreal forced aligner" forty times in 5 s does not."""
+    from llmasr.metrics import normalize
+
+    if tokens >= max_tokens:
+        return True
+    if compression_ratio(text) <= COMPRESSION_RATIO_THRESHOLD:
+        return False
+    return len(normalize(text).split()) > MAX_WORDS_PER_SECOND * seconds + 2
 
 
 class WhisperRecognizer:
@@ -132,8 +151,9 @@ class WhisperRecognizer:
             num_hypotheses=n,
             return_scores=True,
             return_no_speech_prob=True,
-            max_length=448,
+            max_length=MAX_LENGTH,
         )
+        room = MAX_LENGTH - len(prompt_ids) - 1  # a hypothesis this long was cut by the length limit
         out: list[list[Hypothesis]] = []
         for i, res in enumerate(results):
             hyps = []
@@ -145,14 +165,15 @@ class WhisperRecognizer:
             if res.no_speech_prob > NO_SPEECH_THRESHOLD and best_avg < LOGPROB_THRESHOLD:
                 out.append([])
                 continue
-            clean = [h for h in hyps if compression_ratio(h.text) <= COMPRESSION_RATIO_THRESHOLD]
+            seconds = len(segments[i]) / SAMPLE_RATE
+            clean = [h for h in hyps if not is_decoder_loop(h.text, seconds, len(h.tokens), room)]
             if not clean and hyps:
                 clean = self._unloop(encoded[i : i + 1], prompt_ids, n)
             out.append([h for h in clean if h.text] or clean[:1])
         return out
 
     def _unloop(self, encoded: np.ndarray, prompt_ids: list[int], n: int) -> list[Hypothesis]:
-        """Every hypothesis repeats itself: decode again forbidding repeated 4-grams."""
+        """Every hypothesis is a decoder loop: decode again forbidding repeated 4-grams."""
         import ctranslate2
 
         res = self._fw.model.generate(
@@ -162,7 +183,7 @@ class WhisperRecognizer:
             num_hypotheses=n,
             return_scores=True,
             no_repeat_ngram_size=4,
-            max_length=448,
+            max_length=MAX_LENGTH,
         )[0]
         return [
             Hypothesis(text=self._decode(ids), am_score=float(s) * (len(ids) + 1), tokens=list(ids))

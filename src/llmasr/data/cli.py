@@ -129,14 +129,30 @@ def synth(
     items = [(f"{text.stem}-{i:05d}-{_sha8(s)}", s) for i, s in numbered]
     try:
         specs, weights = parse_voice_list(voices)
+        failed: list[str] = []
+
+        def report(uid: str, problem: str) -> None:
+            failed.append(uid)
+            _err.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+
         with _progress("synthesising", len(items)) as tick:
             utts = synthesize(
-                items, out / "audio", specs, seed=seed, jobs=jobs, on_done=tick, augment=spec, weights=weights
+                items,
+                out / "audio",
+                specs,
+                seed=seed,
+                jobs=jobs,
+                on_done=tick,
+                augment=spec,
+                weights=weights,
+                on_error=report,
             )
         path = write_manifest(utts, out / "synth.jsonl")
     except LlmasrError as e:
         _fail(str(e))
     _done(path, t0)
+    if failed:
+        _fail(f"{len(failed)} of {len(items)} sentence(s) failed; the manifest lists the rest")
 
 
 @app.command()

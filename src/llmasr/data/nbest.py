@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmasr.data.manifest import Utterance, read_manifest
-from llmasr.errors import LlmasrError, ManifestError
+from llmasr.errors import LlmasrError, ManifestError, internal_error
 from llmasr.types import Hypothesis
 
 
@@ -167,10 +167,11 @@ def build_nbest(
         for utt in todo:
             try:
                 rec = nbest_record(utt, pipeline, use_prompt=use_prompt)
-            except (LlmasrError, ValueError, RuntimeError, OSError) as e:
-                summary.errors.append((utt.id, str(e)))
+            except Exception as e:  # one utterance's failure (even a bug) never stops the corpus
+                problem = str(e) if isinstance(e, LlmasrError) else internal_error(utt.audio, e)
+                summary.errors.append((utt.id, problem))
                 if on_error:
-                    on_error(utt.id, str(e))
+                    on_error(utt.id, problem)
             else:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()

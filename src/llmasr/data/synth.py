@@ -28,7 +28,7 @@ import soundfile as sf
 
 from llmasr.audio import load_audio
 from llmasr.data.manifest import Utterance
-from llmasr.errors import AudioError, LlmasrError
+from llmasr.errors import AudioError, LlmasrError, internal_error
 
 if TYPE_CHECKING:
     from llmasr.data.augment import AugmentSpec
@@ -292,12 +292,15 @@ def synthesize(
     weights: Sequence[float] | None = None,
     on_done: Callable[[Utterance], None] | None = None,
     augment: AugmentSpec | None = None,
+    on_error: Callable[[str, str], None] | None = None,
 ) -> list[Utterance]:
     """Synthesise `(id, text)` pairs to `out_dir/<id>.flac`; returns records in input order.
 
     The voice of each id is chosen deterministically from `seed` (optionally `weights` per voice).
     Outputs that already exist as valid 16 kHz mono audio are kept, which makes a build resumable.
-    `on_done` is called once per finished utterance (for a progress bar).
+    `on_done` is called once per finished utterance (for a progress bar). With `on_error(id, problem)`,
+    an utterance that fails is reported and left out (the rest complete); without, the first failure
+    raises SynthError.
     With `augment`, a fraction `augment.p` of the utterances (chosen from (seed, id) only) is
     augmented and labelled in `Utterance.augmentation`; the label of a kept output is recomputed,
     and `out_dir/augment.json` records the settings so a folder never mixes two of them.
@@ -363,5 +366,14 @@ def synthesize(
             on_done(utt)
         return utt
 
+    def guarded(item: tuple[str, str]) -> Utterance | None:
+        if on_error is None:
+            return work(item)
+        try:
+            return work(item)
+        except Exception as exc:  # one sentence's failure (even a bug) never stops the build
+            on_error(item[0], str(exc) if isinstance(exc, LlmasrError) else internal_error(item[0], exc))
+            return None
+
     with ThreadPoolExecutor(max_workers=max(1, int(jobs))) as pool:
-        return list(pool.map(work, texts))
+        return [u for u in pool.map(guarded, texts) if u is not None]

@@ -6,11 +6,12 @@ setting) work unchanged by pointing their base URL at `http://HOST:PORT/v1`:
 * `POST /v1/audio/transcriptions` - multipart form: `file` (required), `model` (any name is accepted;
   the served pipeline answers whatever is asked, so "whisper-1" works), `prompt` (a domain description;
   it conditions the LLM rescorer and Whisper), `response_format` (json, text, srt, vtt, verbose_json),
-  `language` (English only: "en", "english" or absent), `temperature` (accepted and ignored: decoding is
-  beam search), `timestamp_granularities[]` (segment, word; words appear in verbose_json), `stream`
-  (false only). llmasr extras: `terms` (domain terms, newline- or comma-separated, may repeat) and
-  `nbest` (hypotheses per segment for this request, 1-32). Any other field is refused (400), so a typo
-  never goes unnoticed.
+  `language` (English only: "en", "english", a tag like "en-US", or absent), `temperature` (accepted and
+  ignored: decoding is beam search), `timestamp_granularities[]` (segment, word; with verbose_json only,
+  as OpenAI requires), `stream` (false only). llmasr extras: `terms` (domain terms, newline- or
+  comma-separated, may repeat), `nbest` (hypotheses per segment for this request, 1-32) and `raw_format`
+  (the ENCODING:RATE[:CHANNELS] of a headerless PCM upload, e.g. s16le:8000). Any other field is
+  refused (400), so a typo never goes unnoticed.
 * `GET /v1/models` (and `/v1/models/{id}`) - the served model ids, in OpenAI's list shape.
 * `GET /health` - liveness plus queue figures; never needs a key.
 
@@ -43,7 +44,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmasr import __version__
-from llmasr.audio import audio_duration, load_audio
+from llmasr.audio import PcmFormat, audio_duration, load_audio
 from llmasr.errors import AudioError, LlmasrError
 from llmasr.pipeline import Pipeline
 from llmasr.serve.upload import FormError, read_form
@@ -60,7 +61,9 @@ LANGUAGES = ("en", "english")
 MAX_NBEST = 32
 MAX_TERMS = 1000
 #: single-valued form fields (besides `file`); the two below may repeat
-SINGLE_FIELDS = ("model", "prompt", "response_format", "language", "temperature", "nbest", "stream")
+SINGLE_FIELDS = (
+    "model", "prompt", "response_format", "language", "temperature", "nbest", "stream", "raw_format",
+)  # fmt: skip
 LIST_FIELDS = ("timestamp_granularities[]", "timestamp_granularities", "terms")
 KNOWN_FIELDS = set(SINGLE_FIELDS) | set(LIST_FIELDS)
 
@@ -281,6 +284,8 @@ class _Request:
     terms: list[str] | None = None
     nbest: int | None = None
     words: bool = False
+    #: the declared format of a headerless upload (raw PCM)
+    raw: PcmFormat | None = None
 
 
 def create_app(
@@ -489,7 +494,8 @@ async def _read_request(request: Request, settings: ServeSettings, timeout: floa
         )
     job.response_format = fmt
     language = one("language")
-    if language and language.lower() not in LANGUAGES:
+    # ISO 639-1 "en", or a BCP 47 tag whose language is English ("en-US", "en_GB")
+    if language and language.lower().replace("_", "-").split("-")[0] not in LANGUAGES:
         raise ApiError(
             400,
             f"language '{language}' is not supported: the served models transcribe English only ('en')",
@@ -526,7 +532,20 @@ async def _read_request(request: Request, settings: ServeSettings, timeout: floa
             param="timestamp_granularities[]",
             code="unsupported_value",
         )
+    if granularities and fmt != "verbose_json":
+        raise ApiError(
+            400,
+            f"timestamp_granularities needs response_format=verbose_json (got '{fmt}'), as in OpenAI's API",
+            param="timestamp_granularities[]",
+            code="invalid_value",
+        )
     job.words = "word" in granularities
+    raw_format = one("raw_format")
+    if raw_format:
+        try:
+            job.raw = PcmFormat.parse(raw_format)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="raw_format", code="invalid_value") from None
     job.prompt = one("prompt") or None
     if "terms" in values:
         terms = [t.strip() for v in values["terms"] for line in v.splitlines() for t in line.split(",")]
@@ -555,7 +574,11 @@ def _transcribe(state: _State, job: _Request, settings: ServeSettings) -> Transc
     """Worker-thread part: decode, then run the pipeline. Errors come back as values, never raised."""
     try:
         audio = load_audio(
-            job.data, max_duration=settings.max_audio_seconds, name=job.filename, allow_silent=True
+            job.data,
+            max_duration=settings.max_audio_seconds,
+            name=job.filename,
+            allow_silent=True,
+            raw=job.raw,
         )
         job.data = b""  # the decoded array is all that is needed from here on
         return state.get_pipeline().transcribe(
@@ -659,6 +682,10 @@ _OPENAPI_FORM: dict[str, Any] = {
                             "items": {"type": "string", "enum": list(GRANULARITIES)},
                         },
                         "terms": {"type": "string", "description": "newline- or comma-separated terms"},
+                        "raw_format": {
+                            "type": "string",
+                            "description": "headerless PCM upload: ENCODING:RATE[:CHANNELS], e.g. s16le:8000",
+                        },
                         "nbest": {"type": "integer", "minimum": 1, "maximum": MAX_NBEST},
                     },
                 }

@@ -9,6 +9,8 @@ kept in memory (bounded by that limit) and nothing ever touches the disk.
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +23,24 @@ MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 64
 #: room for multipart boundaries, part headers and text fields on top of the file limit
 BODY_OVERHEAD_BYTES = 1024 * 1024
+
+
+_EXTENDED = re.compile(rb"filename\*\s*=\s*([A-Za-z0-9_-]*)'[^']*'([^;\s]+)", re.IGNORECASE)
+
+
+def extended_filename(disposition: bytes) -> str | None:
+    """The RFC 5987/7578 `filename*=UTF-8''Gr%C3%BC%C3%9Fe.wav` form of a part's file name (clients send
+    it for non-ASCII names; python-multipart ignores it), or None when the header has none."""
+    match = _EXTENDED.search(disposition)
+    if match is None:
+        return None
+    charset = match.group(1).decode("ascii", "replace") or "utf-8"
+    try:
+        return urllib.parse.unquote(
+            match.group(2).decode("ascii", "replace"), encoding=charset, errors="replace"
+        )
+    except LookupError:  # an unknown charset name
+        return urllib.parse.unquote(match.group(2).decode("ascii", "replace"), errors="replace")
 
 
 class FormError(Exception):
@@ -84,7 +104,8 @@ class _Reader:
         self._header_name = self._header_value = b""
 
     def on_headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        disposition = self._headers.get(b"content-disposition", b"")
+        _, options = parse_options_header(disposition)
         raw_name = options.get(b"name")
         if raw_name is None:
             raise FormError(
@@ -94,7 +115,10 @@ class _Reader:
         if self._name == self.file_field:
             self._kind = "file"
             self.form.file_parts += 1
-            if b"filename" in options:
+            extended = extended_filename(disposition)  # RFC 6266: filename* wins over filename
+            if extended is not None:
+                self.form.filename = extended
+            elif b"filename" in options:
                 self.form.filename = options[b"filename"].decode("utf-8", "replace")
             content_type = self._headers.get(b"content-type")
             self.form.content_type = content_type.decode("latin-1") if content_type else None

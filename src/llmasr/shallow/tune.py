@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from llmasr.audio import load_input
 from llmasr.data.manifest import Utterance
-from llmasr.errors import LlmasrError
+from llmasr.errors import LlmasrError, internal_error
 from llmasr.evaluate import utterance_prompt
 from llmasr.lm.base import Scorer
 from llmasr.metrics import word_errors
@@ -77,9 +77,9 @@ def decode(
             out.append(item)
             if on_item:
                 on_item(item, None)
-        except LlmasrError as exc:
+        except Exception as exc:  # one utterance's failure (even a bug) never stops the tuning
             if on_item:
-                on_item(None, str(exc))
+                on_item(None, str(exc) if isinstance(exc, LlmasrError) else internal_error(utt.audio, exc))
     return out
 
 

@@ -41,6 +41,9 @@ class StatesDataRecipe:
     #: and this many random others (0 and 0: the whole vocabulary; inference always uses all of it)
     frequent_tokens: int = 3000
     random_tokens: int = 1000
+    #: SpecAugment-style time masks on the states in training: this many spans of up to this many frames
+    time_masks: int = 2
+    time_mask_frames: int = 10
 
 
 @dataclass
@@ -178,10 +181,22 @@ class CtcHeadTask:
     def loss(self, model: nn.Module, batch: list[StatesExample]) -> tuple[torch.Tensor, dict[str, float]]:
         head = _unwrap(model)
         states, lengths = pad_states(batch)
+        self._mask_time(states, lengths)
         device = head.embeddings.device
         hidden, out_lengths = head.hidden(states.to(device), lengths.to(device))
         loss = head.ctc_loss(hidden, out_lengths, [x.targets for x in batch], self._negatives())
         return loss, {"examples": len(batch)}
+
+    def _mask_time(self, states: torch.Tensor, lengths: torch.Tensor) -> None:
+        """Zero a few random spans of each utterance's frames, in place (SpecAugment's time masks, Park et
+        al. 2019, applied to the frozen encoder's states)."""
+        d = self.recipe.data
+        for row, n in enumerate(lengths.tolist()):
+            for _ in range(d.time_masks):
+                width = int(self._rng.integers(0, d.time_mask_frames + 1))
+                if 0 < width < n:
+                    start = int(self._rng.integers(0, n - width))
+                    states[row, start : start + width] = 0.0
 
     def _negatives(self) -> list[int] | None:
         """The sampled softmax's extra columns: the most frequent training tokens, plus random others."""
