@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmasr import vad
-from llmasr.audio import load_audio
+from llmasr.core import vad
+from llmasr.core.audio import load_audio
 from llmasr.data.manifest import read_manifest
-from llmasr.deep.pipeline import DeepRecognizer
+from llmasr.decoding.deep_pipeline import DeepRecognizer
 
 DEFAULT_AUDIO = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.wav"))
 
@@ -80,8 +80,8 @@ def main() -> None:
         deep.transcribe(segments)
         rows.append((f"deep, batch {deep.batch_size}", seconds / (time.perf_counter() - t)))
     if not args.no_whisper:
-        from llmasr.config import resolve_options
-        from llmasr.pipeline import load_recognizer
+        from llmasr.decoding.options import resolve_options
+        from llmasr.decoding.pipeline import load_recognizer
 
         opts = resolve_options(asr="whisper-tiny.en", lm="none", threads=args.threads, device=args.device)
         whisper = load_recognizer("whisper-tiny.en", opts)

@@ -22,16 +22,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmasr.audio import load_audio
-from llmasr.config import resolve_options
+from llmasr.apps.evaluate import evaluate
+from llmasr.components.entities.retriever import EntityFinder
+from llmasr.components.speech.encoders import encode_utterances
+from llmasr.core.audio import load_audio
+from llmasr.core.metrics import normalize
+from llmasr.core.text import read_terms
 from llmasr.data.manifest import read_manifest
-from llmasr.deep.states import encode_utterances
-from llmasr.entities.retriever import EntityFinder
-from llmasr.evaluate import evaluate
-from llmasr.metrics import normalize
-from llmasr.pipeline import Pipeline
-from llmasr.shallow.context import read_terms
-from llmasr.shallow.retrieve import TermRetriever
+from llmasr.decoding.options import resolve_options
+from llmasr.decoding.pipeline import Pipeline
+from llmasr.decoding.terms import TermRetriever
 from llmasr.train.retriever import entity_words
 
 

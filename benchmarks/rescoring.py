@@ -16,11 +16,11 @@ import statistics
 import time
 from pathlib import Path
 
-from llmasr.audio import load_audio
-from llmasr.config import resolve_options
+from llmasr.core.audio import load_audio
 from llmasr.data.manifest import read_manifest
-from llmasr.pipeline import Pipeline, load_recognizer, load_scorer
-from llmasr.shallow.rescore import Weights
+from llmasr.decoding.options import resolve_options
+from llmasr.decoding.pipeline import Pipeline, load_recognizer, load_scorer
+from llmasr.decoding.rescore import Weights
 
 DEFAULT_AUDIO = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.wav")) + sorted(
     glob.glob("/usr/share/pocketsphinx/test/data/cards/*.wav")

@@ -94,7 +94,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]
     cmd = [
         sys.executable,
         "-m",
-        "llmasr.serve.cli",
+        "llmasr.apps.serve.cli",
         "--host",
         "127.0.0.1",
         "--port",
@@ -143,7 +143,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 async def run_round(
     base: str, clips: list[tuple[str, bytes, float]], refs: dict[str, str], args: argparse.Namespace
 ) -> Round:
-    from llmasr.metrics import word_errors
+    from llmasr.core.metrics import word_errors
 
     result = Round()
     gate = asyncio.Semaphore(args.concurrency)

@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmasr.audio import load_audio
-from llmasr.config import resolve_options
-from llmasr.data.manifest import read_manifest
-from llmasr.evaluate import utterance_prompt
-from llmasr.metrics import entity_recall, word_errors
-from llmasr.pipeline import Pipeline, load_recognizer, load_scorer
-from llmasr.shallow.rescore import Rescorer, Weights
+from llmasr.core.audio import load_audio
+from llmasr.core.metrics import entity_recall, word_errors
+from llmasr.data.manifest import read_manifest, utterance_prompt
+from llmasr.decoding.options import resolve_options
+from llmasr.decoding.pipeline import Pipeline, load_recognizer, load_scorer
+from llmasr.decoding.rescore import Rescorer, Weights
 
 
 def first_passes(pipe: Pipeline, utts: list, asr_prompt: bool) -> tuple[list[list], float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmasr.deep.adapters import (
+from llmasr.components.speech.adapters import (
     Adapter,
     AdapterOutput,
     ConvAdapter,

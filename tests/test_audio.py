@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llmasr.audio import PcmFormat, audio_duration, check_not_silent, load_audio, read_audio
-from llmasr.errors import AudioError
+from llmasr.core.audio import PcmFormat, audio_duration, check_not_silent, load_audio, read_audio
+from llmasr.core.errors import AudioError
 
 GOFORWARD = "/usr/share/pocketsphinx/test/data/goforward.raw"
 
@@ -257,7 +257,7 @@ def test_nan_rejected(tmp_path):
 
 
 def test_load_input_labels_and_refuses_silence(tmp_path: Path) -> None:
-    from llmasr.audio import load_input
+    from llmasr.core.audio import load_input
 
     tone = (0.1 * np.sin(np.arange(16000) * 0.05)).astype(np.float32)
     assert load_input(tone)[0] == "<audio>"

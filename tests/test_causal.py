@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmasr.errors import ModelError
-from llmasr.lm.base import Scorer
-from llmasr.lm.causal import CausalLMScorer
+from llmasr.components.lm.base import Scorer
+from llmasr.components.lm.causal import CausalLMScorer
+from llmasr.core.errors import ModelError
 from tests.tiny import SPECIALS, save_tiny_lm, word_tokenizer
 
 WORDS = (
@@ -215,7 +215,7 @@ def test_soft_capped_logits_are_capped_once(gemma_dir: Path, tmp_path: Path) -> 
 
 
 def test_dtype_choice(llama_dir: Path) -> None:
-    from llmasr.lm.causal import pick_dtype
+    from llmasr.components.lm.causal import pick_dtype
 
     assert pick_dtype("float32", "cpu") == torch.float32
     assert pick_dtype("bfloat16", "cpu") == torch.bfloat16

@@ -22,7 +22,7 @@ pytestmark = [
 
 def llmasr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "llmasr.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "llmasr", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 

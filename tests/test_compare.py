@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmasr.compare import MethodResult, markdown_table, plot, read_compare_recipe, run_compare
-from llmasr.errors import LlmasrError
+from llmasr.apps.compare import MethodResult, markdown_table, plot, read_compare_recipe, run_compare
+from llmasr.core.errors import LlmasrError
 
 
 def _recipe(tmp_path: Path, body: str) -> Path:
@@ -92,7 +92,7 @@ def test_missing_models_are_skipped_not_fatal(tmp_path: Path) -> None:
 def test_compare_cli_on_real_speech(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from llmasr.cli import app
+    from llmasr.apps.cli import app
     from llmasr.data.manifest import write_manifest
     from llmasr.data.real import TESTDATA, pocketsphinx_utterances
 

@@ -7,10 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmasr import config
-from llmasr.config import DEFAULT_ASR, DEFAULT_LM, Options, read_profile, resolve_options, write_profile
-from llmasr.errors import LlmasrError
-from llmasr.shallow.rescore import Weights
+from llmasr.core.errors import LlmasrError
+from llmasr.decoding import options as config
+from llmasr.decoding.options import (
+    DEFAULT_ASR,
+    DEFAULT_LM,
+    Options,
+    read_profile,
+    resolve_options,
+    write_profile,
+)
+from llmasr.decoding.rescore import Weights
 
 
 def write(path: Path, data: object) -> Path:

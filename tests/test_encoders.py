@@ -15,7 +15,7 @@ ctranslate2 = pytest.importorskip("ctranslate2")
 
 from ctranslate2.converters.transformers import WhisperLoader  # noqa: E402
 
-from llmasr.deep.encoders import (  # noqa: E402
+from llmasr.components.speech.encoders import (  # noqa: E402
     WaveformSpeechEncoder,
     WhisperSpeechEncoder,
     load_encoder,
@@ -25,7 +25,7 @@ from llmasr.deep.encoders import (  # noqa: E402
     read_ct2_header,
     whisper_encoder_state_dict,
 )
-from llmasr.errors import AudioError, ModelError  # noqa: E402
+from llmasr.core.errors import AudioError, ModelError  # noqa: E402
 
 SPEECH = Path("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav")
 
@@ -178,13 +178,13 @@ def test_load_encoder_on_a_ct2_folder(converted):
 
 
 def _speech() -> np.ndarray:
-    from llmasr.audio import load_audio
+    from llmasr.core.audio import load_audio
 
     return load_audio(SPEECH)[: 3 * 16000]
 
 
 def _compare_with_ct2(name: str) -> dict[str, float]:
-    from llmasr.models import prepare
+    from llmasr.models.registry import prepare
 
     enc = load_encoder(name)
     audio = _speech()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmasr.deep.states import cache_states, read_states
-from llmasr.entities.db import EntityDB
-from llmasr.entities.retriever import EntityFinder, RetrieverConfig, SpeechEntityRetriever
-from llmasr.errors import LlmasrError
+from llmasr.components.entities.db import EntityDB
+from llmasr.components.entities.retriever import EntityFinder, RetrieverConfig, SpeechEntityRetriever
+from llmasr.core.errors import LlmasrError
+from llmasr.data.states import cache_states, read_states
 from llmasr.train.config import load_recipe
 from llmasr.train.retriever import Example, contrastive_loss, entity_words, positives, train_retriever
 
@@ -111,7 +111,7 @@ def test_retriever_learns_to_find_entities(tmp_path: Path, monkeypatch: pytest.M
         def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
             return torch.full_like(lengths, 30)
 
-    import llmasr.deep.states as states_mod
+    import llmasr.data.states as states_mod
 
     original = states_mod.load_audio
     states_mod.load_audio = lambda path: np.zeros(16000, np.float32)  # type: ignore[assignment]
@@ -138,7 +138,7 @@ def test_retriever_learns_to_find_entities(tmp_path: Path, monkeypatch: pytest.M
     recipe.stages[0].epochs, recipe.stages[0].lr = 8, 3e-3
     recipe.run.output_dir = str(tmp_path / "run")
 
-    monkeypatch.setattr("llmasr.entities.embed.TextEmbedder", lambda name: HashEmbedder())
+    monkeypatch.setattr("llmasr.components.entities.embed.TextEmbedder", lambda name: HashEmbedder())
     torch.manual_seed(0)
     summary = train_retriever(recipe)
     assert summary.dev_recall_at_5 is not None and summary.dev_recall_at_5 >= 0.9, summary

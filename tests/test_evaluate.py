@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llmasr.data.manifest import read_manifest
-from llmasr.evaluate import utterance_prompt
+from llmasr.data.manifest import read_manifest, utterance_prompt
 
 
 def test_terms_file_relative_to_the_manifest_and_inline_lists(tmp_path: Path) -> None:

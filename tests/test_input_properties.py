@@ -18,8 +18,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from llmasr.audio import SAMPLE_RATE, PcmFormat, display_name, read_audio  # noqa: E402
-from llmasr.errors import AudioError  # noqa: E402
+from llmasr.core.audio import SAMPLE_RATE, PcmFormat, display_name, read_audio  # noqa: E402
+from llmasr.core.errors import AudioError  # noqa: E402
 
 RATES = [8000, 11025, 16000, 22050, 44100, 48000]
 SUBTYPES = {
@@ -117,9 +117,9 @@ def test_loader_reads_at_the_true_rate_or_names_the_problem(tmp_path_factory, sp
 
 @pytest.fixture(scope="module")
 def pipeline():
-    from llmasr.config import resolve_options
-    from llmasr.models import REGISTRY, is_installed
-    from llmasr.pipeline import Pipeline
+    from llmasr.decoding.options import resolve_options
+    from llmasr.decoding.pipeline import Pipeline
+    from llmasr.models.registry import REGISTRY, is_installed
 
     if not is_installed(REGISTRY["whisper-tiny.en"]):
         pytest.skip("whisper-tiny.en is not installed")
@@ -132,7 +132,7 @@ def pipeline():
 def test_cli_batch_always_completes(tmp_path_factory, pipeline, monkeypatch, specs: list[dict]) -> None:
     from typer.testing import CliRunner
 
-    import llmasr.cli as cli
+    import llmasr.apps.cli as cli
 
     folder = tmp_path_factory.mktemp("batch")
     paths = []
@@ -153,7 +153,7 @@ def test_cli_batch_always_completes(tmp_path_factory, pipeline, monkeypatch, spe
         else [line for line in result.output.splitlines() if line.startswith("error: ")]
     )
     assert "Traceback" not in result.output
-    from llmasr.writers import output_paths
+    from llmasr.apps.writers import output_paths
 
     targets = output_paths(paths, out, "json")
     failed = 0

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmasr.asr.whisper import is_decoder_loop
-from llmasr.audio import downmix, read_audio
-from llmasr.metrics import normalize
-from llmasr.shallow.context import parse_terms, read_terms
-from llmasr.writers import output_paths
+from llmasr.apps.writers import output_paths
+from llmasr.components.asr.whisper import is_decoder_loop
+from llmasr.core.audio import downmix, read_audio
+from llmasr.core.metrics import normalize
+from llmasr.core.text import parse_terms, read_terms
 
 #: copies of ../shared/cases (inputs found by trying llmasr as users do; README.md there has the table)
 CASES = Path(__file__).resolve().parent / "cases"
@@ -28,7 +28,7 @@ def case(*parts: str) -> Path:
 
 def llmasr(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "llmasr.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "llmasr", *args], capture_output=True, text=True, cwd=cwd, timeout=600
     )
 
 
@@ -140,7 +140,7 @@ def test_undecodable_file_name_is_read_and_the_batch_completes(tmp_path: Path) -
     )
     args = [n.encode() for n in ("Grüße aus München – Notiz 日本語 🎙.wav",)] + [latin1]
     args += ["café latin1 name (utf-8 copy).wav".encode()]
-    command = [sys.executable.encode(), b"-m", b"llmasr.cli", b"transcribe", *args]
+    command = [sys.executable.encode(), b"-m", b"llmasr", b"transcribe", *args]
     res = subprocess.run(
         [*command, b"--lm", b"none", b"-f", b"json", b"-o", b"out"],
         capture_output=True,
@@ -202,7 +202,7 @@ def server():
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
-    from llmasr.serve.app import ServeSettings, create_app
+    from llmasr.apps.serve.app import ServeSettings, create_app
 
     with TestClient(create_app(ServeSettings(asr="whisper-tiny.en", lm="none"))) as client:
         yield client

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from llmasr.config import resolve_options
+from llmasr.apps.evaluate import evaluate
+from llmasr.core.metrics import normalize
 from llmasr.data.real import TESTDATA, pocketsphinx_utterances
-from llmasr.evaluate import evaluate
-from llmasr.metrics import normalize
-from llmasr.pipeline import Pipeline
+from llmasr.decoding.options import resolve_options
+from llmasr.decoding.pipeline import Pipeline
 
 pytestmark = [
     pytest.mark.integration,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from llmasr.core.errors import ManifestError
 from llmasr.data.manifest import Utterance, read_manifest, write_manifest
-from llmasr.errors import ManifestError
 
 
 def _write(path: Path, lines: list[str]) -> Path:

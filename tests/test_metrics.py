@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from llmasr.metrics import (
+from llmasr.core.metrics import (
     WerCounts,
     counts,
     entity_recall,
@@ -141,7 +141,7 @@ def test_rtfx():
 
 
 def test_breakdown_groups_by_kind_not_parameters() -> None:
-    from llmasr.evaluate import Report, Row, group_label
+    from llmasr.apps.evaluate import Report, Row, group_label
 
     assert group_label("augmentation", "speed1.1+rir:sim3-rt0.63+gain-2.2dB") == "gain+rir+speed"
     assert group_label("augmentation", "rir:sim4-rt0.40+gain+1.6dB") == "gain+rir"
@@ -159,7 +159,7 @@ def test_breakdown_groups_by_kind_not_parameters() -> None:
 
 def test_titles_are_spelled_out_as_said() -> None:
     """References spelled by hand ("MISTER") and recognisers that abbreviate ("Mr.") must agree."""
-    from llmasr.metrics import normalize, wer
+    from llmasr.core.metrics import normalize, wer
 
     assert (
         normalize("And Mr. John Dashwood")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from llmasr import models
-from llmasr.errors import ModelError
-from llmasr.models import READY, ModelSpec, cache_dir, is_installed, is_prepared, prepare, resolve
+from llmasr.core.errors import ModelError
+from llmasr.models import registry as models
+from llmasr.models.registry import READY, ModelSpec, cache_dir, is_installed, is_prepared, prepare, resolve
 
 PAYLOAD = b"fake weights\n"
 
@@ -230,7 +230,7 @@ def test_located_model_used_in_place(monkeypatch: pytest.MonkeyPatch, home: Path
 
 
 def test_package_dir() -> None:
-    assert (models.package_dir("llmasr") / "models.py").is_file()
+    assert (models.package_dir("llmasr") / "models" / "registry.py").is_file()
     with pytest.raises(ModelError, match="not installed"):
         models.package_dir("llmasr_no_such_module_xyz")
 

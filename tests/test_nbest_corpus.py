@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from llmasr.config import resolve_options
+from llmasr.core.types import Hypothesis, Word
 from llmasr.data.manifest import Utterance, write_manifest
 from llmasr.data.nbest import build_nbest, read_done
-from llmasr.pipeline import Pipeline
-from llmasr.types import Hypothesis, Word
+from llmasr.decoding.options import resolve_options
+from llmasr.decoding.pipeline import Pipeline
 
 
 class FakeRecognizer:
@@ -105,8 +105,8 @@ def test_read_done_keeps_unterminated_whole_record(tmp_path: Path) -> None:
 
 
 def test_records_read_back_as_hypotheses() -> None:
+    from llmasr.core.types import Hypothesis
     from llmasr.data.nbest import _hyp, record_hypotheses
-    from llmasr.types import Hypothesis
 
     hyps = [Hypothesis("Hello there.", -1.25, tokens=[5, 6]), Hypothesis("hello dare", -2.5)]
     back = record_hypotheses({"nbest": [_hyp(h) for h in hyps]})

@@ -5,9 +5,9 @@ import math
 import pocketsphinx
 import pytest
 
-from llmasr.errors import ModelError
-from llmasr.lm.base import Scorer
-from llmasr.lm.ngram import OOV_RAW, NgramScorer, default_lm_path, tokenize
+from llmasr.components.lm.base import Scorer
+from llmasr.components.lm.ngram import OOV_RAW, NgramScorer, default_lm_path, tokenize
+from llmasr.core.errors import ModelError
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,17 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from llmasr import vad
-from llmasr.asr.base import Recognizer
-from llmasr.audio import SAMPLE_RATE
-from llmasr.config import Options
-from llmasr.errors import AudioError
-from llmasr.pipeline import Pipeline
-from llmasr.shallow.rescore import Weights
-from llmasr.types import Hypothesis, Word
+from llmasr.components.asr.base import Recognizer
+from llmasr.core import vad
+from llmasr.core.audio import SAMPLE_RATE
+from llmasr.core.errors import AudioError
+from llmasr.core.types import Hypothesis, Word
+from llmasr.decoding.options import Options
+from llmasr.decoding.pipeline import Pipeline
+from llmasr.decoding.rescore import Weights
+
+#: a 1 s segment as the recogniser gets it: with vad.EDGE_PAD of silence at both edges
+PADDED = 16000 + 2 * int(vad.EDGE_PAD * SAMPLE_RATE)
 
 
 class FakeRecognizer:
@@ -40,7 +43,12 @@ class FakeRecognizer:
 
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
         self.aligned.append((len(audio), hypothesis.text))
-        return [Word(w, 0.5 * i, 0.5 * i + 0.4, 0.9) for i, w in enumerate(hypothesis.text.split())]
+        # speech starts after the silence the pipeline pads segments with (vad.EDGE_PAD)
+        start = vad.EDGE_PAD
+        return [
+            Word(w, start + 0.5 * i, start + 0.5 * i + 0.4, 0.9)
+            for i, w in enumerate(hypothesis.text.split())
+        ]
 
 
 class FakeScorer:
@@ -103,11 +111,11 @@ def test_single_segment_text_comes_from_the_rescored_choice() -> None:
     assert [(w.word, w.start, w.end) for w in seg.words] == [
         ("the", 0.0, 0.4),
         ("cat", 0.5, 0.9),
-        ("sang", 1.0, 1.4),
+        ("sang", 1.0, 1.0),  # times stay within the segment
     ]
     assert [h.text for h in seg.nbest] == ["the cat sat", "the cat sang"]
-    assert rec.nbest_calls == [([16000], 4, None)]
-    assert rec.aligned == [(16000, "the cat sang")]
+    assert rec.nbest_calls == [([PADDED], 4, None)]
+    assert rec.aligned == [(PADDED, "the cat sang")]
     assert lm.calls == [(["the cat sat", "the cat sang"], "")]
     assert tr.duration == pytest.approx(1.0)
     assert tr.info["lm"] == "fake-lm"
@@ -136,15 +144,15 @@ def test_two_segments_offsets_and_carry_over(two_spans, batch_size: int) -> None
     assert [(w.word, w.start, w.end) for w in tr.segments[1].words] == [
         ("on", 1.5, 1.9),
         ("the", 2.0, 2.4),
-        ("mat", 2.5, 2.9),
+        ("mat", 2.5, 2.5),
     ]
     assert tr.segments[0].words[0].start == 0.0
     # the 2nd segment is scored with the 1st segment's chosen (not first-pass) text as history
     assert [ctx for _, ctx in lm.calls] == ["", "the cat sang"]
     if batch_size == 1:
-        assert rec.nbest_calls == [([16000], 4, None), ([16000], 4, None)]
+        assert rec.nbest_calls == [([PADDED], 4, None), ([PADDED], 4, None)]
     else:
-        assert rec.nbest_calls == [([16000, 16000], 4, None)]
+        assert rec.nbest_calls == [([PADDED, PADDED], 4, None)]
     assert tr.duration == pytest.approx(3.0)
 
 
@@ -195,7 +203,7 @@ def test_empty_nbest_segment_is_skipped(two_spans) -> None:
     assert tr.text == "on the mat"
     assert tr.segments[0].start == 1.5
     assert [ctx for _, ctx in lm.calls] == [""]
-    assert rec.aligned == [(16000, "on the mat")]
+    assert rec.aligned == [(PADDED, "on the mat")]
 
 
 def test_blank_choice_is_dropped(two_spans) -> None:
@@ -254,7 +262,7 @@ class FakeCorrector:
         self.calls: list[tuple[list[str], str, str]] = []
 
     def correct(self, hypotheses, fallback=None, context=""):  # noqa: ANN001, ANN201
-        from llmasr.shallow.correct import guard
+        from llmasr.decoding.correct import guard
 
         self.calls.append((list(hypotheses), fallback, context))
         return guard(self.text, hypotheses, fallback, self.max_change)
@@ -275,7 +283,7 @@ def test_correction_after_rescoring_is_guarded(written: str, expected: str, acce
     tr = pipe.transcribe(noise(1.0))
     assert tr.text == expected
     assert corrector.calls == [(["the cat sat", "the cat sang"], "the cat sang", "Pets.\nTranscript:")]
-    assert rec.aligned == [(16000, expected)]  # word times are those of the text written out
+    assert rec.aligned == [(PADDED, expected)]  # word times are those of the text written out
     assert tr.info["corrector"] == "fake-corrector" and tr.info["corrections_accepted"] == accepted
 
 
@@ -285,7 +293,7 @@ class FakeFinder:
         self.calls: list[tuple[int, list[str], int]] = []
 
     def top(self, audio, entities, k):  # noqa: ANN001, ANN201
-        from llmasr.entities.retriever import Retrieved
+        from llmasr.components.entities.retriever import Retrieved
 
         self.calls.append((len(audio), list(entities), k))
         return [[Retrieved(e, 1.0) for e in self.picks.pop(0)] for _ in audio]

@@ -7,9 +7,9 @@ import jiwer
 import numpy as np
 import pytest
 
-from llmasr.asr.base import Recognizer
-from llmasr.asr.pocketsphinx import PocketsphinxRecognizer, clean_words, to_pcm16, uniform_words
-from llmasr.types import Hypothesis
+from llmasr.components.asr.base import Recognizer
+from llmasr.components.asr.pocketsphinx import PocketsphinxRecognizer, clean_words, to_pcm16, uniform_words
+from llmasr.core.types import Hypothesis
 
 DATA = Path("/usr/share/pocketsphinx/test/data")
 LIBRIVOX = DATA / "librivox"

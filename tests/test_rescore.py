@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from llmasr.errors import LlmasrError
-from llmasr.lm.base import Scorer
-from llmasr.shallow.context import build_context, read_terms, trim_history
-from llmasr.shallow.rescore import Candidate, Rescorer, Weights, candidates
-from llmasr.types import Hypothesis
+from llmasr.components.lm.base import Scorer
+from llmasr.core.errors import LlmasrError
+from llmasr.core.text import read_terms
+from llmasr.core.types import Hypothesis
+from llmasr.decoding.context import build_context, trim_history
+from llmasr.decoding.rescore import Candidate, Rescorer, Weights, candidates
 
 
 class FakeScorer:
@@ -300,7 +301,7 @@ def test_read_terms_not_utf8(tmp_path: Path) -> None:
 
 def test_word_count_is_of_written_words() -> None:
     """Numbers spelled out by the normaliser must not inflate the word bonus ("111751" is one word)."""
-    from llmasr.shallow.rescore import written_words
+    from llmasr.decoding.rescore import written_words
 
     cands = {
         c.hypothesis.text: c

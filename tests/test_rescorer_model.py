@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmasr.models import REGISTRY, adapter_dir, is_installed, prepare
+from llmasr.models.registry import REGISTRY, adapter_dir, is_installed, prepare
 
 pytestmark = [
     pytest.mark.integration,
@@ -27,7 +27,7 @@ def test_merged_model_scores_like_base_plus_adapter() -> None:
     different from the untrained base."""
     from peft import PeftModel
 
-    from llmasr.lm.causal import CausalLMScorer
+    from llmasr.components.lm.causal import CausalLMScorer
 
     merged = CausalLMScorer(str(prepare("gemma-3-270m-rescorer")), dtype="float32", threads=2)
     base = CausalLMScorer(str(prepare("gemma-3-270m")), dtype="float32", threads=2)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmasr.lm.causal import CausalLMScorer, load_causal_lm
-from llmasr.shallow.rescore import Weights
+from llmasr.components.lm.causal import CausalLMScorer, load_causal_lm
+from llmasr.decoding.rescore import Weights
 from llmasr.train.config import RecipeError, load_recipe
 from llmasr.train.rescorer import (
     ListScorer,

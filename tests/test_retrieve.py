@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmasr.shallow.retrieve import TermRetriever
+from llmasr.decoding.terms import TermRetriever
 
 TERMS = [
     "metoprolol",

@@ -18,11 +18,11 @@ pytest.importorskip("python_multipart")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from llmasr.config import resolve_options  # noqa: E402
-from llmasr.metrics import wer  # noqa: E402
-from llmasr.pipeline import Pipeline  # noqa: E402
-from llmasr.serve.app import ServeSettings, create_app  # noqa: E402
-from llmasr.types import Hypothesis, Word  # noqa: E402
+from llmasr.apps.serve.app import ServeSettings, create_app  # noqa: E402
+from llmasr.core.metrics import wer  # noqa: E402
+from llmasr.core.types import Hypothesis, Word  # noqa: E402
+from llmasr.decoding.options import resolve_options  # noqa: E402
+from llmasr.decoding.pipeline import Pipeline  # noqa: E402
 
 SPEECH = "/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav"
 REFERENCE = "he was not an ill disposed young man"
@@ -350,7 +350,7 @@ def test_real_server_with_openai_client():
     uvicorn = pytest.importorskip("uvicorn")
     if not os.path.exists(SPEECH):
         pytest.skip("pocketsphinx-testdata is not installed")
-    from llmasr.models import REGISTRY, is_installed
+    from llmasr.models.registry import REGISTRY, is_installed
 
     if not is_installed(REGISTRY["whisper-tiny.en"]):
         pytest.skip("whisper-tiny.en is not installed")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from llmasr.core.metrics import counts
 from llmasr.data.sets import domain_terms
-from llmasr.metrics import counts
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -18,7 +18,7 @@ needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is
 
 @pytest.fixture(scope="module")
 def finder():  # noqa: ANN201
-    from llmasr.entities.retriever import EntityFinder
+    from llmasr.components.entities.retriever import EntityFinder
 
     return EntityFinder.load("retriever-tiny")
 
@@ -40,7 +40,7 @@ def finder():  # noqa: ANN201
 def test_known_entity_is_retrieved_from_its_own_utterance(
     finder, tmp_path: Path, sentence: str, entity: str
 ) -> None:  # noqa: ANN001
-    from llmasr.audio import load_audio
+    from llmasr.core.audio import load_audio
     from llmasr.data.synth import synthesize
 
     database = [t for d in ("medicine", "astronomy", "software") for t in domain_terms(d)]
@@ -53,10 +53,10 @@ def test_known_entity_is_retrieved_from_its_own_utterance(
 
 
 def test_ctc_recogniser_reads_real_speech(tmp_path: Path) -> None:
-    from llmasr.asr.ctc import CtcRecognizer
-    from llmasr.audio import load_audio
+    from llmasr.components.asr.ctc import CtcRecognizer
+    from llmasr.core.audio import load_audio
     from llmasr.data.real import TESTDATA, pocketsphinx_utterances
-    from llmasr.models import prepare
+    from llmasr.models.registry import prepare
 
     if not Path(TESTDATA).exists():
         pytest.skip("Debian package pocketsphinx-testdata not installed")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmasr.deep.adapters import ConvAdapter, CTCCompressor, StackAdapter
-from llmasr.deep.speechllm import (
+from llmasr.components.speech.adapters import ConvAdapter, CTCCompressor, StackAdapter
+from llmasr.components.speech.speechllm import (
     IGNORE,
     LoraSettings,
     PromptTemplate,
@@ -18,7 +18,7 @@ from llmasr.deep.speechllm import (
     SpeechLLM,
     encoder_output_lengths,
 )
-from llmasr.errors import ModelError
+from llmasr.core.errors import ModelError
 from tests.tiny import save_tiny_lm
 
 torch.set_num_threads(1)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmasr.core.metrics import normalize
 from llmasr.data.text import build_corpus, build_text, clean_sentence, split_of, split_sentences
-from llmasr.metrics import normalize
 
 
 def _many(n: int) -> list[str]:

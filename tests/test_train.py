@@ -185,8 +185,8 @@ def test_shipped_recipes_load() -> None:
 
 
 def test_dataset_batches_and_ctc_targets(manifest: Path) -> None:
+    from llmasr.components.speech.adapters import CHAR_VOCAB, char_ids
     from llmasr.train.dataset import BatchDataset, epoch_batches, load_utterances
-    from llmasr.train.model import CHAR_VOCAB, char_ids
 
     assert len(CHAR_VOCAB) == 29 and CHAR_VOCAB[0] == "<blank>"
     assert char_ids("Don't 2!") == [4, 15, 14, 27, 20, 28, 20, 23, 15]  # "don't two"
@@ -287,11 +287,11 @@ def test_resume_continues_the_same_losses(models: dict[str, str], manifest: Path
 
 
 def test_deep_recognizer_and_transcript(models: dict[str, str], manifest: Path, tmp_path: Path) -> None:
-    from llmasr.audio import load_audio
-    from llmasr.deep.pipeline import DeepRecognizer, deep_transcript
+    from llmasr.apps.writers import render
+    from llmasr.core.audio import load_audio
+    from llmasr.core.types import Transcript
+    from llmasr.decoding.deep_pipeline import DeepRecognizer, deep_transcript
     from llmasr.train.trainer import train
-    from llmasr.types import Transcript
-    from llmasr.writers import render
 
     out = tmp_path / "run"
     train(_recipe(models, manifest, out, "stages.0.steps=2"))
@@ -309,9 +309,9 @@ def test_deep_recognizer_and_transcript(models: dict[str, str], manifest: Path, 
     render(tr, "srt")
     assert tr.info["mode"] == "deep"
     # the Pipeline-shaped wrapper runs through evaluation unchanged
+    from llmasr.apps.evaluate import evaluate
     from llmasr.data.manifest import read_manifest
-    from llmasr.deep.pipeline import DeepPipeline
-    from llmasr.evaluate import evaluate
+    from llmasr.decoding.deep_pipeline import DeepPipeline
 
     report = evaluate(DeepPipeline(rec), list(read_manifest(manifest))[:2])
     assert report.summary()["utterances"] == 2 and report.wer is not None
@@ -336,7 +336,7 @@ def test_cli_transcribe_and_eval_in_deep_mode(models: dict[str, str], manifest: 
     """`--mode deep` goes through the same CLI, writers and evaluation as shallow fusion."""
     from typer.testing import CliRunner
 
-    from llmasr.cli import app
+    from llmasr.apps.cli import app
     from llmasr.train.trainer import train
 
     out = tmp_path / "run"
@@ -373,8 +373,8 @@ def test_xattn_recipe_trains_saves_and_loads(models: dict[str, str], manifest: P
     """D1 through the real loop: the cross-attention blocks train, land in the checkpoint, load back."""
     from safetensors.torch import load_file
 
-    from llmasr.audio import load_audio
-    from llmasr.deep.pipeline import DeepRecognizer
+    from llmasr.core.audio import load_audio
+    from llmasr.decoding.deep_pipeline import DeepRecognizer
     from llmasr.train.trainer import train
 
     out = tmp_path / "run"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from llmasr.metrics import normalize, word_errors
-from llmasr.shallow.rescore import Candidate, Weights
-from llmasr.shallow.tune import TuneItem, grid_search, total_errors
+from llmasr.core.metrics import normalize, word_errors
+from llmasr.decoding.rescore import Candidate, Weights
+from llmasr.decoding.tune import TuneItem, grid_search, total_errors
 
 
 def cand(text: str, am: float, lm: float = 0.0, agreement: float = 0.0) -> Candidate:
-    from llmasr.types import Hypothesis
+    from llmasr.core.types import Hypothesis
 
     norm = normalize(text)
     return Candidate(Hypothesis(text, am), norm, am=am, words=len(norm.split()), agreement=agreement, lm=lm)
@@ -161,7 +161,7 @@ def test_precomputed_errors_are_used_for_single_segment_items() -> None:
 
 
 def test_length_normalised_features_and_linearity_in_lm() -> None:
-    from llmasr.types import Hypothesis
+    from llmasr.core.types import Hypothesis
 
     c = Candidate(Hypothesis("a b", -2.0), "a b", am=-2.0, words=2, lm=-6.0, am_tokens=4, lm_tokens=3)
     w = Weights(lm_weight=0.5, am_norm_weight=2.0, lm_norm_weight=3.0, lm_word_weight=1.0)
@@ -172,7 +172,7 @@ def test_length_normalised_features_and_linearity_in_lm() -> None:
 
 def norm_item(i: int = 0) -> TuneItem:
     """Same words, same LM: only the recogniser's per-token score prefers the right text."""
-    from llmasr.types import Hypothesis
+    from llmasr.core.types import Hypothesis
 
     wrong = Candidate(Hypothesis("a x", -2.0), "a x", am=-2.0, words=2, am_tokens=2)
     right = Candidate(Hypothesis("a b", -2.2), "a b", am=-2.2, words=2, am_tokens=4)
@@ -180,7 +180,7 @@ def norm_item(i: int = 0) -> TuneItem:
 
 
 def test_refine_finds_a_normalised_weight_the_basic_grid_lacks() -> None:
-    from llmasr.shallow.tune import fit, refine
+    from llmasr.decoding.tune import fit, refine
 
     items = [norm_item()]
     basic, basic_wer = fit(items, "basic", with_lm=True)
@@ -190,7 +190,7 @@ def test_refine_finds_a_normalised_weight_the_basic_grid_lacks() -> None:
 
 
 def test_auto_features_use_extra_weights_only_when_cross_validation_says_so() -> None:
-    from llmasr.shallow.tune import tune_weights
+    from llmasr.decoding.tune import tune_weights
 
     needs_norm = tune_weights([norm_item(i) for i in range(10)], with_lm=False, folds=5)
     assert needs_norm.features == "all" and needs_norm.wer == 0.0

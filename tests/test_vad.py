@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llmasr.vad import _pack, split
+from llmasr.core.vad import _pack, split
 
 SR = 16000
 LIBRIVOX = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.wav"))

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from llmasr.types import Hypothesis, Segment, Transcript, Word
-from llmasr.writers import FORMATS, format_timestamp, render, segment_cues, write
+from llmasr.apps.writers import FORMATS, format_timestamp, render, segment_cues, write
+from llmasr.core.types import Hypothesis, Segment, Transcript, Word
 
 
 def words(text: str, start: float, step: float = 0.5) -> list[Word]:
@@ -160,7 +160,7 @@ def test_write_is_atomic(tmp_path, transcript, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    from llmasr import fsutil
+    from llmasr.core import files as fsutil
 
     monkeypatch.setattr(fsutil.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmasr.deep.xattn import XAttnFusion
+from llmasr.components.speech.xattn import XAttnFusion
 from llmasr.train.config import RecipeError, load_recipe
 from tests.test_speechllm import TEXTS, WORDS, _batch, _model, _train
 from tests.tiny import save_tiny_lm, tiny_llama

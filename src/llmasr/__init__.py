@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from llmasr.errors import AudioError, LlmasrError, ManifestError, ModelError
-from llmasr.types import Hypothesis, Segment, Transcript, Word
+from llmasr.core.errors import AudioError, LlmasrError, ManifestError, ModelError
+from llmasr.core.types import Hypothesis, Segment, Transcript, Word
 
 __version__ = "0.1.0"
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "Pipeline":  # imported lazily: it pulls in torch and CTranslate2
-        from llmasr.pipeline import Pipeline
+        from llmasr.decoding.pipeline import Pipeline
 
         return Pipeline
     raise AttributeError(name)
@@ -48,8 +48,8 @@ def transcribe(
     **options: Any,
 ) -> Transcript:
     """Transcribe one input with shallow fusion. For many inputs, build one `Pipeline` and reuse it."""
-    from llmasr.config import resolve_options
-    from llmasr.pipeline import Pipeline
+    from llmasr.decoding.options import resolve_options
+    from llmasr.decoding.pipeline import Pipeline
 
     opts = resolve_options(
         profile=profile, asr=asr, lm=lm, nbest=nbest, prompt=prompt, terms=terms, **options

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from llmasr.errors import LlmasrError
+from llmasr.core.errors import LlmasrError
 
 NOISE_KINDS = ("real", "white", "pink", "babble")
 RIR_KINDS = ("real", "sim")

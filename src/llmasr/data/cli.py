@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from llmasr.core.errors import LlmasrError
 from llmasr.data.manifest import Utterance, write_manifest
-from llmasr.errors import LlmasrError
 
 app = typer.Typer(help="Build evaluation data: real recordings, synthetic dev/test sets, the domain set.")
 _err = Console(stderr=True)
@@ -266,9 +266,9 @@ def nbest(
     threads: int | None = typer.Option(None, "--threads"),
 ) -> None:
     """HyPoradise-style N-best corpus of a manifest (first pass only, no LM)."""
-    from llmasr.config import resolve_options
     from llmasr.data.nbest import build_nbest
-    from llmasr.pipeline import Pipeline
+    from llmasr.decoding.options import resolve_options
+    from llmasr.decoding.pipeline import Pipeline
 
     t0 = time.monotonic()
     try:
@@ -325,9 +325,9 @@ def states(
     """Frozen encoder states of a manifest, for training on top of them (CTC heads, entity retriever)."""
     import torch
 
+    from llmasr.components.speech.encoders import load_encoder
     from llmasr.data.manifest import read_manifest
-    from llmasr.deep.encoders import load_encoder
-    from llmasr.deep.states import cache_states
+    from llmasr.data.states import cache_states
 
     t0 = time.monotonic()
     if threads:
@@ -375,10 +375,10 @@ def ctc_pairs(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Pairs for D2's text decoder: CTC output (real, or simulated from text) -> formatted reference."""
+    from llmasr.core.files import atomic_write
     from llmasr.data.ctc_pairs import speech_pairs, text_pairs
     from llmasr.data.manifest import read_manifest
-    from llmasr.fsutil import atomic_write
-    from llmasr.models import resolve
+    from llmasr.models.registry import resolve
 
     if text is None and states_dir is None:
         _fail("give --text (text-only pairs), --states (speech pairs) or both")

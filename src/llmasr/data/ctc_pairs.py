@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from llmasr.metrics import normalize
+from llmasr.core.metrics import normalize
 
 #: letters a character CTC head confuses (similar sounds or spellings)
 SIMILAR = {
@@ -82,10 +82,10 @@ def speech_pairs(states_folder: str | Path, recognizer_folder: str | Path) -> It
     import numpy as np
     import torch
 
-    from llmasr.asr.ctc import greedy_ctc
-    from llmasr.deep.states import read_states
-    from llmasr.entities.retriever import SpeechEntityRetriever
-    from llmasr.train.model import CHAR_VOCAB
+    from llmasr.components.asr.ctc import greedy_ctc
+    from llmasr.components.entities.retriever import SpeechEntityRetriever
+    from llmasr.components.speech.adapters import CHAR_VOCAB
+    from llmasr.data.states import read_states
 
     model = SpeechEntityRetriever.load(recognizer_folder)
     head = model.compressor.ctc_head.eval()

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmasr.errors import LlmasrError
-from llmasr.models import ENGLISH_VOICES
+from llmasr.core.errors import LlmasrError
+from llmasr.models.registry import ENGLISH_VOICES
 
 OUTPUT_RATE = 24000
 #: Kokoro's context: at most this many phoneme ids per call (longer text is cut at clause boundaries)
@@ -168,7 +168,7 @@ _LOAD_LOCK = threading.Lock()
 
 def shared_tts(threads: int = 1) -> KokoroTTS:
     """The process's Kokoro model, prepared (once) through the model registry and loaded once."""
-    from llmasr.models import prepare
+    from llmasr.models.registry import prepare
 
     with _LOAD_LOCK:
         folder = str(prepare("kokoro-82m"))

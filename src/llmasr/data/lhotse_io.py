@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from llmasr.core.errors import LlmasrError
 from llmasr.data.manifest import Utterance
-from llmasr.errors import LlmasrError
 
 _CUSTOM = "llmasr"
 

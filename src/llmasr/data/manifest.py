@@ -12,6 +12,7 @@ Keys this module does not know are kept in ``Utterance.extra`` and written back 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmasr.errors import ManifestError
-from llmasr.fsutil import atomic_write
+from llmasr.core.errors import ManifestError
+from llmasr.core.files import atomic_write
+from llmasr.core.text import read_terms
 
 _KNOWN = ("id", "audio", "text", "duration", "entities", "prompt", "voice", "augmentation")
 _OPTIONAL_STR = ("prompt", "voice", "augmentation")
@@ -281,3 +283,16 @@ def bucket_by_duration(
             batches.append(batch)
     rng.shuffle(batches)
     yield from batches
+
+
+@functools.lru_cache(maxsize=64)
+def _terms_file(path: str) -> tuple[str, ...]:
+    return tuple(read_terms(path))  # many utterances share one list: read it once
+
+
+def utterance_prompt(utt: Utterance) -> tuple[str | None, list[str] | None]:
+    """Per-utterance domain prompt and term list from the manifest (its path is already resolved)."""
+    terms = utt.terms
+    if isinstance(terms, str):
+        terms = list(_terms_file(terms))
+    return utt.prompt, terms

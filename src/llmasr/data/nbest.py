@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmasr.core.errors import LlmasrError, ManifestError, internal_error
+from llmasr.core.types import Hypothesis
 from llmasr.data.manifest import Utterance, read_manifest
-from llmasr.errors import LlmasrError, ManifestError, internal_error
-from llmasr.types import Hypothesis
 
 
 @dataclass
@@ -106,10 +106,10 @@ def read_done(path: Path) -> tuple[set[str], int]:
 
 def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> dict[str, Any]:
     """Run the first pass on one utterance -> its JSON record (raises LlmasrError on bad audio)."""
-    from llmasr.audio import load_audio
+    from llmasr.core.audio import load_audio
 
     audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=utt.id)
-    from llmasr.evaluate import utterance_prompt
+    from llmasr.data.manifest import utterance_prompt
 
     prompt, terms = utterance_prompt(utt) if use_prompt else (None, None)
     lists = [seg.nbest for seg in pipeline.first_pass(audio, prompt, terms)]
@@ -139,7 +139,7 @@ def build_nbest(
 ) -> NbestSummary:
     """Append the N-best record of every manifest utterance not yet in `out` (see module doc).
 
-    `pipeline` is a `llmasr.pipeline.Pipeline` (usually with lm="none"). `on_start(total)` gets the
+    `pipeline` is a `llmasr.decoding.pipeline.Pipeline` (usually with lm="none"). `on_start(total)` gets the
     number of utterances to do, `on_done(id)` ticks after each, `on_error(id, problem)` reports a
     skipped one (bad manifest lines are reported as ``line N``).
     """

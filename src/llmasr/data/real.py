@@ -26,10 +26,10 @@ import sys
 import tarfile
 from pathlib import Path
 
-from llmasr.audio import PcmFormat, load_audio
+from llmasr.core.audio import PcmFormat, load_audio
+from llmasr.core.errors import LlmasrError
 from llmasr.data.manifest import Utterance, write_manifest
 from llmasr.data.synth import write_flac
-from llmasr.errors import LlmasrError
 
 TESTDATA = Path("/usr/share/pocketsphinx/test/data")
 ESPNET_VERSION = "202611"

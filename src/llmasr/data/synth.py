@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import soundfile as sf
 
-from llmasr.audio import load_audio
+from llmasr.core.audio import load_audio
+from llmasr.core.errors import AudioError, LlmasrError, internal_error
 from llmasr.data.manifest import Utterance
-from llmasr.errors import AudioError, LlmasrError, internal_error
 
 if TYPE_CHECKING:
     from llmasr.data.augment import AugmentSpec
 
-from llmasr.audio import SAMPLE_RATE
+from llmasr.core.audio import SAMPLE_RATE
 
 FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal", "awb_time")
 DEFAULT_VOICES = ("flite:slt", "flite:rms", "flite:awb", "flite:kal16")
@@ -64,7 +64,7 @@ def engines() -> dict[str, str | None]:
     """Where each TTS engine is (a binary, or Kokoro's first package folder); None when not installed."""
     import importlib.util
 
-    from llmasr.models import KOKORO_MODEL_PACKAGES
+    from llmasr.models.registry import KOKORO_MODEL_PACKAGES
 
     kokoro = all(importlib.util.find_spec(m) for m in (*KOKORO_MODEL_PACKAGES, "hibari"))
     return {
@@ -80,7 +80,7 @@ def available_voices() -> list[VoiceInfo]:
     out = [VoiceInfo(f"flite:{v}", "flite", eng["flite"] is not None) for v in FLITE_VOICES]
     for v in ("en-us", "en", "en-gb-x-rp", "en-us+f3", "en-us+m3", "en+f2"):
         out.append(VoiceInfo(f"espeak:{v}", "espeak", eng["espeak"] is not None))
-    from llmasr.models import ENGLISH_VOICES
+    from llmasr.models.registry import ENGLISH_VOICES
 
     for v in (*ENGLISH_VOICES, "mix"):
         out.append(VoiceInfo(f"kokoro:{v}", "kokoro", eng["kokoro"] is not None))
@@ -107,7 +107,7 @@ def parse_voice(spec: str) -> tuple[str, str]:
 def parse_voice_list(text: str) -> tuple[list[str], list[float] | None]:
     """`--voices` text -> (voice specs, weights or None). `VOICE=W` weights a voice; `kokoro:all` stands
     for the 28 English Kokoro voices (each with the weight given). Raises SynthError on a bad weight."""
-    from llmasr.models import ENGLISH_VOICES
+    from llmasr.models.registry import ENGLISH_VOICES
 
     specs: list[str] = []
     weights: list[float] = []
@@ -208,7 +208,7 @@ def _run_tts(text: str, voice: str, speed: float, pitch: int, wav: Path, workdir
 
 
 def write_flac(audio: np.ndarray, dest: Path) -> float:
-    """Write 16 kHz mono audio (as `llmasr.audio.load_audio` returns it) to 16-bit FLAC atomically
+    """Write 16 kHz mono audio (as `llmasr.core.audio.load_audio` returns it) to 16-bit FLAC atomically
     (temp name + rename); returns the duration."""
     audio = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
     if audio.ndim != 1 or audio.size == 0:

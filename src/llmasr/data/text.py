@@ -11,7 +11,7 @@ Sources (each optional; a missing one is reported and skipped):
   sentences with attributions ("-- Author") dropped; the ascii-art and code files are skipped.
 
 Stored text stays readable for TTS (original casing and punctuation) but numbers are spelled out
-with the same rules as the WER normaliser (`llmasr.metrics`), so a synthesised utterance's
+with the same rules as the WER normaliser (`llmasr.core.metrics`), so a synthesised utterance's
 reference matches what is spoken. Sentences are deduplicated on their normalised form and assigned
 to train/dev/test by a hash of that form, so no sentence (up to normalisation) is in two splits.
 """
@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from llmasr.core.metrics import normalize, spell_numbers
 from llmasr.data.sets import CorpusError, brown_sentences, fetch_brown
-from llmasr.metrics import normalize, spell_numbers
 
 SOURCES = ("brown", "nlp-corpus", "fortunes")
 NLP_CORPUS_PACKAGE = "nlp-corpus@4.4.0"

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from llmasr.errors import LlmasrError
+from llmasr.core.errors import LlmasrError
 
 
 def train(

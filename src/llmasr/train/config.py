@@ -22,9 +22,9 @@ from typing import Any, Union
 
 import yaml
 
-from llmasr.config import read_yaml_mapping
-from llmasr.deep.speechllm import DEFAULT_TEMPLATE
-from llmasr.errors import LlmasrError
+from llmasr.components.speech.speechllm import DEFAULT_TEMPLATE
+from llmasr.core.errors import LlmasrError
+from llmasr.decoding.options import read_yaml_mapping
 
 #: the parts of a SpeechLLM a stage can train
 PARTS = ("adapter", "ctc_head", "xattn", "lora", "encoder")
@@ -38,7 +38,7 @@ class RecipeError(LlmasrError):
 
 @dataclass
 class LoraRecipe:
-    """LoRA on the LLM (see llmasr.lm.lora.LoraSettings)."""
+    """LoRA on the LLM (see llmasr.components.lm.lora.LoraSettings)."""
 
     r: int = 8
     alpha: int = 16
@@ -189,7 +189,7 @@ class Recipe:
             raise RecipeError(f"model.fusion '{self.model.fusion}': choose prefix or xattn")
         if self.model.xattn_every < 1:
             raise RecipeError("model.xattn_every must be at least 1")
-        from llmasr.deep.adapters import ADAPTERS
+        from llmasr.components.speech.adapters import ADAPTERS
 
         if self.model.adapter not in ADAPTERS:
             raise RecipeError(f"model.adapter '{self.model.adapter}': choose one of {', '.join(ADAPTERS)}")

@@ -1,5 +1,5 @@
 """Train an instruct LLM for generative error correction (GER): LoRA, cross-entropy on the reference
-given the N-best list (the prompt of `llmasr.shallow.correct`), on `llmasr data nbest` corpora.
+given the N-best list (the prompt of `llmasr.decoding.correct`), on `llmasr data nbest` corpora.
 
 Lists get the same made-up contexts as rescorer training (a previous segment, a term list holding some
 of the reference's rarer words), so the corrector learns to use a term list without copying it. Lists
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from llmasr.shallow.correct import MAX_CHANGE, MAX_HYPOTHESES, GenerativeCorrector, answer_ids, prompt_ids
+from llmasr.decoding.correct import MAX_CHANGE, MAX_HYPOTHESES, GenerativeCorrector, answer_ids, prompt_ids
 from llmasr.train.config import LoraRecipe, OptimRecipe, RecipeError, RunRecipe, StageRecipe
 from llmasr.train.lora_loop import LoraSummary, load_lora_lm, run_lora_loop, start_run, validate_lora_recipe
 from llmasr.train.rescorer import NbestList, RescorerDataRecipe, add_contexts, read_lists
@@ -78,7 +78,7 @@ class AnswerLoss(torch.nn.Module):
 
 def corrected_wer(corrector: GenerativeCorrector, lists: Sequence[NbestList]) -> float:
     """Corpus WER of guarded corrections (fallback: the first hypothesis)."""
-    from llmasr.metrics import word_errors
+    from llmasr.core.metrics import word_errors
 
     hyps = [[c.hypothesis.text for c in x.candidates] for x in lists]
     out = corrector.correct_many(hyps, contexts=[x.context for x in lists])

@@ -1,4 +1,4 @@
-"""Task: train a token CTC head (llmasr.deep.ctc_head) on cached encoder states (`kind: ctc_head`).
+"""Task: train a token CTC head (components.speech.ctc_head) on cached encoder states (`kind: ctc_head`).
 
 The head learns, with CTC, to emit the LLM tokenizer's ids of each normalised transcript from frozen
 encoder states computed once per corpus (`llmasr data states --trim-tail 1.0`), so a step costs no encoder
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmasr.deep.ctc_head import CtcHeadConfig, TokenCtcHead, ctc_targets
-from llmasr.deep.states import encoder_setup, read_states
+from llmasr.components.speech.ctc_head import CtcHeadConfig, TokenCtcHead, ctc_targets
+from llmasr.data.states import encoder_setup, read_states
 from llmasr.train.config import OptimRecipe, RecipeError, RunRecipe, StageRecipe
 from llmasr.train.loop import length_batches
 
@@ -91,9 +91,9 @@ class StatesExample:
 
 def load_lm_embeddings(name: str) -> tuple[torch.Tensor, Any]:
     """(input-embedding matrix (V, H) float32, tokenizer) of a named/folder/HF causal LM."""
-    from llmasr.errors import LlmasrError
-    from llmasr.lm.causal import load_causal_lm
-    from llmasr.models import resolve
+    from llmasr.components.lm.causal import load_causal_lm
+    from llmasr.core.errors import LlmasrError
+    from llmasr.models.registry import resolve
 
     kind, folder = resolve(name, "lm")
     if kind != "causal-lm":
@@ -208,7 +208,7 @@ class CtcHeadTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from llmasr.metrics import wer
+        from llmasr.core.metrics import wer
 
         if not self.dev:
             return {}

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmasr.audio import load_audio
+from llmasr.components.speech.adapters import char_ids
+from llmasr.components.speech.speechllm import SpeechBatch
+from llmasr.core.audio import load_audio
 from llmasr.data.manifest import Utterance, bucket_by_duration, filter_duration, read_manifest
-from llmasr.deep.speechllm import SpeechBatch
-from llmasr.train.model import char_ids
 
 Featurize = Callable[[Sequence[np.ndarray]], torch.Tensor]
 
@@ -31,7 +31,7 @@ def load_utterances(
 
 def utterance_terms(utt: Utterance) -> list[str] | None:
     """The utterance's term list, inline or from its file (the one reader evaluation uses too)."""
-    from llmasr.evaluate import utterance_prompt
+    from llmasr.data.manifest import utterance_prompt
 
     return utterance_prompt(utt)[1]
 

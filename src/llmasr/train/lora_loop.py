@@ -72,10 +72,10 @@ def start_run(recipe: Any, console: Any = None) -> RunContext:
 
 def load_lora_lm(name: str, lora: LoraRecipe, dtype: str, device: str, purpose: str) -> tuple[Any, Any]:
     """(peft model, tokenizer): a named/folder/HF causal LM, frozen, with fresh LoRA weights."""
-    from llmasr.errors import LlmasrError
-    from llmasr.lm.causal import load_causal_lm
-    from llmasr.lm.lora import LoraSettings, with_lora
-    from llmasr.models import resolve
+    from llmasr.components.lm.causal import load_causal_lm
+    from llmasr.components.lm.lora import LoraSettings, with_lora
+    from llmasr.core.errors import LlmasrError
+    from llmasr.models.registry import resolve
 
     kind, folder = resolve(name, "lm")
     if kind != "causal-lm":

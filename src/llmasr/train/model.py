@@ -1,6 +1,6 @@
 """Build a SpeechLLM from a recipe, choose what trains per stage, and cut its checkpoint state.
 
-Shared by the trainer and by `llmasr.deep.pipeline.DeepRecognizer`, so that a checkpoint is always
+Shared by the trainer and by `llmasr.decoding.deep_pipeline.DeepRecognizer`, so that a checkpoint is always
 loaded into exactly the model it was trained as.
 """
 
@@ -11,24 +11,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from llmasr.deep.speechllm import PromptTemplate, SpeechLLM
-from llmasr.lm.lora import LoraSettings
-from llmasr.metrics import normalize
+from llmasr.components.lm.lora import LoraSettings
+from llmasr.components.speech.adapters import BLANK, CHAR_VOCAB
+from llmasr.components.speech.speechllm import PromptTemplate, SpeechLLM
 from llmasr.train.config import ModelRecipe
-
-#: CTC label set of the CTC compressor: blank, a-z, apostrophe, space (normalised text only has these)
-CHAR_VOCAB = ("<blank>", *"abcdefghijklmnopqrstuvwxyz", "'", " ")
-BLANK = 0
-_CHAR_ID = {c: i for i, c in enumerate(CHAR_VOCAB) if i != BLANK}
-
-
-def char_ids(text: str) -> list[int]:
-    """CTC targets of a transcript: normalised (llmasr.metrics.normalize), then one id per character.
-
-    Characters outside the vocabulary (non-English letters) are dropped; digits never survive
-    normalisation (they become words).
-    """
-    return [_CHAR_ID[c] for c in normalize(text) if c in _CHAR_ID]
 
 
 def build_model(recipe: ModelRecipe, device: str = "cpu", encoder: nn.Module | None = None) -> SpeechLLM:
@@ -36,7 +22,7 @@ def build_model(recipe: ModelRecipe, device: str = "cpu", encoder: nn.Module | N
 
     `encoder` replaces loading `recipe.encoder` by name (tests, or an encoder already in memory).
     """
-    from llmasr.deep.encoders import load_encoder
+    from llmasr.components.speech.encoders import load_encoder
 
     enc = encoder if encoder is not None else load_encoder(recipe.encoder)
     adapter_kw = dict(recipe.adapter_kw)

@@ -1,6 +1,6 @@
 """Train an LLM as a discriminative N-best rescorer (issue 7): LoRA, minimum-WER loss over each list.
 
-The rescorer is the same log-linear choice `llmasr.shallow.rescore` makes at inference,
+The rescorer is the same log-linear choice `llmasr.decoding.rescore` makes at inference,
 
     score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement,
 
@@ -29,11 +29,11 @@ from typing import Any
 
 import torch
 
+from llmasr.components.lm.lora import base_causal_lm
+from llmasr.core.metrics import word_errors
 from llmasr.data.nbest import record_hypotheses
-from llmasr.lm.lora import base_causal_lm
-from llmasr.metrics import word_errors
-from llmasr.shallow.context import build_context
-from llmasr.shallow.rescore import Candidate, Weights, candidates
+from llmasr.decoding.context import build_context
+from llmasr.decoding.rescore import Candidate, Weights, candidates
 from llmasr.train.config import (
     LoraRecipe,
     OptimRecipe,
@@ -197,12 +197,12 @@ class ListScorer(torch.nn.Module):
     """A causal LM (with LoRA) that scores every candidate of a list in one padded batch, with gradient.
 
     Tokenisation, the start token, the context cut and the head's soft-cap are those of
-    `llmasr.lm.causal.CausalLMScorer`, so a trained adapter scores the same way at inference.
+    `llmasr.components.lm.causal.CausalLMScorer`, so a trained adapter scores the same way at inference.
     """
 
     def __init__(self, lm: torch.nn.Module, tokenizer: Any, name: str, max_context_tokens: int) -> None:
         super().__init__()
-        from llmasr.lm.causal import start_token
+        from llmasr.components.lm.causal import start_token
 
         self.lm = lm
         self.tokenizer = tokenizer
@@ -222,7 +222,7 @@ class ListScorer(torch.nn.Module):
         all texts, so scores shift by one constant: the softmax over the list, its gradient and the
         argmax are unchanged, and the costly vocabulary head runs on fewer positions.
         """
-        from llmasr.lm.causal import _common_prefix, context_ids, head_logprobs, hypothesis_ids
+        from llmasr.components.lm.causal import _common_prefix, context_ids, head_logprobs, hypothesis_ids
 
         ctx = context_ids(self.tokenizer, self.start, context, self.max_context_tokens)
         hyps = [hypothesis_ids(self.tokenizer, t, bool(context.strip())) for t in texts]

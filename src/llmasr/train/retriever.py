@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from llmasr.deep.states import read_states
-from llmasr.entities.retriever import RetrieverConfig, SpeechEntityRetriever, char_tensor
-from llmasr.metrics import normalize
+from llmasr.components.entities.retriever import RetrieverConfig, SpeechEntityRetriever, char_tensor
+from llmasr.core.metrics import normalize
+from llmasr.data.states import read_states
 from llmasr.train.config import OptimRecipe, RecipeError, RunRecipe, StageRecipe
 from llmasr.train.runlog import CsvLog
 
@@ -111,7 +111,7 @@ class Example:
 
 
 def load_examples(folder: str) -> list[Example]:
-    from llmasr.train.model import char_ids
+    from llmasr.components.speech.adapters import char_ids
 
     out = []
     for u in read_states(folder):
@@ -165,9 +165,9 @@ def recall_at_k(
 @torch.no_grad()
 def ctc_cer(model: SpeechEntityRetriever, examples: Sequence[Example]) -> float:
     """Character error rate of the CTC head's greedy output (how well compression knows characters)."""
-    from llmasr.asr.ctc import greedy_ctc
-    from llmasr.metrics import char_errors
-    from llmasr.train.model import CHAR_VOCAB
+    from llmasr.components.asr.ctc import greedy_ctc
+    from llmasr.components.speech.adapters import CHAR_VOCAB
+    from llmasr.core.metrics import char_errors
 
     errors = chars = 0
     for i in range(0, len(examples), 32):
@@ -195,7 +195,7 @@ class RetrieverSummary:
 
 
 def train_retriever(recipe: RetrieverRecipe, *, console: Any = None, **_: Any) -> RetrieverSummary:
-    from llmasr.entities.embed import TextEmbedder
+    from llmasr.components.entities.embed import TextEmbedder
     from llmasr.train.lora_loop import start_run
     from llmasr.train.trainer import lr_factor, make_optimizer, stage_steps
 

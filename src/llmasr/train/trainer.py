@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmasr.components.speech.speechllm import SpeechBatch, SpeechLLM
 from llmasr.data.manifest import Utterance
-from llmasr.deep.speechllm import SpeechBatch, SpeechLLM
 from llmasr.train.config import OptimRecipe, Recipe, RecipeError, StageRecipe, dump_recipe
 from llmasr.train.dataset import (
     BatchDataset,
@@ -213,7 +213,7 @@ class Trainer:
     @torch.no_grad()
     def dev_wer(self, utts: list[Utterance]) -> float | None:
         """Greedy transcripts of the first `max_dev_utterances` dev utterances; corpus WER."""
-        from llmasr.metrics import wer
+        from llmasr.core.metrics import wer
 
         r = self.recipe
         utts = sorted(utts[: r.run.max_dev_utterances], key=lambda u: float(u.duration or 0.0))

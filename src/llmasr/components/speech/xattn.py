@@ -1,0 +1,108 @@
+"""D1: gated cross-attention from a frozen causal LM to the speech (Flamingo-style GATED XATTN-DENSE).
+
+Blocks sit after every k-th decoder layer. Each block lets the layer's hidden states (queries: the prompt
+and the transcript so far) attend to the adapter's output (keys and values: the downsampled speech),
+then adds a feed-forward layer; both residual branches are scaled by tanh of a gate initialised at 0, so
+the untrained model is exactly the bare LLM, and training opens the gates as far as the speech helps.
+
+The blocks are attached with forward hooks, so the LLM's own modules, parameter names and LoRA targets
+stay as they are, and `generate` with its KV cache works unchanged: each new token attends to the
+speech, which does not change during decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmasr.core.errors import ModelError
+
+
+class GatedXAttnBlock(nn.Module):
+    """x + tanh(g_attn) * XAttn(LN(x), speech); then x + tanh(g_ffn) * FFN(LN(x))."""
+
+    def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 2) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim))
+        self.ffn_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """`x` (B, L, D) in the LLM's dtype; `memory` (B, T, D); `memory_mask` (B, T) True where valid."""
+        dtype = self.attn_gate.dtype
+        h = x.to(dtype)
+        attended, _ = self.attn(
+            self.norm(h),
+            memory.to(dtype),
+            memory.to(dtype),
+            key_padding_mask=~memory_mask,
+            need_weights=False,
+        )
+        h = h + torch.tanh(self.attn_gate) * attended
+        h = h + torch.tanh(self.ffn_gate) * self.ffn(self.ffn_norm(h))
+        return h.to(x.dtype)
+
+
+def decoder_layers(causal_lm: nn.Module) -> Sequence[nn.Module]:
+    """The decoder layers of a transformers causal LM (Llama, Gemma, Qwen, SmolLM: `.model.layers`)."""
+    layers = getattr(getattr(causal_lm, "model", None), "layers", None)
+    if layers is None:
+        raise ModelError(f"{type(causal_lm).__name__}: no `.model.layers`, cannot insert cross-attention")
+    return layers
+
+
+class XAttnFusion(nn.Module):
+    """The blocks of one LLM, the hooks that run them, and the speech they attend to."""
+
+    def __init__(self, causal_lm: nn.Module, every: int = 4, heads: int = 8, ffn_mult: int = 2) -> None:
+        super().__init__()
+        if every < 1:
+            raise ValueError("xattn every must be at least 1")
+        layers = decoder_layers(causal_lm)
+        dim = int(causal_lm.get_input_embeddings().embedding_dim)
+        #: after layers every-1, 2*every-1, ...: the last layer always gets one when every divides the depth
+        self.positions = [i for i in range(len(layers)) if (i + 1) % every == 0] or [len(layers) - 1]
+        self.blocks = nn.ModuleList(GatedXAttnBlock(dim, heads, ffn_mult) for _ in self.positions)
+        self._memory: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._handles = [
+            layers[i].register_forward_hook(self._hook(block))
+            for i, block in zip(self.positions, self.blocks)
+        ]
+
+    def set_memory(self, memory: torch.Tensor | None, lengths: torch.Tensor | None = None) -> None:
+        """Speech states (B, T, D) valid up to `lengths`; None detaches the blocks (plain LLM)."""
+        if memory is None:
+            self._memory = None
+            return
+        rows, frames = memory.shape[:2]
+        if lengths is None:
+            lengths = torch.full((rows,), frames, device=memory.device)
+        mask = torch.arange(frames, device=memory.device).unsqueeze(0) < lengths.clamp(min=1).unsqueeze(1)
+        self._memory = (memory, mask)
+
+    def _hook(self, block: GatedXAttnBlock) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if self._memory is None:
+                return output
+            hidden = output[0] if isinstance(output, tuple) else output
+            memory, mask = self._memory
+            if hidden.shape[0] != memory.shape[0]:  # beam search repeats each row
+                reps = hidden.shape[0] // memory.shape[0]
+                memory, mask = memory.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0)
+            hidden = block(hidden, memory.to(hidden.device), mask.to(hidden.device))
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

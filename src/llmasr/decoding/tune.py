@@ -1,0 +1,207 @@
+"""Search the log-linear weights on a dev manifest.
+
+The first pass and the LM run once per utterance; the search then only re-combines cached
+features, so trying thousands of weight settings costs seconds.
+
+Two feature sets are tried: "basic" (LM weight, word bonus, agreement: an exhaustive grid) and "all"
+(those plus the length-normalised AM and LM scores, refined from the basic optimum by coordinate
+ascent, MERT-style). Which one is kept is decided by k-fold cross-validation on the dev set, so extra
+weights are only used when they help on utterances they were not tuned on: a small dev set
+(120 utterances) is easily overfitted by six free weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from llmasr.components.lm.base import Scorer
+from llmasr.core.errors import LlmasrError
+from llmasr.core.metrics import word_errors
+from llmasr.core.types import Hypothesis
+from llmasr.decoding.rescore import Candidate, Rescorer, Weights
+
+LM_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+WORD_BONUSES = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+AGREEMENT_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
+#: grids of the length-normalised features (per recogniser token, per LM token, per word)
+NORM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+FEATURE_SETS = ("basic", "all", "auto")
+
+
+@dataclass
+class TuneItem:
+    """One dev utterance: its reference and the scored candidates of each segment."""
+
+    id: str
+    reference: str
+    segments: list[list[Candidate]] = field(default_factory=list)
+    #: word errors of each candidate text, precomputed when the utterance has one segment
+    errors: list[int] | None = None
+    #: the recogniser's own pick (top of each N-best), the baseline every weight setting must beat
+    first_pass: str = ""
+
+
+@dataclass
+class Decoded:
+    """First-pass N-best lists of one dev utterance, kept so that every LM can be tried on them."""
+
+    id: str
+    reference: str
+    prompt: str | None
+    nbests: list[list[Hypothesis]]
+    #: terms each segment was decoded with (retrieval narrows long lists per segment)
+    terms: list[list[str]]
+
+
+def featurise(
+    decoded: Sequence[Decoded],
+    scorer: Scorer | None,
+    context_tokens: int = 128,
+    on_item: Callable[[TuneItem], None] | None = None,
+) -> list[TuneItem]:
+    """Candidates with LM scores (history: the earlier segments' first-pass text)."""
+    items = []
+    for d in decoded:
+        item = TuneItem(id=d.id, reference=d.reference)
+        history: list[str] = []
+        for nbest, terms in zip(d.nbests, d.terms):
+            rescorer = Rescorer(scorer, Weights(), d.prompt, terms, context_tokens)
+            item.segments.append(rescorer.featurise(nbest, history, with_lm=scorer is not None))
+            history.append(nbest[0].text)
+        item.first_pass = " ".join(history)
+        if len(item.segments) == 1:
+            item.errors = [word_errors(d.reference, c.hypothesis.text)[0] for c in item.segments[0]]
+        items.append(item)
+        if on_item:
+            on_item(item)
+    return items
+
+
+def total_errors(items: Sequence[TuneItem], w: Weights) -> tuple[int, int]:
+    errors = words = 0
+    for item in items:
+        words += word_errors(item.reference, "")[1]
+        if not item.segments:
+            errors += word_errors(item.reference, "")[0]
+            continue
+        picks = [max(range(len(seg)), key=lambda i, seg=seg: seg[i].total(w)) for seg in item.segments]
+        if item.errors is not None:
+            errors += item.errors[picks[0]]
+        else:
+            text = " ".join(seg[i].hypothesis.text for seg, i in zip(item.segments, picks))
+            errors += word_errors(item.reference, text)[0]
+    return errors, words
+
+
+def first_pass_wer(items: Sequence[TuneItem]) -> float:
+    errors = words = 0
+    for item in items:
+        e, n = word_errors(item.reference, item.first_pass)
+        errors, words = errors + e, words + n
+    return errors / max(1, words)
+
+
+def grid_search(
+    items: Sequence[TuneItem],
+    lm_weights: Sequence[float] = LM_WEIGHTS,
+    word_bonuses: Sequence[float] = WORD_BONUSES,
+    agreement_weights: Sequence[float] = AGREEMENT_WEIGHTS,
+) -> tuple[Weights, float, list[tuple[Weights, float]]]:
+    """Lowest WER; ties go to the smallest weights (the simplest model that does as well)."""
+    results = []
+    for lm, wb, ag in itertools.product(lm_weights, word_bonuses, agreement_weights):
+        w = Weights(lm_weight=lm, word_bonus=wb, agreement_weight=ag)
+        errors, words = total_errors(items, w)
+        results.append((w, errors / max(1, words)))
+    best = min(
+        results,
+        key=lambda r: (round(r[1], 9), abs(r[0].lm_weight), abs(r[0].word_bonus), r[0].agreement_weight),
+    )
+    return best[0], best[1], results
+
+
+def _simplicity(w: Weights) -> tuple[float, ...]:
+    """Tie-break: smaller weights first (the simplest model that does as well)."""
+    return (
+        abs(w.am_norm_weight) + abs(w.lm_norm_weight) + abs(w.lm_word_weight),
+        abs(w.lm_weight),
+        abs(w.word_bonus),
+        w.agreement_weight,
+    )
+
+
+def refine(
+    items: Sequence[TuneItem], start: Weights, grids: dict[str, Sequence[float]], max_rounds: int = 4
+) -> tuple[Weights, float]:
+    """Coordinate ascent: each weight in turn takes its best grid value with the others fixed,
+    round after round, until a round changes nothing."""
+    words = max(1, total_errors(items, start)[1])
+    best, best_err = start, total_errors(items, start)[0]
+    for _ in range(max_rounds):
+        changed = False
+        for name, grid in grids.items():
+            for value in grid:
+                w = replace(best, **{name: value})
+                err = total_errors(items, w)[0]
+                if err < best_err or (err == best_err and _simplicity(w) < _simplicity(best)):
+                    changed = changed or err < best_err or w != best
+                    best, best_err = w, err
+        if not changed:
+            break
+    return best, best_err / words
+
+
+def fit(items: Sequence[TuneItem], features: str, with_lm: bool) -> tuple[Weights, float]:
+    """Tuned weights of one feature set ("basic" or "all") on `items`, and their WER there."""
+    grid = {} if with_lm else {"lm_weights": (0.0,)}
+    best, wer, _ = grid_search(items, **grid)
+    if features == "basic":
+        return best, wer
+    grids: dict[str, Sequence[float]] = {"am_norm_weight": NORM_WEIGHTS}
+    if with_lm:
+        grids.update(lm_weight=LM_WEIGHTS, lm_norm_weight=NORM_WEIGHTS, lm_word_weight=NORM_WEIGHTS)
+    grids.update(word_bonus=WORD_BONUSES, agreement_weight=AGREEMENT_WEIGHTS)
+    return refine(items, best, grids)
+
+
+def cross_validate(items: Sequence[TuneItem], features: str, with_lm: bool, folds: int = 5) -> float:
+    """WER on held-out folds (utterance i is in fold i % folds), each tuned on the other folds."""
+    errors = words = 0
+    for k in range(folds):
+        train = [it for i, it in enumerate(items) if i % folds != k]
+        held = [it for i, it in enumerate(items) if i % folds == k]
+        if not train or not held:
+            continue
+        w, _ = fit(train, features, with_lm)
+        e, n = total_errors(held, w)
+        errors, words = errors + e, words + n
+    return errors / max(1, words)
+
+
+@dataclass
+class TuneResult:
+    weights: Weights
+    wer: float
+    features: str
+    #: cross-validated WER of each feature set tried
+    cv_wer: dict[str, float]
+    am_only_wer: float
+
+
+def tune_weights(
+    items: Sequence[TuneItem], *, with_lm: bool, features: str = "auto", folds: int = 5
+) -> TuneResult:
+    """Weights for a dev set: `features` basic, all, or auto (the set with the lower cross-validated
+    WER; basic on a tie). The chosen set is then tuned on every dev utterance."""
+    if features not in FEATURE_SETS:
+        raise LlmasrError(f"unknown feature set '{features}': choose one of {', '.join(FEATURE_SETS)}")
+    tried = ("basic", "all") if features == "auto" else (features,)
+    cv = {f: cross_validate(items, f, with_lm, folds) for f in tried} if folds > 1 else {}
+    chosen = features
+    if features == "auto":
+        chosen = "all" if cv["all"] < cv["basic"] else "basic"
+    w, wer = fit(items, chosen, with_lm)
+    am_only = total_errors(items, Weights())
+    return TuneResult(w, wer, chosen, cv, am_only[0] / max(1, am_only[1]))

@@ -1,1 +1,0 @@
-"""Deep fusion: a pretrained speech encoder, an adapter and a language model trained as one."""

@@ -1,0 +1,1 @@
+"""Named offline models: each name resolves to weights shipped inside a package (`llmasr.models.registry`)."""
