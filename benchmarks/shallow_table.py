@@ -6,7 +6,7 @@
         --out docs/results-shallow.json
 
 The first pass runs once per recogniser and utterance; each LM then re-chooses over the cached
-N-best lists with the same `Rescorer.choose` (history carry-over included) that `llmasr transcribe`
+N-best lists with the same `NbestRescorer.choose` (history carry-over included) that `llmasr transcribe`
 uses, with the weights of the shipped profile `src/llmasr/profiles/<asr>+<lm>.yaml`.
 `--prompts` adds the domain-prompt study: entity recall with and without the manifest's prompt and
 terms, given to Whisper, to the LLM, or to both.
@@ -25,7 +25,7 @@ from llmasr.core.metrics import entity_recall, word_errors
 from llmasr.data.manifest import read_manifest, utterance_prompt
 from llmasr.decoding.options import resolve_options
 from llmasr.decoding.pipeline import Pipeline, load_recognizer, load_scorer
-from llmasr.decoding.rescore import Rescorer, Weights
+from llmasr.decoding.rescore import NbestRescorer, Weights
 
 
 def first_passes(pipe: Pipeline, utts: list, asr_prompt: bool) -> tuple[list[list], float]:
@@ -51,7 +51,7 @@ def choose_all(
         t = time.perf_counter()
         for seg in segs:
             seg_terms = (seg.terms or terms or []) if llm_prompt else []
-            r = Rescorer(scorer, weights, prompt, seg_terms, context_tokens)
+            r = NbestRescorer(scorer, weights, prompt, seg_terms, context_tokens)
             history.append(r.choose(seg.nbest, history).text.strip())
         seconds += time.perf_counter() - t
         texts.append(" ".join(history))

@@ -8,8 +8,8 @@ import torch
 from llmasr.components.speech.adapters import (
     Adapter,
     AdapterOutput,
+    CharCtcCompressor,
     ConvAdapter,
-    CTCCompressor,
     StackAdapter,
     build_adapter,
     length_mask,
@@ -65,7 +65,7 @@ def test_conv_shapes_and_lengths(stride: int, kernel: int | None) -> None:
 
 @pytest.mark.parametrize(
     "adapter",
-    [StackAdapter(D, H, stack=3), ConvAdapter(D, H, stride=2, kernel_size=3), CTCCompressor(D, H, 5)],
+    [StackAdapter(D, H, stack=3), ConvAdapter(D, H, stride=2, kernel_size=3), CharCtcCompressor(D, H, 5)],
     ids=["stack", "conv", "ctc"],
 )
 def test_padding_never_leaks(adapter: torch.nn.Module) -> None:
@@ -90,7 +90,7 @@ def _onehot_logits(labels: list[list[int]], vocab: int = 5) -> torch.Tensor:
 
 
 def test_ctc_compression_merges_runs_and_drops_blanks() -> None:
-    comp = CTCCompressor(D, H, vocab_size=5, blank=0)
+    comp = CharCtcCompressor(D, H, vocab_size=5, blank=0)
     # runs: [1 1] [2] blank [2] blank blank [3 3 3]  -> 4 runs ("2 _ 2" is two tokens, as in CTC)
     labels = [[1, 1, 2, 0, 2, 0, 0, 3, 3, 3], [0, 4, 4, 0]]
     lengths = torch.tensor([10, 4])
@@ -108,7 +108,7 @@ def test_ctc_compression_merges_runs_and_drops_blanks() -> None:
 
 
 def test_ctc_all_blank_fallback_keeps_least_blank_frames() -> None:
-    comp = CTCCompressor(D, H, vocab_size=5, blank=0, fallback_frames=2)
+    comp = CharCtcCompressor(D, H, vocab_size=5, blank=0, fallback_frames=2)
     logits = _onehot_logits([[0] * 6, [1, 0, 0]])
     # make frames 4 and 1 of row 0 the least blank (still blank argmax)
     logits[0, 4, 2] = 4.0
@@ -121,14 +121,14 @@ def test_ctc_all_blank_fallback_keeps_least_blank_frames() -> None:
 
 
 def test_ctc_fallback_short_and_empty_examples() -> None:
-    comp = CTCCompressor(D, H, vocab_size=5, fallback_frames=4)
+    comp = CharCtcCompressor(D, H, vocab_size=5, fallback_frames=4)
     logits = _onehot_logits([[0, 0], [0, 0]])
     pooled, lengths = comp.compress(torch.randn(2, 2, D), logits, torch.tensor([2, 0]))
     assert lengths.tolist() == [2, 0]  # at most the frames there are; an empty example stays empty
 
 
 def test_ctc_forward_returns_logits_and_gradients() -> None:
-    comp = CTCCompressor(D, H, vocab_size=7, blank=0, hidden_dim=12)
+    comp = CharCtcCompressor(D, H, vocab_size=7, blank=0, hidden_dim=12)
     x, lengths = _hidden([8, 3])
     x.requires_grad_(True)
     out = comp(x, lengths)
@@ -144,9 +144,9 @@ def test_ctc_forward_returns_logits_and_gradients() -> None:
 def test_registry() -> None:
     assert isinstance(build_adapter("stack", D, H, stack=2), StackAdapter)
     assert isinstance(build_adapter("conv", D, H, stride=2), ConvAdapter)
-    ctc = build_adapter("ctc", D, H, vocab_size=9, blank=3)
-    assert isinstance(ctc, CTCCompressor) and ctc.blank == 3
+    ctc = build_adapter("char_ctc", D, H, vocab_size=9, blank=3)
+    assert isinstance(ctc, CharCtcCompressor) and ctc.blank == 3
     with pytest.raises(ValueError, match="unknown adapter"):
         build_adapter("nope", D, H)
     with pytest.raises(ValueError):
-        CTCCompressor(D, H, vocab_size=3, blank=3)
+        CharCtcCompressor(D, H, vocab_size=3, blank=3)

@@ -20,14 +20,14 @@ def _recipe(tmp_path: Path, body: str) -> Path:
 def test_recipe_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(LlmasrError, match="needs `manifests` and `methods`"):
         read_compare_recipe(_recipe(tmp_path, "asr: whisper-tiny.en\n"))
-    with pytest.raises(LlmasrError, match="mode is shallow or deep"):
-        read_compare_recipe(_recipe(tmp_path, "manifests: {a: a.jsonl}\nmethods: [{name: x, mode: fused}]\n"))
-    with pytest.raises(LlmasrError, match="needs deep_model"):
-        read_compare_recipe(_recipe(tmp_path, "manifests: {a: a.jsonl}\nmethods: [{name: x, mode: deep}]\n"))
-    with pytest.raises(LlmasrError, match="unexpected keyword"):
+    with pytest.raises(LlmasrError, match="unknown key 'methods.0.lm'; allowed: name, prompts, options"):
         read_compare_recipe(_recipe(tmp_path, "manifests: {a: a.jsonl}\nmethods: [{name: x, lm: y}]\n"))
+    with pytest.raises(LlmasrError, match="limit: expected a number"):
+        read_compare_recipe(_recipe(tmp_path, "manifests: {a: a.jsonl}\nlimit: some\nmethods: [{name: x}]\n"))
     shipped = read_compare_recipe(Path("recipes/compare.yaml"), {"limit": 3})
-    assert shipped.limit == 3 and {m.mode for m in shipped.methods} == {"shallow", "deep"}
+    assert shipped.limit == 3
+    # a speech-LLM is a method like any other: a recogniser named in its options
+    assert {m.options.get("asr") for m in shipped.methods} >= {"speechllm-stack-tiny", "speechllm-ctc-tiny"}
 
 
 def test_table_and_plot(tmp_path: Path) -> None:
@@ -75,12 +75,12 @@ def test_missing_models_are_skipped_not_fatal(tmp_path: Path) -> None:
         _recipe(
             tmp_path,
             f"manifests: {{m: {manifest}}}\nmethods:\n"
-            "  - {name: deep, mode: deep, deep_model: no-such-deep-model}\n"
+            "  - {name: deep, options: {asr: no-such-deep-model}}\n"
             "  - {name: bad lm, options: {lm: no-such-lm}}\n",
         )
     )
     results = run_compare(recipe)
-    assert "not a deep model shipped" in (results[0].skipped or "")
+    assert "unknown asr model 'no-such-deep-model'" in (results[0].skipped or "")
     assert "unknown lm model 'no-such-lm'" in (results[1].skipped or "")
     with pytest.raises(LlmasrError, match="manifest not found"):
         run_compare(
@@ -106,7 +106,7 @@ def test_compare_cli_on_real_speech(tmp_path: Path) -> None:
         "methods:\n"
         "  - {name: first pass, options: {lm: none, nbest: 1}}\n"
         "  - {name: GER, options: {lm: none, correct: true}}\n"
-        "  - {name: D3, mode: deep, deep_model: no-such-deep-model}\n"
+        "  - {name: D3, options: {asr: no-such-deep-model}}\n"
         f"output: {tmp_path / 'out.md'}\nplot: {tmp_path / 'out.png'}\njson: {tmp_path / 'out.json'}\n",
     )
     result = CliRunner().invoke(app, ["compare", str(recipe)])

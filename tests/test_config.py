@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from llmasr.decoding import options as config
 from llmasr.decoding.options import (
     DEFAULT_ASR,
     DEFAULT_LM,
-    Options,
+    make_options,
     read_profile,
     resolve_options,
     write_profile,
@@ -50,37 +51,40 @@ def shipped(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 def test_dataclass_defaults(shipped) -> None:
     opts = resolve_options(lm="none")
-    assert opts == Options(lm=None, profile=None)
-    assert opts.asr == DEFAULT_ASR
-    assert opts.weights == Weights()
+    assert opts.decoding == make_options().decoding and opts.context == make_options().context
+    assert opts.rescoring.lm is None and opts.profile is None and opts.given == {"lm"}
+    assert opts.decoding.asr == DEFAULT_ASR
+    assert opts.rescoring.weights == Weights()
     assert shipped.asked == [(DEFAULT_ASR, None)]
 
 
 def test_untuned_lm_gets_generic_weights(shipped) -> None:
     """An LM with no shipped profile (an HF id, a folder) still rescores, with the generic weights."""
     opts = resolve_options(lm="someone/some-llm")
-    assert opts.lm == "someone/some-llm"
-    assert opts.weights == Weights(**config.UNTUNED_LM_WEIGHTS)
-    assert opts.weights.lm_weight > 0
-    assert resolve_options(lm="someone/some-llm", weights={"lm_weight": 0.7}).weights.lm_weight == 0.7
+    assert opts.rescoring.lm == "someone/some-llm"
+    assert opts.rescoring.weights == Weights(**config.UNTUNED_LM_WEIGHTS)
+    assert opts.rescoring.weights.lm_weight > 0
+    assert (
+        resolve_options(lm="someone/some-llm", weights={"lm_weight": 0.7}).rescoring.weights.lm_weight == 0.7
+    )
 
 
 def test_shipped_profile_layer(shipped) -> None:
     shipped.data = {"nbest": 5, "weights": {"lm_weight": 0.3, "word_bonus": 1.0}, "tuned": {"wer": 0.1}}
     opts = resolve_options()
-    assert opts.nbest == 5
-    assert opts.weights == Weights(lm_weight=0.3, word_bonus=1.0, agreement_weight=0.0)
+    assert opts.decoding.nbest == 5
+    assert opts.rescoring.weights == Weights(lm_weight=0.3, word_bonus=1.0, agreement_weight=0.0)
     assert opts.profile == str(shipped.path)
-    assert opts.context_tokens == Options().context_tokens
+    assert opts.rescoring.context_tokens == make_options().rescoring.context_tokens
 
 
 def test_user_profile_beats_shipped_and_weights_merge(shipped, tmp_path: Path) -> None:
     shipped.data = {"nbest": 5, "context_tokens": 32, "weights": {"lm_weight": 0.3, "word_bonus": 1.0}}
     user = write(tmp_path / "user.yaml", {"nbest": 4, "weights": {"word_bonus": 2.0}, "tuned": {"x": 1}})
     opts = resolve_options(str(user))
-    assert opts.nbest == 4
-    assert opts.context_tokens == 32
-    assert opts.weights == Weights(lm_weight=0.3, word_bonus=2.0, agreement_weight=0.0)
+    assert opts.decoding.nbest == 4
+    assert opts.rescoring.context_tokens == 32
+    assert opts.rescoring.weights == Weights(lm_weight=0.3, word_bonus=2.0, agreement_weight=0.0)
     assert opts.profile == str(user)
 
 
@@ -90,24 +94,24 @@ def test_explicit_overrides_beat_everything(shipped, tmp_path: Path) -> None:
     opts = resolve_options(
         str(user), nbest=3, weights={"agreement_weight": 4.0}, prompt=None, terms=["Foo"], threads=None
     )
-    assert opts.nbest == 3
-    assert opts.prompt == "from user"  # None means "not given"
-    assert opts.terms == ["Foo"]
-    assert opts.threads == Options().threads
-    assert opts.weights == Weights(lm_weight=0.3, word_bonus=2.0, agreement_weight=4.0)
+    assert opts.decoding.nbest == 3
+    assert opts.context.prompt == "from user"  # None means "not given"
+    assert opts.context.terms == ["Foo"]
+    assert opts.decoding.threads == make_options().decoding.threads
+    assert opts.rescoring.weights == Weights(lm_weight=0.3, word_bonus=2.0, agreement_weight=4.0)
 
 
 def test_explicit_weights_object_replaces_profile_weights(shipped) -> None:
     shipped.data = {"weights": {"lm_weight": 0.3, "word_bonus": 1.0}}
     opts = resolve_options(weights=Weights(agreement_weight=2.0))
-    assert opts.weights == Weights(lm_weight=0.0, word_bonus=0.0, agreement_weight=2.0)
+    assert opts.rescoring.weights == Weights(lm_weight=0.0, word_bonus=0.0, agreement_weight=2.0)
 
 
 def test_shipped_lookup_uses_the_resolved_pair(shipped, tmp_path: Path) -> None:
     user = write(tmp_path / "user.yaml", {"asr": "whisper-base", "lm": "smollm2-135m-instruct"})
     opts = resolve_options(str(user))
     assert shipped.asked == [("whisper-base", "smollm2-135m-instruct")]
-    assert (opts.asr, opts.lm) == ("whisper-base", "smollm2-135m-instruct")
+    assert (opts.decoding.asr, opts.rescoring.lm) == ("whisper-base", "smollm2-135m-instruct")
     shipped.asked.clear()
     resolve_options(str(user), lm="en-us-3gram")
     assert shipped.asked == [("whisper-base", "en-us-3gram")]
@@ -116,17 +120,19 @@ def test_shipped_lookup_uses_the_resolved_pair(shipped, tmp_path: Path) -> None:
 @pytest.mark.parametrize("lm", ["none", "None", "NONE"])
 def test_lm_none_turns_the_lm_off(shipped, lm: str) -> None:
     shipped.data = {"weights": {"lm_weight": 0.5, "word_bonus": 1.0}}
-    opts = resolve_options(lm=lm, weights={"lm_weight": 0.9})
-    assert opts.lm is None
-    assert opts.weights.lm_weight == 0.0
-    assert opts.weights.word_bonus == 1.0
+    opts = resolve_options(lm=lm)
+    assert opts.rescoring.lm is None
+    assert opts.rescoring.weights.lm_weight == 0.0
+    assert opts.rescoring.weights.word_bonus == 1.0
     assert shipped.asked == [(DEFAULT_ASR, None)]
+    with pytest.raises(LlmasrError, match="--lm-weight has no effect with --lm none"):
+        resolve_options(lm=lm, weights={"lm_weight": 0.9})  # asked for explicitly: an error, not ignored
 
 
 def test_lm_none_from_user_profile(shipped, tmp_path: Path) -> None:
     user = write(tmp_path / "user.yaml", {"lm": None, "weights": {"lm_weight": 0.5}})
     opts = resolve_options(str(user))
-    assert opts.lm is None and opts.weights.lm_weight == 0.0
+    assert opts.rescoring.lm is None and opts.rescoring.weights.lm_weight == 0.0
 
 
 @pytest.mark.parametrize(
@@ -164,7 +170,7 @@ def test_missing_profile(shipped, tmp_path: Path) -> None:
 def test_empty_profile_is_fine(shipped, tmp_path: Path) -> None:
     path = write(tmp_path / "empty.yaml", "")
     assert read_profile(path) == {}
-    assert resolve_options(str(path)).nbest == Options().nbest
+    assert resolve_options(str(path)).decoding.nbest == make_options().decoding.nbest
 
 
 @pytest.mark.parametrize("nbest", [0, -2])
@@ -179,12 +185,31 @@ def test_nbest_below_one(shipped, tmp_path: Path, nbest: int) -> None:
 def test_bad_option_names(shipped) -> None:
     with pytest.raises(LlmasrError, match="bad option"):
         resolve_options(weights={"lm_wieght": 1.0})
-    with pytest.raises(LlmasrError, match="bad option"):
+    with pytest.raises(LlmasrError, match="unknown option.*no_such_option"):
         resolve_options(no_such_option=1)
 
 
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"lm": "none", "lm_weight": 0.4}, "--lm-weight has no effect with --lm none"),
+        ({"lm": "none", "lm_dtype": "bfloat16"}, "--lm-dtype has no effect with --lm none"),
+        ({"corrector": "smollm2-135m-instruct"}, "--corrector acts only with --correct"),
+        ({"correct_max_change": 0.2}, "--correct-max-change acts only with --correct"),
+        ({"retriever": "retriever-tiny"}, "--retriever acts only with --term-retrieval speech"),
+        ({"lm_dtype": "int4"}, "--lm-dtype 'int4': choose one of"),
+        ({"raw_format": "s16le:8k"}, "--raw-format"),
+    ],
+)
+def test_options_that_cannot_act_are_errors(shipped, given: dict, message: str) -> None:
+    """An explicit option the chosen configuration would ignore fails with a message saying why."""
+    with pytest.raises(LlmasrError, match=re.escape(message)):
+        resolve_options(**given)
+    resolve_options(correct=True, corrector="smollm2-135m-instruct", correct_max_change=0.2)
+
+
 def test_write_profile_round_trip(shipped, tmp_path: Path) -> None:
-    opts = Options(
+    opts = make_options(
         asr="whisper-base",
         lm="smollm2-135m-instruct",
         nbest=6,
@@ -205,23 +230,23 @@ def test_write_profile_round_trip(shipped, tmp_path: Path) -> None:
         "lm_word_weight": 0.0,
     }
     back = resolve_options(str(path))
-    assert (back.asr, back.lm, back.nbest, back.context_tokens) == (
+    assert (back.decoding.asr, back.rescoring.lm, back.decoding.nbest, back.rescoring.context_tokens) == (
         "whisper-base",
         "smollm2-135m-instruct",
         6,
         64,
     )
-    assert back.weights == opts.weights
-    assert back.prompt is None
+    assert back.rescoring.weights == opts.rescoring.weights
+    assert back.context.prompt is None
     assert back.profile == str(path)
 
 
 def test_write_profile_round_trip_without_lm(shipped, tmp_path: Path) -> None:
-    opts = Options(lm=None, weights=Weights(word_bonus=1.5))
+    opts = make_options(lm=None, weights=Weights(word_bonus=1.5))
     path = write_profile(opts, tmp_path / "nolm.yaml")
     assert "tuned" not in read_profile(path)
     back = resolve_options(str(path))
-    assert back.lm is None and back.weights == Weights(word_bonus=1.5)
+    assert back.rescoring.lm is None and back.rescoring.weights == Weights(word_bonus=1.5)
 
 
 def test_real_shipped_profile_lookup() -> None:
@@ -233,21 +258,33 @@ def test_real_shipped_profile_lookup() -> None:
 
 
 def test_to_dict() -> None:
-    d = Options(weights=Weights(lm_weight=0.1)).to_dict()
-    assert d["weights"] == {"lm_weight": 0.1, **dict.fromkeys(("word_bonus", "agreement_weight"), 0.0)} | {
+    d = make_options(weights=Weights(lm_weight=0.1)).to_dict()
+    assert d["rescoring"]["weights"] == {
+        "lm_weight": 0.1,
+        **dict.fromkeys(("word_bonus", "agreement_weight"), 0.0),
+    } | {
         "am_norm_weight": 0.0,
         "lm_norm_weight": 0.0,
         "lm_word_weight": 0.0,
     }
-    assert d["asr"] == DEFAULT_ASR
+    assert d["decoding"]["asr"] == DEFAULT_ASR and d["given"] == []
+    assert make_options(nbest=3).flat()["nbest"] == 3
 
 
 def test_correction_and_retrieval_options(shipped, tmp_path: Path) -> None:
     opts = resolve_options()
-    assert (opts.correct, opts.corrector, opts.term_retrieval) == (False, config.DEFAULT_CORRECTOR, "text")
+    assert (opts.correction.enabled, opts.correction.corrector, opts.context.term_retrieval) == (
+        False,
+        config.DEFAULT_CORRECTOR,
+        "text",
+    )
     profile = tmp_path / "p.yaml"
     profile.write_text("correct: true\nterm_retrieval: speech\ncorrect_max_change: 0.2\n", encoding="utf-8")
     opts = resolve_options(profile=str(profile))
-    assert opts.correct and opts.term_retrieval == "speech" and opts.correct_max_change == 0.2
+    assert (
+        opts.correction.enabled
+        and opts.context.term_retrieval == "speech"
+        and opts.correction.max_change == 0.2
+    )
     with pytest.raises(LlmasrError, match="term retrieval 'audio': choose one of text, speech"):
         resolve_options(term_retrieval="audio")

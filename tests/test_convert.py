@@ -119,12 +119,11 @@ def test_converts_once_and_recognises(tiny_whisper: Path) -> None:
 def test_pipeline_loads_hf_folder(tiny_whisper: Path) -> None:
     from llmasr.components.asr.whisper import WhisperRecognizer
     from llmasr.decoding.options import resolve_options
-    from llmasr.decoding.pipeline import load_recognizer
+    from llmasr.decoding.pipeline import Pipeline
 
-    options = resolve_options(asr=str(tiny_whisper), lm="none")
-    recognizer = load_recognizer(str(tiny_whisper), options)
-    assert isinstance(recognizer, WhisperRecognizer)
-    assert isinstance(recognizer.nbest([_noise()], 1), list)
+    pipeline = Pipeline(resolve_options(asr=str(tiny_whisper), lm="none"))
+    assert isinstance(pipeline.recognizer, WhisperRecognizer)
+    assert isinstance(pipeline.recognizer.nbest([_noise()], 1), list)
 
 
 def _write_slow_tokenizer(tokenizer_json: Path, folder: Path) -> None:

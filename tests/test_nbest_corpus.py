@@ -73,8 +73,9 @@ def test_records_and_bad_audio_skipped(tmp_path: Path) -> None:
     assert [r["id"] for r in recs] == [f"u{i}" for i in range(5)]
     r = recs[0]
     assert r["reference"] == "reference 0" and len(r["nbest"]) == 3
-    assert r["nbest"][0] == {"text": "hyp 8000 0", "am_score": -0.08, "tokens": [0, 7]}
-    assert r["first_pass"] == "hyp 8000 0" and r["duration"] == 0.5
+    # the fake's text holds the samples it got: 0.5 s plus the edge padding (vad.EDGE_PAD) both sides
+    assert r["nbest"][0] == {"text": "hyp 14400 0", "am_score": -0.144, "tokens": [0, 7]}
+    assert r["first_pass"] == "hyp 14400 0" and r["duration"] == 0.5
     assert r["voice"] == "flite:slt" and r["augmentation"] is None and r["asr"] == "fake-asr"
     assert Path(r["audio"]).is_file()
 

@@ -12,7 +12,7 @@ from llmasr.core import vad
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import AudioError
 from llmasr.core.types import Hypothesis, Word
-from llmasr.decoding.options import Options
+from llmasr.decoding.options import Options, make_options
 from llmasr.decoding.pipeline import Pipeline
 from llmasr.decoding.rescore import Weights
 
@@ -25,6 +25,8 @@ class FakeRecognizer:
 
     name = "fake-asr"
     window = 30.0
+    accepts_prompt = True
+    max_nbest = 32
 
     def __init__(self, lists: list[list[tuple[str, float]]]) -> None:
         self.lists = list(lists)
@@ -73,7 +75,7 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
 def options(**kw) -> Options:
     base = dict(asr="fake-asr", lm="fake-lm", nbest=4, weights=Weights(lm_weight=1.0))
     base.update(kw)
-    return Options(**base)
+    return make_options(**base)
 
 
 @pytest.fixture
@@ -233,7 +235,9 @@ def test_long_term_list_is_narrowed_per_segment() -> None:
         ]
     )
     scorer = FakeScorer({})
-    opts = Options(lm="fake", nbest=4, max_terms=3, prompt="Clinical notes", weights=Weights(lm_weight=0.5))
+    opts = make_options(
+        lm="fake", nbest=4, max_terms=3, prompt="Clinical notes", weights=Weights(lm_weight=0.5)
+    )
     tr = Pipeline(opts, recognizer=rec, scorer=scorer).transcribe(noise(1.0), terms=terms)
     first, second = (c[2] for c in rec.nbest_calls)
     assert first == "Clinical notes"
@@ -246,7 +250,7 @@ def test_long_term_list_is_narrowed_per_segment() -> None:
 
 def test_short_term_list_is_used_whole_in_one_pass() -> None:
     rec = FakeRecognizer([[("a b", -1.0)]])
-    opts = Options(lm=None, nbest=4, max_terms=3)
+    opts = make_options(lm=None, nbest=4, max_terms=3)
     Pipeline(opts, recognizer=rec).transcribe(noise(1.0), terms=["x", "y"])
     assert [c[2] for c in rec.nbest_calls] == ["x, y"]
 
@@ -303,7 +307,9 @@ def test_speech_term_retrieval_decodes_once_with_the_retrieved_terms() -> None:
     terms = ["metoprolol", "apixaban", "warfarin", "Betelgeuse", "kubectl", "atrial fibrillation"]
     rec = FakeRecognizer([[("started on metoprolol", -2.0)]])
     scorer = FakeScorer({})
-    opts = Options(lm="fake", nbest=4, max_terms=2, term_retrieval="speech", weights=Weights(lm_weight=0.5))
+    opts = make_options(
+        lm="fake", nbest=4, max_terms=2, term_retrieval="speech", weights=Weights(lm_weight=0.5)
+    )
     pipe = Pipeline(opts, recognizer=rec, scorer=scorer)
     pipe._finder = FakeFinder([["metoprolol", "warfarin"]])
     tr = pipe.transcribe(noise(1.0), terms=terms)

@@ -12,7 +12,7 @@ from llmasr.core.errors import LlmasrError
 from llmasr.core.text import read_terms
 from llmasr.core.types import Hypothesis
 from llmasr.decoding.context import build_context, trim_history
-from llmasr.decoding.rescore import Candidate, Rescorer, Weights, candidates
+from llmasr.decoding.rescore import Candidate, NbestRescorer, Weights, candidates
 
 
 class FakeScorer:
@@ -96,15 +96,15 @@ def test_candidate_total() -> None:
 
 def test_choose_am_only_picks_best_am() -> None:
     nb = hyps(("one two", -2.0), ("three four", -1.0))
-    assert Rescorer(None).choose(nb).text == "three four"
-    assert Rescorer(FakeScorer({"one two": 0.0, "three four": -50.0})).choose(nb).text == "three four"
+    assert NbestRescorer(None).choose(nb).text == "three four"
+    assert NbestRescorer(FakeScorer({"one two": 0.0, "three four": -50.0})).choose(nb).text == "three four"
 
 
 def test_lm_weight_flips_the_choice() -> None:
     nb = hyps(("the cat sat", -1.0), ("the cat sang", -2.0))
     fake = FakeScorer({"the cat sat": -10.0, "the cat sang": -5.0})
-    assert Rescorer(fake, Weights(lm_weight=0.1)).choose(nb).text == "the cat sat"  # -2.0 vs -2.5
-    chosen = Rescorer(fake, Weights(lm_weight=0.5)).choose(nb)  # -6.0 vs -4.5
+    assert NbestRescorer(fake, Weights(lm_weight=0.1)).choose(nb).text == "the cat sat"  # -2.0 vs -2.5
+    chosen = NbestRescorer(fake, Weights(lm_weight=0.5)).choose(nb)  # -6.0 vs -4.5
     assert chosen.text == "the cat sang"
     assert chosen.lm_score == -5.0
     assert chosen.score == pytest.approx(-4.5)
@@ -113,25 +113,25 @@ def test_lm_weight_flips_the_choice() -> None:
 
 def test_word_bonus_flips_the_choice() -> None:
     nb = hyps(("the cat", -1.0), ("the cat sat down", -2.0))
-    assert Rescorer(None, Weights(word_bonus=0.4)).choose(nb).text == "the cat"  # -0.2 vs -0.4
-    assert Rescorer(None, Weights(word_bonus=0.6)).choose(nb).text == "the cat sat down"  # 0.2 vs 0.4
-    assert Rescorer(None, Weights(word_bonus=-1.0)).choose(nb).text == "the cat"
+    assert NbestRescorer(None, Weights(word_bonus=0.4)).choose(nb).text == "the cat"  # -0.2 vs -0.4
+    assert NbestRescorer(None, Weights(word_bonus=0.6)).choose(nb).text == "the cat sat down"  # 0.2 vs 0.4
+    assert NbestRescorer(None, Weights(word_bonus=-1.0)).choose(nb).text == "the cat"
 
 
 def test_agreement_weight_flips_the_choice() -> None:
     nb = hyps(("the cat sat", -1.0), ("the cat sang", -1.2), ("a dog sang", -0.9))
-    assert Rescorer(None).choose(nb).text == "a dog sang"
+    assert NbestRescorer(None).choose(nb).text == "a dog sang"
     # totals with weight 3: 5/9*3-1 = 0.667, 2/3*3-1.2 = 0.8, 4/9*3-0.9 = 0.433
-    assert Rescorer(None, Weights(agreement_weight=3.0)).choose(nb).text == "the cat sang"
+    assert NbestRescorer(None, Weights(agreement_weight=3.0)).choose(nb).text == "the cat sang"
     # with weight 1: -0.444, -0.533, -0.456: the first
-    assert Rescorer(None, Weights(agreement_weight=1.0)).choose(nb).text == "the cat sat"
+    assert NbestRescorer(None, Weights(agreement_weight=1.0)).choose(nb).text == "the cat sat"
 
 
 def test_all_weights_combined() -> None:
     nb = hyps(("a b", -1.0), ("a b c", -1.5), ("x", -0.8))
     fake = FakeScorer({"a b": -4.0, "a b c": -3.0, "x": -9.0})
     w = Weights(lm_weight=0.2, word_bonus=0.1, agreement_weight=0.5)
-    r = Rescorer(fake, w)
+    r = NbestRescorer(fake, w)
     chosen = r.choose(nb)
     totals = {h.text: h.score for h in nb}
     agree = {c.norm: c.agreement for c in candidates(nb)}
@@ -146,12 +146,12 @@ def test_all_weights_combined() -> None:
 
 def test_choose_empty_raises() -> None:
     with pytest.raises(ValueError):
-        Rescorer(None).choose([])
+        NbestRescorer(None).choose([])
 
 
 def test_lm_not_called_when_weight_zero() -> None:
     fake = FakeScorer({"b": 100.0})
-    r = Rescorer(fake, Weights(lm_weight=0.0, word_bonus=0.5))
+    r = NbestRescorer(fake, Weights(lm_weight=0.0, word_bonus=0.5))
     assert r.choose(hyps(("a", -1.0), ("b", -2.0))).text == "a"
     assert fake.calls == []
     cands = r.featurise(hyps(("a", -1.0), ("b", -2.0)))
@@ -160,26 +160,26 @@ def test_lm_not_called_when_weight_zero() -> None:
 
 def test_featurise_with_lm_forces_the_lm() -> None:
     fake = FakeScorer({"a": -3.0, "b": -7.0})
-    r = Rescorer(fake, Weights())
+    r = NbestRescorer(fake, Weights())
     cands = r.featurise(hyps(("a", -1.0), ("B.", -5.0), ("b", -2.0)), with_lm=True)
     assert len(fake.calls) == 1
     texts, _ = fake.calls[0]
     assert texts == ["a", "b"]  # one batch, one text per distinct candidate (best-AM spelling)
     assert {c.norm: c.lm for c in cands} == {"a": -3.0, "b": -7.0}
     # and with_lm=False overrides a non-zero weight
-    Rescorer(fake, Weights(lm_weight=1.0)).featurise(hyps(("a", -1.0)), with_lm=False)
+    NbestRescorer(fake, Weights(lm_weight=1.0)).featurise(hyps(("a", -1.0)), with_lm=False)
     assert len(fake.calls) == 1
 
 
 def test_featurise_without_scorer_leaves_lm_zero() -> None:
-    cands = Rescorer(None, Weights(lm_weight=1.0)).featurise(hyps(("a", -1.0)), with_lm=True)
+    cands = NbestRescorer(None, Weights(lm_weight=1.0)).featurise(hyps(("a", -1.0)), with_lm=True)
     assert cands[0].lm == 0.0
-    assert Rescorer(None).choose(hyps(("a", -1.0)))
+    assert NbestRescorer(None).choose(hyps(("a", -1.0)))
 
 
 def test_choose_without_scorer_sets_no_lm_score() -> None:
     nb = hyps(("a", -1.0), ("b", -2.0))
-    Rescorer(None, Weights(word_bonus=1.0)).choose(nb)
+    NbestRescorer(None, Weights(word_bonus=1.0)).choose(nb)
     assert nb[0].lm_score is None and nb[0].score == pytest.approx(0.0)
 
 
@@ -188,7 +188,7 @@ def test_choose_without_scorer_sets_no_lm_score() -> None:
 
 def test_context_given_to_scorer_has_prompt_terms_and_history() -> None:
     fake = FakeScorer()
-    r = Rescorer(
+    r = NbestRescorer(
         fake, Weights(lm_weight=1.0), prompt="  A talk about clusters. ", terms=["Kubernetes", "kubectl"]
     )
     r.choose(hyps(("deploy it", -1.0)), history=["we start now", "then we deploy"])
@@ -199,19 +199,19 @@ def test_context_given_to_scorer_has_prompt_terms_and_history() -> None:
 
 def test_context_history_is_trimmed_to_budget() -> None:
     fake = FakeScorer()
-    r = Rescorer(fake, Weights(lm_weight=1.0), prompt="Topic.", context_tokens=3)
+    r = NbestRescorer(fake, Weights(lm_weight=1.0), prompt="Topic.", context_tokens=3)
     r.choose(hyps(("x", -1.0)), history=["one two three", "four five"])
     assert fake.calls[0][1] == "Topic.\nTranscript: three four five"
 
 
 def test_context_variants() -> None:
     fake = FakeScorer()
-    assert Rescorer(fake).context(["hello there"]) == "hello there"
-    assert Rescorer(fake).context([]) == ""
-    assert Rescorer(fake, terms=["Foo"]).context([]) == "Terms: Foo.\nTranscript:"
-    assert Rescorer(fake, prompt="P", context_tokens=0).context(["old words"]) == "P\nTranscript:"
+    assert NbestRescorer(fake).context(["hello there"]) == "hello there"
+    assert NbestRescorer(fake).context([]) == ""
+    assert NbestRescorer(fake, terms=["Foo"]).context([]) == "Terms: Foo.\nTranscript:"
+    assert NbestRescorer(fake, prompt="P", context_tokens=0).context(["old words"]) == "P\nTranscript:"
     # no scorer: no history budget at all
-    assert Rescorer(None, prompt="P").context(["old words"]) == "P\nTranscript:"
+    assert NbestRescorer(None, prompt="P").context(["old words"]) == "P\nTranscript:"
 
 
 def test_build_context_layout() -> None:
@@ -316,10 +316,10 @@ def test_normalised_lm_weights_alone_run_the_lm_and_count_its_tokens() -> None:
     fake = FakeScorer({"the cat sat": -6.0, "the cat": -5.0})
     nb = hyps(("the cat", -1.0), ("the cat sat", -1.2))
     # total LM prefers "the cat"; per word (-3 vs -2.5) prefers "the cat sat"
-    chosen = Rescorer(fake, Weights(lm_word_weight=1.0)).choose(nb)
+    chosen = NbestRescorer(fake, Weights(lm_word_weight=1.0)).choose(nb)
     assert len(fake.calls) == 1 and chosen.text == "the cat sat"
-    cands = Rescorer(fake, Weights(lm_norm_weight=1.0)).featurise(nb)
+    cands = NbestRescorer(fake, Weights(lm_norm_weight=1.0)).featurise(nb)
     assert all(c.lm_tokens == fake.count_tokens(c.hypothesis.text) for c in cands)
     # with only the total-LM weight, no per-token lengths are computed on the inference path
-    plain = Rescorer(fake, Weights(lm_weight=1.0)).featurise(nb)
+    plain = NbestRescorer(fake, Weights(lm_weight=1.0)).featurise(nb)
     assert all(c.lm_tokens == 0 for c in plain)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from llmasr.components.speech.adapters import ConvAdapter, CTCCompressor, StackAdapter
+from llmasr.components.speech.adapters import CharCtcCompressor, ConvAdapter, StackAdapter
 from llmasr.components.speech.speechllm import (
     IGNORE,
     LoraSettings,
@@ -63,7 +63,7 @@ def _model(
     torch.manual_seed(0)
     encoder = TinyEncoder()  # the frozen encoder is the same in every model; what trains depends on seed
     torch.manual_seed(seed)
-    adapter_kw = {"stack": {"stack": 2}, "conv": {"stride": 2}, "ctc": {"vocab_size": 6}}[adapter]
+    adapter_kw = {"stack": {"stack": 2}, "conv": {"stride": 2}, "char_ctc": {"vocab_size": 6}}[adapter]
     return SpeechLLM.build(
         encoder,
         str(folder),
@@ -152,11 +152,11 @@ def test_splicing_and_labels(llama_dir: Path) -> None:
     assert gen.attention_mask[0].tolist() == [0] * (width - short) + [1] * short
 
 
-@pytest.mark.parametrize("adapter", ["stack", "conv", "ctc"])
+@pytest.mark.parametrize("adapter", ["stack", "conv", "char_ctc"])
 def test_padding_does_not_change_other_losses(llama_dir: Path, adapter: str) -> None:
     model = _model(llama_dir, adapter=adapter, loss_reduction="example").eval()
     assert isinstance(
-        model.adapter, {"stack": StackAdapter, "conv": ConvAdapter, "ctc": CTCCompressor}[adapter]
+        model.adapter, {"stack": StackAdapter, "conv": ConvAdapter, "char_ctc": CharCtcCompressor}[adapter]
     )
     lengths = [14, 6, 9]
     batch = _batch(lengths, TEXTS)
@@ -175,7 +175,7 @@ def test_padding_does_not_change_other_losses(llama_dir: Path, adapter: str) -> 
 
 
 def test_ctc_loss_is_added(llama_dir: Path) -> None:
-    model = _model(llama_dir, adapter="ctc", ctc_weight=0.5).eval()
+    model = _model(llama_dir, adapter="char_ctc", ctc_weight=0.5).eval()
     batch = _batch([12, 8], TEXTS[:2])
     batch.ctc_targets = torch.tensor([[1, 2, 3], [4, 5, 0]])
     batch.ctc_target_lengths = torch.tensor([3, 2])

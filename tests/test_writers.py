@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from llmasr.apps.writers import FORMATS, format_timestamp, render, segment_cues, write
+from llmasr.apps.writers import OPENAI_FORMATS, WRITERS, format_timestamp, render, segment_cues, write
 from llmasr.core.types import Hypothesis, Segment, Transcript, Word
 
 
@@ -141,16 +141,24 @@ def test_empty_transcript():
 
 def test_unknown_format():
     t = Transcript("a.wav", 0.0)
-    with pytest.raises(ValueError, match=r"'docx'.*txt, json, srt, vtt"):
+    with pytest.raises(ValueError, match=r"'docx'.*txt, json, srt, vtt, verbose_json"):
         render(t, "docx")
-    assert FORMATS == ("txt", "json", "srt", "vtt")
+    assert list(WRITERS) == ["txt", "json", "srt", "vtt", "verbose_json", "openai_json"]
+    # the server answers OpenAI's response_format names with the same writers
+    assert OPENAI_FORMATS == {
+        "text": "txt", "srt": "srt", "vtt": "vtt", "verbose_json": "verbose_json", "json": "openai_json"
+    }  # fmt: skip
 
 
 def test_write_all_formats(tmp_path, transcript):
-    for fmt in FORMATS:
+    for fmt in WRITERS:
         out = write(transcript, fmt, tmp_path / "out" / f"talk.{fmt}")
         assert out.read_text(encoding="utf-8") == render(transcript, fmt)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"talk.{f}" for f in sorted(FORMATS)]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"talk.{f}" for f in sorted(WRITERS)]
+    data = json.loads(render(transcript, "verbose_json"))
+    assert data["text"] == transcript.text and data["words"] and data["usage"]["type"] == "duration"
+    assert "words" not in json.loads(render(transcript, "verbose_json", words=False))
+    assert json.loads(render(transcript, "openai_json"))["text"] == transcript.text
 
 
 def test_write_is_atomic(tmp_path, transcript, monkeypatch):

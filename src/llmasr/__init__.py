@@ -37,7 +37,7 @@ def __getattr__(name: str) -> Any:
 
 
 def transcribe(
-    audio: str | Path | bytes,
+    audio: str | Path | bytes | Any,
     *,
     asr: str | None = None,
     lm: str | None = None,
@@ -45,13 +45,17 @@ def transcribe(
     prompt: str | None = None,
     terms: list[str] | None = None,
     profile: str | None = None,
+    raw: Any = None,
     **options: Any,
 ) -> Transcript:
-    """Transcribe one input with shallow fusion. For many inputs, build one `Pipeline` and reuse it."""
+    """Transcribe one input (a path, the file's bytes, or a 16 kHz float32 array) with any recogniser
+    and LLM rescoring; `options` are the other flat option names (llmasr.decoding.options.FLAT, e.g.
+    `correct=True`, `lm_weight=0.3`, `raw_format="s16le:8000"`); `raw` a `llmasr.core.audio.PcmFormat`
+    for headerless audio. For many inputs, build one `Pipeline` and reuse it. Raises LlmasrError."""
     from llmasr.decoding.options import resolve_options
     from llmasr.decoding.pipeline import Pipeline
 
     opts = resolve_options(
         profile=profile, asr=asr, lm=lm, nbest=nbest, prompt=prompt, terms=terms, **options
     )
-    return Pipeline(opts).transcribe(audio)
+    return Pipeline(opts).transcribe(audio, raw=raw)

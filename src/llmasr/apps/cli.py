@@ -16,6 +16,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from llmasr.apps.flags import options_from_flags, with_run_flags
+from llmasr.apps.writers import WRITERS
 from llmasr.core.errors import LlmasrError, internal_error
 
 app = typer.Typer(
@@ -66,216 +68,39 @@ def _progress() -> Progress:
     )
 
 
-# Options shared by transcribe, eval and tune ------------------------------------------------------
-AsrOpt = Annotated[
-    str | None, typer.Option("--asr", help="Recogniser: a named model, a CTranslate2 Whisper folder.")
-]
-LmOpt = Annotated[
-    str | None,
-    typer.Option("--lm", help="Rescoring LM: a named model, a HF id, a local folder, or 'none'."),
-]
-NbestOpt = Annotated[int | None, typer.Option("--nbest", help="Hypotheses per segment (default 8).")]
-PromptOpt = Annotated[
-    str | None, typer.Option("--prompt", help="Domain description that conditions the LLM.")
-]
-TermsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--terms",
-        help="Term list file: one term a line, UTF-8 (a BOM is ignored), LF or CRLF; lines starting "
-        "with '# ' are comments ('#include' is a term). docs/inputs.md.",
-    ),
-]
-RawFormatOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--raw-format",
-        help="Format of headerless inputs (.raw, .pcm, ...): ENCODING:RATE[:CHANNELS], e.g. s16le:8000, "
-        "mulaw:8000 (encodings: s8 u8 s16le s16be s24le s32le f32le f64le mulaw alaw). Files with a header "
-        "are read from it.",
-    ),
-]
-ProfileOpt = Annotated[
-    Path | None, typer.Option("--profile", help="Tuned profile (YAML) from `llmasr tune`.")
-]
-LmWeightOpt = Annotated[float | None, typer.Option("--lm-weight", help="Weight of the LM score.")]
-WordBonusOpt = Annotated[float | None, typer.Option("--word-bonus", help="Score added per word.")]
-AgreeOpt = Annotated[
-    float | None, typer.Option("--agreement-weight", help="Weight of N-best word agreement.")
-]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for the models (0 = all).")]
-LmDtypeOpt = Annotated[
-    str | None, typer.Option("--lm-dtype", help="LLM precision: auto (bf16 where native), float32, bfloat16.")
-]
-MaxTermsOpt = Annotated[
-    int | None,
-    typer.Option("--max-terms", help="Terms per segment; longer lists are narrowed by retrieval (0: all)."),
-]
-ModeOpt = Annotated[
-    str, typer.Option("--mode", help="shallow (first pass + LLM rescoring) or deep (a trained SpeechLLM).")
-]
-DeepModelOpt = Annotated[
-    Path | None,
-    typer.Option("--deep-model", help="With --mode deep: checkpoint or run folder of `llmasr train`."),
-]
-CorrectOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--correct/--no-correct",
-        help="Generative error correction: an instruct LLM rewrites the N-best list (guarded).",
-    ),
-]
-CorrectorOpt = Annotated[
-    str | None,
-    typer.Option("--corrector", help="With --correct: the LLM that corrects (a named model, HF id, folder)."),
-]
-CorrectMaxOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--correct-max-change",
-        help="With --correct: keep a correction only within this share of word edits of some hypothesis.",
-    ),
-]
-TermRetrievalOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--term-retrieval",
-        help="How a long --terms list is narrowed per segment: text (from a first decoding) or speech "
-        "(the trained speech-to-entity retriever, D5).",
-    ),
-]
-RetrieverOpt = Annotated[
-    str | None,
-    typer.Option("--retriever", help="With --term-retrieval speech: a retriever (named or folder)."),
-]
-AsrPromptOpt = Annotated[
-    bool | None,
-    typer.Option("--asr-prompt/--no-asr-prompt", help="Also prompt Whisper with the domain text."),
-]
+# the recognition flags are declared once (llmasr.apps.flags) and shared by transcribe, eval, tune, serve
+def _pipeline(run_flags: dict[str, Any], **extra: Any) -> tuple[Any, Any]:
+    """Options from the shared recognition flags and the Pipeline they describe (any recogniser:
+    Whisper, pocketsphinx, CTC, a trained speech-LLM); errors are one line and exit 1."""
+    from llmasr.decoding.pipeline import Pipeline
 
-
-def _options(
-    asr: str | None,
-    lm: str | None,
-    nbest: int | None,
-    prompt: str | None = None,
-    terms: Path | None = None,
-    profile: Path | None = None,
-    lm_weight: float | None = None,
-    word_bonus: float | None = None,
-    agreement_weight: float | None = None,
-    threads: int | None = None,
-    asr_prompt: bool | None = None,
-    lm_dtype: str | None = None,
-    max_terms: int | None = None,
-    correct: bool | None = None,
-    corrector: str | None = None,
-    correct_max_change: float | None = None,
-    term_retrieval: str | None = None,
-    retriever: str | None = None,
-    raw_format: str | None = None,
-) -> Any:
-    from llmasr.core.text import read_terms
-    from llmasr.decoding.options import resolve_options
-
-    weights = {
-        k: v
-        for k, v in {
-            "lm_weight": lm_weight,
-            "word_bonus": word_bonus,
-            "agreement_weight": agreement_weight,
-        }.items()
-        if v is not None
-    }
-    return resolve_options(
-        profile=str(profile) if profile else None,
-        asr=asr,
-        lm=lm,
-        nbest=nbest,
-        prompt=prompt,
-        terms=read_terms(terms) if terms else None,
-        weights=weights or None,
-        threads=threads,
-        asr_prompt=asr_prompt,
-        lm_dtype=lm_dtype,
-        max_terms=max_terms,
-        correct=correct,
-        corrector=corrector,
-        correct_max_change=correct_max_change,
-        term_retrieval=term_retrieval,
-        retriever=retriever,
-        raw_format=raw_format,
-    )
-
-
-def _run_flags(scope: dict[str, Any]) -> dict[str, Any]:
-    """The shared run flags (the parameters of `_options`) out of a command's arguments, by name."""
-    import inspect
-
-    return {name: scope[name] for name in inspect.signature(_options).parameters if name in scope}
-
-
-def _pipeline(mode: str, deep_model: Path | None, flags: dict[str, Any]) -> tuple[Any, Any]:
-    """Options from the shared command-line flags (see `_options`) and the pipeline they describe.
-
-    Both modes give an object with `.options` and `.transcribe(source, prompt=, terms=, name=)`,
-    so transcription, evaluation and the writers never care which family produced a Transcript.
-    """
     try:
-        options = _options(**flags)
-        if mode == "shallow":
-            from llmasr.decoding.pipeline import Pipeline
-
-            return options, Pipeline(options, log=lambda m: _say(err, m))
-        if mode == "deep":
-            if deep_model is None:
-                raise _fail(
-                    "--mode deep needs --deep-model DIR (a checkpoint or run folder of `llmasr train`)", 2
-                )
-            from llmasr.decoding.deep_pipeline import DeepPipeline, DeepRecognizer
-
-            options.asr, options.lm = str(deep_model), None
-            return options, DeepPipeline(DeepRecognizer.load(deep_model, device=options.device), options)
-        raise _fail(f"--mode takes shallow or deep, not '{mode}'", 2)
+        options = options_from_flags(run_flags, **extra)
+        return options, Pipeline(options, log=lambda m: _say(err, m))
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
 
 
 @app.command()
+@with_run_flags()
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio files (any format ffmpeg/libsndfile reads).")],
-    asr: AsrOpt = None,
-    lm: LmOpt = None,
-    nbest: NbestOpt = None,
-    prompt: PromptOpt = None,
-    terms: TermsOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="txt, json, srt or vtt.")] = "txt",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="Output format: " + ", ".join(WRITERS) + ".")
+    ] = "txt",
     out_dir: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write <stem>.<format> files here.")
+        Path | None,
+        typer.Option("--out", "-o", help="Write one file per input here (paths mirror the inputs' folders)."),
     ] = None,
-    profile: ProfileOpt = None,
-    lm_weight: LmWeightOpt = None,
-    word_bonus: WordBonusOpt = None,
-    agreement_weight: AgreeOpt = None,
-    threads: ThreadsOpt = None,
-    asr_prompt: AsrPromptOpt = None,
-    lm_dtype: LmDtypeOpt = None,
-    max_terms: MaxTermsOpt = None,
-    correct: CorrectOpt = None,
-    corrector: CorrectorOpt = None,
-    correct_max_change: CorrectMaxOpt = None,
-    term_retrieval: TermRetrievalOpt = None,
-    retriever: RetrieverOpt = None,
-    raw_format: RawFormatOpt = None,
-    mode: ModeOpt = "shallow",
-    deep_model: DeepModelOpt = None,
+    *,
+    run_flags: dict[str, Any],
 ) -> None:
     """Transcribe audio files; with --out, one output file per input, else print to stdout."""
-    from llmasr.apps.writers import FORMATS, output_paths, render, write
+    from llmasr.apps.writers import output_paths, render, write
 
-    if fmt.lower().lstrip(".") not in FORMATS:
-        raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(FORMATS)}", 2)
-    options, pipeline = _pipeline(mode, deep_model, _run_flags(locals()))
+    if fmt.lower().lstrip(".") not in WRITERS:
+        raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(WRITERS)}", 2)
+    options, pipeline = _pipeline(run_flags)
     targets = output_paths(files, out_dir, fmt) if out_dir is not None else [None] * len(files)
     failures = 0
     done: set[Path] = set()
@@ -421,31 +246,11 @@ def _fmt(x: float | None, pct: bool = True) -> str:
 
 
 @app.command("eval")
+@with_run_flags()
 def eval_cmd(
     manifest: Annotated[
         Path, typer.Argument(help="JSONL manifest: audio, text, optional entities/prompt/terms.")
     ],
-    asr: AsrOpt = None,
-    lm: LmOpt = None,
-    nbest: NbestOpt = None,
-    prompt: PromptOpt = None,
-    terms: TermsOpt = None,
-    profile: ProfileOpt = None,
-    lm_weight: LmWeightOpt = None,
-    word_bonus: WordBonusOpt = None,
-    agreement_weight: AgreeOpt = None,
-    threads: ThreadsOpt = None,
-    asr_prompt: AsrPromptOpt = None,
-    lm_dtype: LmDtypeOpt = None,
-    max_terms: MaxTermsOpt = None,
-    correct: CorrectOpt = None,
-    corrector: CorrectorOpt = None,
-    correct_max_change: CorrectMaxOpt = None,
-    term_retrieval: TermRetrievalOpt = None,
-    retriever: RetrieverOpt = None,
-    raw_format: RawFormatOpt = None,
-    mode: ModeOpt = "shallow",
-    deep_model: DeepModelOpt = None,
     no_manifest_prompts: Annotated[
         bool, typer.Option("--no-manifest-prompts", help="Ignore prompt/terms given in the manifest.")
     ] = False,
@@ -455,12 +260,14 @@ def eval_cmd(
     by: Annotated[
         list[str] | None, typer.Option("--by", help="Also break WER down by: voice, augmentation.")
     ] = None,
+    *,
+    run_flags: dict[str, Any],
 ) -> None:
     """WER (rescored, first pass, oracle N-best), entity recall and RTFx on a manifest."""
     from llmasr.apps.evaluate import evaluate
 
     utts = _read_manifest(manifest)
-    options, pipeline = _pipeline(mode, deep_model, _run_flags(locals()))
+    options, pipeline = _pipeline(run_flags)
     with _progress() as progress:
         task = progress.add_task("evaluating", total=len(utts))
 
@@ -471,10 +278,11 @@ def eval_cmd(
 
         report = evaluate(pipeline, utts, use_prompts=not no_manifest_prompts, on_row=on_row)
     s = report.summary()
-    table = Table("metric", "value", title=f"{manifest.name}: asr={options.asr} lm={options.lm or 'none'}")
+    title = f"{manifest.name}: asr={options.decoding.asr} lm={options.rescoring.lm or 'none'}"
+    table = Table("metric", "value", title=title)
     table.add_row("WER (rescored)", _fmt(s["wer"]))
     table.add_row("WER (first pass)", _fmt(s["first_pass_wer"]))
-    table.add_row(f"WER (oracle {options.nbest}-best)", _fmt(s["oracle_wer"]))
+    table.add_row(f"WER (oracle {options.decoding.nbest}-best)", _fmt(s["oracle_wer"]))
     table.add_row("entity recall", _fmt(s["entity_recall"]))
     table.add_row("RTFx", _fmt(s["rtfx"], pct=False))
     table.add_row("utterances", f"{s['utterances']} ok, {s['failed']} failed")
@@ -490,7 +298,11 @@ def eval_cmd(
         out_console.print(t)
     if json_out:
         report.settings.update(
-            {"weights": vars(options.weights), "nbest": options.nbest, "manifest": str(manifest)}
+            {
+                "weights": vars(options.rescoring.weights),
+                "nbest": options.decoding.nbest,
+                "manifest": str(manifest),
+            }
         )
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.to_dict() | {"by": breakdowns}, indent=2), encoding="utf-8")
@@ -498,22 +310,23 @@ def eval_cmd(
         raise typer.Exit(1)
 
 
+#: flags `tune` does not take: it chooses the weights, and `--lm` may repeat there
+TUNE_EXCLUDES = ("lm", "lm_weight", "word_bonus", "agreement_weight", "profile", "correct", "corrector",
+                 "correct_max_change")  # fmt: skip
+
+
 @app.command()
+@with_run_flags(exclude=TUNE_EXCLUDES)
 def tune(
     manifest: Annotated[Path, typer.Argument(help="Dev manifest (never the test set).")],
     out: Annotated[
         Path,
         typer.Option("--out", "-o", help="Profile YAML to write; a folder when several --lm are given."),
     ] = Path("profile.yaml"),
-    asr: AsrOpt = None,
     lms: Annotated[
         list[str] | None,
         typer.Option("--lm", help="LM to tune for ('none' too); repeat to tune several on one first pass."),
     ] = None,
-    nbest: NbestOpt = None,
-    threads: ThreadsOpt = None,
-    asr_prompt: AsrPromptOpt = None,
-    lm_dtype: LmDtypeOpt = None,
     features: Annotated[
         str,
         typer.Option(
@@ -524,23 +337,23 @@ def tune(
     folds: Annotated[
         int, typer.Option(help="Cross-validation folds for --features auto (and the report).")
     ] = 5,
+    *,
+    run_flags: dict[str, Any],
 ) -> None:
     """Tune the log-linear weights (LM, word bonus, agreement, normalised scores) on a dev manifest."""
     from llmasr.apps.evaluate import first_passes
+    from llmasr.components.lm.registry import load_scorer
     from llmasr.decoding.options import write_profile
-    from llmasr.decoding.pipeline import Pipeline, load_scorer
     from llmasr.decoding.tune import FEATURE_SETS, featurise, first_pass_wer, tune_weights
 
     if features not in FEATURE_SETS:
         raise _fail(f"--features '{features}': choose one of {', '.join(FEATURE_SETS)}")
     utts = _read_manifest(manifest)
     lms = lms or [None]  # None: the default LM
+    decoding = {k: v for k, v in run_flags.items() if k != "lm_dtype"}  # the first pass runs no LM
+    _, pipeline = _pipeline(decoding, lm="none")
     try:
-        base = _options(asr, "none", nbest, threads=threads, asr_prompt=asr_prompt, lm_dtype=lm_dtype)
-        pipeline = Pipeline(base, log=lambda m: _say(err, m))
-        targets = [
-            _options(asr, lm, nbest, threads=threads, asr_prompt=asr_prompt, lm_dtype=lm_dtype) for lm in lms
-        ]
+        targets = [options_from_flags(run_flags, lm=lm) for lm in lms]
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
     with _progress() as progress:
@@ -556,19 +369,24 @@ def tune(
         raise _fail("no utterance could be decoded")
     for options in targets:
         try:
-            scorer = load_scorer(options.lm, options, log=lambda m: _say(err, m))
+            r, d = options.rescoring, options.decoding
+            scorer = (
+                load_scorer(
+                    r.lm, device=d.device, dtype=r.lm_dtype, threads=d.threads, log=lambda m: _say(err, m)
+                )
+                if r.lm
+                else None
+            )
         except LlmasrError as exc:
             raise _fail(str(exc)) from exc
         with _progress() as progress:
-            task = progress.add_task(f"scoring with {options.lm}", total=len(decoded))
+            task = progress.add_task(f"scoring with {r.lm}", total=len(decoded))
             items = featurise(
-                decoded, scorer, options.context_tokens, on_item=lambda _, t=task: progress.advance(t)
+                decoded, scorer, r.context_tokens, on_item=lambda _, t=task: progress.advance(t)
             )
-        result = tune_weights(items, with_lm=options.lm is not None, features=features, folds=folds)
-        options.weights = result.weights
-        path = (
-            out / f"{options.asr}+{options.lm or 'none'}.yaml".replace("/", "_") if len(targets) > 1 else out
-        )
+        result = tune_weights(items, with_lm=r.lm is not None, features=features, folds=folds)
+        r.weights = result.weights
+        path = out / f"{d.asr}+{r.lm or 'none'}.yaml".replace("/", "_") if len(targets) > 1 else out
         tuned = {
             "manifest": str(manifest),
             "utterances": len(items),
@@ -583,7 +401,7 @@ def tune(
         cv = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.cv_wer.items())
         _say(
             out_console,
-            f"{options.asr} + {options.lm or 'none'}: {chosen or 'all weights 0'} "
+            f"{d.asr} + {r.lm or 'none'}: {chosen or 'all weights 0'} "
             f"({result.features} features) "
             f"WER {100 * result.wer:.2f}% (cross-validated: {cv or '-'}; "
             f"recogniser score alone: {100 * result.am_only_wer:.2f}%, "
@@ -603,15 +421,15 @@ app.command(
 )(_train_command())
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    add_help_option=False,
-)
-def serve(ctx: typer.Context) -> None:
-    """OpenAI-compatible HTTP server (POST /v1/audio/transcriptions); `llmasr serve --help` for options."""
-    from llmasr.apps.serve.cli import app as serve_app
+def _serve_command() -> Any:
+    from llmasr.apps.serve.cli import serve
 
-    serve_app(ctx.args, prog_name="llmasr serve")
+    return serve
+
+
+app.command(
+    "serve", help="OpenAI-compatible HTTP server (POST /v1/audio/transcriptions) for any recogniser."
+)(_serve_command())
 
 
 def main() -> None:

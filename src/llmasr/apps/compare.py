@@ -18,20 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from llmasr.core.errors import LlmasrError
-from llmasr.decoding.options import read_yaml_mapping
+from llmasr.core.files import read_yaml_mapping
+from llmasr.core.records import RecordError, build_record
 
 
 @dataclass
 class MethodSpec:
     name: str
-    #: shallow (first pass + rescoring, the Pipeline) or deep (a trained SpeechLLM)
-    mode: str = "shallow"
-    #: deep: a checkpoint or run folder, or a shipped deep model name
-    deep_model: str | None = None
     #: use each utterance's domain prompt and term list from the manifest
     prompts: bool = False
-    #: Options overrides (lm, nbest, weights, correct, term_retrieval, max_terms, ...);
-    #: `terms` may name a term-list file that then applies to every utterance
+    #: options by flat name (asr: any recogniser, a trained speech-LLM too; lm, nbest, weights, correct,
+    #: term_retrieval, max_terms, ...); `terms` may name a term-list file that then applies to every
+    #: utterance
     options: dict[str, Any] = field(default_factory=dict)
     #: what the method is, in a few words (the table's note column)
     note: str = ""
@@ -69,11 +67,11 @@ class MethodResult:
 
 
 def read_compare_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> CompareRecipe:
+    """A compare recipe (typed: an unknown or mistyped key is named); `overrides` replace top-level keys."""
     data = {**read_yaml_mapping(path, "compare recipe"), **(overrides or {})}
     try:
-        methods = [MethodSpec(**m) for m in data.pop("methods", [])]
-        recipe = CompareRecipe(**data, methods=methods)
-    except TypeError as exc:
+        recipe = build_record(CompareRecipe, data)
+    except RecordError as exc:
         raise LlmasrError(f"{path}: {exc}") from None
     if recipe.kind != "compare":
         raise LlmasrError(
@@ -81,11 +79,6 @@ def read_compare_recipe(path: str | Path, overrides: dict[str, Any] | None = Non
         )
     if not recipe.manifests or not recipe.methods:
         raise LlmasrError(f"{path}: a compare recipe needs `manifests` and `methods`")
-    for m in recipe.methods:
-        if m.mode not in ("shallow", "deep"):
-            raise LlmasrError(f"{path}: method '{m.name}': mode is shallow or deep, not '{m.mode}'")
-        if m.mode == "deep" and not m.deep_model:
-            raise LlmasrError(f"{path}: method '{m.name}': a deep method needs deep_model")
     return recipe
 
 
@@ -138,17 +131,18 @@ def _adapter_numel(lm_name: str | None) -> int:
     return _safetensors_numel(adapter_dir(spec.adapter) / "adapter_model.safetensors")
 
 
-def parameter_counts(pipeline: Any, mode: str) -> tuple[int | None, int | None]:
+def parameter_counts(pipeline: Any) -> tuple[int | None, int | None]:
     """(trainable, total) parameters of what a method runs; None where a part cannot be counted
     (pocketsphinx, n-gram LMs). Trainable counts what was trained for the method (adapters, LoRA,
-    retriever, deep-fusion weights), not the few tuned log-linear weights."""
-    if mode == "deep":
-        trainable, total = pipeline.recognizer.model.count_parameters()
-        return trainable, total
+    retriever, speech-LLM weights), not the few tuned log-linear weights."""
     recognizer = pipeline.recognizer
     trainable = 0
     asr_dir = getattr(recognizer, "model_dir", None)
     total = _ct2_numel(asr_dir) if asr_dir else None
+    speech_llm = getattr(recognizer, "model", None)
+    if speech_llm is not None and hasattr(speech_llm, "count_parameters"):
+        trained = sum(p.numel() for name, p in speech_llm.named_parameters() if _trained_part(name))
+        trainable, total = trained, speech_llm.count_parameters()[1]
     head = getattr(recognizer, "head", None)
     if head is not None:  # the CTC recogniser: a frozen encoder and a trained head
         total = _numel(recognizer.encoder) + _numel(head)
@@ -160,7 +154,7 @@ def parameter_counts(pipeline: Any, mode: str) -> tuple[int | None, int | None]:
             total = None
         elif total is not None:
             total += _numel(model)
-        trainable += _adapter_numel(pipeline.options.lm)
+        trainable += _adapter_numel(pipeline.options.rescoring.lm)
     if pipeline.corrector is not None:
         total = None if total is None else total + _numel(pipeline.corrector.model)
         trainable += _adapter_numel(pipeline.corrector.name)
@@ -176,6 +170,13 @@ def parameter_counts(pipeline: Any, mode: str) -> tuple[int | None, int | None]:
     return trainable, total
 
 
+def _trained_part(name: str) -> bool:
+    """A speech-LLM parameter that training made: adapter (with its CTC head), cross-attention, LoRA."""
+    from llmasr.components.speech.speechllm import part_of
+
+    return part_of(name) in ("adapter", "head", "ctc_head", "xattn", "lora")
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -187,12 +188,6 @@ def _build(method: MethodSpec, asr: str, log: Callable[[str], None]) -> Any:
     if isinstance(opts.get("terms"), str):
         opts["terms"] = read_terms(opts["terms"])
     asr = opts.pop("asr", asr)
-    if method.mode == "deep":
-        from llmasr.decoding.deep_pipeline import DeepPipeline, DeepRecognizer
-
-        options = resolve_options(asr=asr, **{"lm": "none", **opts})
-        options.asr = str(method.deep_model)
-        return DeepPipeline(DeepRecognizer.load(str(method.deep_model)), options)
     from llmasr.decoding.pipeline import Pipeline
 
     return Pipeline(resolve_options(asr=asr, **opts), log=log)
@@ -235,7 +230,7 @@ def run_compare(
             result.entity_recall[label] = s["entity_recall"]
             result.failed[label] = s["failed"]
             result.audio_seconds += s["audio_seconds"]
-        result.trainable, result.total = parameter_counts(pipeline, method.mode)
+        result.trainable, result.total = parameter_counts(pipeline)
         log(f"{method.name}: " + ", ".join(f"{k} {_pct(v)}" for k, v in result.wer.items()))
         del pipeline
     return results

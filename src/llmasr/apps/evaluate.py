@@ -137,7 +137,7 @@ def evaluate(
     use_prompts: bool = True,
     on_row: Callable[[Row], None] | None = None,
 ) -> Report:
-    report = Report(settings={"asr": pipeline.options.asr, "lm": pipeline.options.lm})
+    report = Report(settings={"asr": pipeline.options.decoding.asr, "lm": pipeline.options.rescoring.lm})
     for utt in utterances:
         row = Row(id=utt.id, reference=utt.text, voice=utt.voice, augmentation=utt.augmentation)
         ref_norm = normalize(utt.text)
@@ -177,7 +177,7 @@ def first_passes(
     for utt in utterances:
         try:
             prompt, terms = utterance_prompt(utt)
-            _, audio = load_input(utt.audio, max_duration=pipeline.options.max_duration)
+            _, audio = load_input(utt.audio, max_duration=pipeline.options.decoding.max_duration)
             audio = audio.samples
             segs = [s for s in pipeline.first_pass(audio, prompt, terms) if s.nbest]
             item = Decoded(utt.id, utt.text, prompt, [s.nbest for s in segs], [s.terms for s in segs])

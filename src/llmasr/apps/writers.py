@@ -1,25 +1,54 @@
-"""Transcript output: plain text, JSON, SRT and WebVTT subtitles.
+"""Transcript output formats: one registry (WRITERS) for the CLI, batch runs and the server.
 
-Subtitles follow the usual readability limits (at most two lines of about 42 characters per cue), so a
-long Whisper segment becomes several cues, timed by its word timings when it has them. Files are
-written atomically so an interrupted run never leaves a half-written transcript over a good one.
+| name | what | OpenAI `response_format` |
+|---|---|---|
+| txt | the text | text |
+| json | llmasr's full transcript: text, first-pass text, segments with word timings, info | - |
+| srt, vtt | subtitles | srt, vtt |
+| verbose_json | OpenAI's verbose transcription: segments, words (when asked), duration | verbose_json |
+| openai_json | OpenAI's plain transcription: `{"text": ...}` | json |
+
+Adding a format is one render function plus one entry in WRITERS. Subtitles follow the usual readability
+limits (at most two lines of about 42 characters per cue), so a long segment becomes several cues, timed by
+its word timings when it has them. Files are written atomically so an interrupted run never leaves a
+half-written transcript over a good one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmasr.core.files import atomic_write
 from llmasr.core.types import Segment, Transcript
 
-FORMATS = ("txt", "json", "srt", "vtt")
 #: subtitle line length and lines per cue (common broadcast guidelines)
 MAX_LINE_CHARS = 42
 MAX_CUE_LINES = 2
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What a format may include beyond the text: N-best lists (json), word timings (verbose_json)."""
+
+    nbest: bool = False
+    words: bool = True
+
+
+@dataclass(frozen=True)
+class Writer:
+    render: Callable[[Transcript, RenderOptions], str]
+    #: file suffix and HTTP media type
+    suffix: str
+    media_type: str
+    #: the name OpenAI's API gives this format (`response_format`), if it has one
+    openai: str | None = None
 
 
 @dataclass
@@ -29,23 +58,97 @@ class Cue:
     lines: list[str]
 
 
-def render(transcript: Transcript, fmt: str, *, nbest: bool = False) -> str:
-    """The transcript as text in `fmt` (one of FORMATS); `nbest` adds N-best lists to json."""
-    fmt = _check_format(fmt)
-    if fmt == "txt":
-        return transcript.text + "\n"
-    if fmt == "json":
-        return json.dumps(transcript.to_dict(nbest=nbest), indent=2, ensure_ascii=False) + "\n"
-    cues = [cue for seg in transcript.segments for cue in segment_cues(seg)]
-    sep = "," if fmt == "srt" else "."
-    blocks = []
-    for i, cue in enumerate(cues, 1):
-        timing = f"{format_timestamp(cue.start, sep)} --> {format_timestamp(cue.end, sep)}"
-        head = [str(i), timing] if fmt == "srt" else [timing]
-        blocks.append("\n".join(head + cue.lines) + "\n")
-    if fmt == "srt":
-        return "\n".join(blocks)
-    return "\n".join(["WEBVTT\n", *blocks])
+def _txt(transcript: Transcript, options: RenderOptions) -> str:
+    return transcript.text + "\n"
+
+
+def _json(transcript: Transcript, options: RenderOptions) -> str:
+    return json.dumps(transcript.to_dict(nbest=options.nbest), indent=2, ensure_ascii=False) + "\n"
+
+
+def _subtitles(fmt: str) -> Callable[[Transcript, RenderOptions], str]:
+    def render_cues(transcript: Transcript, options: RenderOptions) -> str:
+        cues = [cue for seg in transcript.segments for cue in segment_cues(seg)]
+        sep = "," if fmt == "srt" else "."
+        blocks = []
+        for i, cue in enumerate(cues, 1):
+            timing = f"{format_timestamp(cue.start, sep)} --> {format_timestamp(cue.end, sep)}"
+            head = [str(i), timing] if fmt == "srt" else [timing]
+            blocks.append("\n".join(head + cue.lines) + "\n")
+        if fmt == "srt":
+            return "\n".join(blocks)
+        return "\n".join(["WEBVTT\n", *blocks])
+
+    return render_cues
+
+
+def _usage(transcript: Transcript) -> dict[str, Any]:
+    return {"type": "duration", "seconds": math.ceil(transcript.duration)}
+
+
+def verbose_json(transcript: Transcript, *, words: bool = False) -> dict[str, Any]:
+    """OpenAI's verbose_json shape; `first_pass_text` (the recogniser's own best guess) is an llmasr extra."""
+    segments = []
+    for i, seg in enumerate(transcript.segments):
+        chosen = next((h for h in seg.nbest if h.text.strip() == seg.text), None)
+        tokens = list(chosen.tokens) if chosen else []
+        encoded = seg.text.encode("utf-8")
+        segments.append(
+            {
+                "id": i,
+                "seek": round(seg.start * 100),
+                "start": seg.start,
+                "end": seg.end,
+                "text": seg.text,
+                "tokens": tokens,
+                "temperature": 0.0,
+                "avg_logprob": round(chosen.am_score / max(1, len(tokens)), 4) if chosen else 0.0,
+                "compression_ratio": round(len(encoded) / len(zlib.compress(encoded)), 4) if encoded else 0.0,
+                "no_speech_prob": 0.0,
+                "first_pass_text": seg.first_pass_text,
+            }
+        )
+    out: dict[str, Any] = {
+        "task": "transcribe",
+        "language": "english",
+        "duration": round(transcript.duration, 3),
+        "text": transcript.text,
+        "segments": segments,
+    }
+    if words:
+        out["words"] = [
+            {"word": w.word.strip(), "start": w.start, "end": w.end}
+            for seg in transcript.segments
+            for w in seg.words
+            if w.word.strip()
+        ]
+    return out
+
+
+def _verbose_json(transcript: Transcript, options: RenderOptions) -> str:
+    data = {**verbose_json(transcript, words=options.words), "usage": _usage(transcript)}
+    return json.dumps(data, ensure_ascii=False) + "\n"
+
+
+def _openai_json(transcript: Transcript, options: RenderOptions) -> str:
+    return json.dumps({"text": transcript.text, "usage": _usage(transcript)}, ensure_ascii=False) + "\n"
+
+
+WRITERS: dict[str, Writer] = {
+    "txt": Writer(_txt, "txt", "text/plain; charset=utf-8", openai="text"),
+    "json": Writer(_json, "json", "application/json"),
+    "srt": Writer(_subtitles("srt"), "srt", "text/plain; charset=utf-8", openai="srt"),
+    "vtt": Writer(_subtitles("vtt"), "vtt", "text/vtt; charset=utf-8", openai="vtt"),
+    "verbose_json": Writer(_verbose_json, "json", "application/json", openai="verbose_json"),
+    "openai_json": Writer(_openai_json, "json", "application/json", openai="json"),
+}
+#: OpenAI's response_format names -> writer names
+OPENAI_FORMATS = {w.openai: name for name, w in WRITERS.items() if w.openai}
+
+
+def render(transcript: Transcript, fmt: str, *, nbest: bool = False, words: bool = True) -> str:
+    """The transcript as text in format `fmt` (a WRITERS name). Raises ValueError for an unknown one."""
+    return WRITERS[_check_format(fmt)].render(transcript, RenderOptions(nbest=nbest, words=words))
 
 
 def write(transcript: Transcript, fmt: str, path: Path, *, nbest: bool = False) -> Path:
@@ -63,7 +166,7 @@ def output_paths(inputs: Sequence[str | os.PathLike[str]], out_dir: Path, fmt: s
     (monday/meeting.wav -> OUT/monday/meeting.txt, tuesday/meeting.wav -> OUT/tuesday/meeting.txt).
     Inputs that would still collide (meeting.wav and meeting.flac side by side) keep their own suffix
     (meeting.wav.txt, meeting.flac.txt). The same input given twice gets the same path."""
-    key = _check_format(fmt)
+    key = WRITERS[_check_format(fmt)].suffix
     absolute = [os.path.abspath(os.fspath(p)) for p in inputs]
     if not absolute:
         return []
@@ -140,6 +243,6 @@ def _group(tokens: list[str]) -> list[list[str]]:
 
 def _check_format(fmt: str) -> str:
     key = fmt.lower().lstrip(".")
-    if key not in FORMATS:
-        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if key not in WRITERS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(WRITERS)}")
     return key

@@ -1,4 +1,5 @@
-"""Atomic file writes: readers never see half a file, and an interrupted run loses nothing written before."""
+"""Files llmasr writes and reads: atomic writes (readers never see half a file, an interrupted run loses
+nothing written before) and YAML mappings (profiles, recipes) with errors that name the file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import yaml
+
+from llmasr.core.errors import LlmasrError
 
 
 @contextmanager
@@ -26,3 +31,19 @@ def atomic_write(path: str | os.PathLike[str], *, newline: str | None = None) ->
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_yaml_mapping(
+    path: str | Path, what: str = "profile", error: type[LlmasrError] = LlmasrError
+) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (profiles, training recipes); errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{p}: {what} not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise error(f"{p}: not a valid YAML {what} ({exc})") from exc
+    if not isinstance(data, dict):
+        raise error(f"{p}: a {what} is a YAML mapping")
+    return data

@@ -108,12 +108,12 @@ def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> 
     """Run the first pass on one utterance -> its JSON record (raises LlmasrError on bad audio)."""
     from llmasr.core.audio import load_audio
 
-    audio = load_audio(utt.audio, max_duration=pipeline.options.max_duration, name=utt.id)
+    audio = load_audio(utt.audio, max_duration=pipeline.options.decoding.max_duration, name=utt.id)
     from llmasr.data.manifest import utterance_prompt
 
     prompt, terms = utterance_prompt(utt) if use_prompt else (None, None)
     lists = [seg.nbest for seg in pipeline.first_pass(audio, prompt, terms)]
-    nbest = _combine(lists, pipeline.options.nbest)
+    nbest = _combine(lists, pipeline.options.decoding.nbest)
     return {
         "id": utt.id,
         "audio": utt.audio,
@@ -123,7 +123,7 @@ def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> 
         "duration": round(len(audio) / 16000, 3),
         "voice": utt.voice,
         "augmentation": utt.augmentation,
-        "asr": pipeline.options.asr,
+        "asr": pipeline.options.decoding.asr,
     }
 
 

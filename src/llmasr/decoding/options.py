@@ -1,8 +1,19 @@
-"""Options of a transcription run: the one place defaults live.
+"""Options of a transcription run: one record per concern, and the one place defaults live.
 
-A profile (YAML) holds tuned weights for an (asr, lm) pair; `llmasr tune` writes one and the
-package ships those tuned on synthetic dev speech (`llmasr/profiles/`). Explicit options beat
-the profile, which beats the dataclass defaults.
+    Options
+      decoding    DecodingOptions    the first pass: recogniser, N-best size, batching, threads, input
+      rescoring   RescoringOptions   the rescoring LM, its log-linear weights, context budget, precision
+      context     ContextOptions     domain prompt, term list and how a long list is narrowed per segment
+      correction  CorrectionOptions  generative error correction after rescoring
+
+Users name options flat (`--lm-weight`, `nbest:` in a profile, `llmasr.transcribe(nbest=4)`); FLAT says
+which record holds each name. Layers: record defaults < the shipped profile of the (asr, lm) pair < a user
+profile < explicit values (`resolve_options`). An explicit option that cannot act in the chosen
+configuration is an error that says why (`check_options`, and `Pipeline` for what depends on the
+recogniser), so nothing a user asks for is silently dropped.
+
+A profile (YAML, flat names) holds tuned weights for an (asr, lm) pair; `llmasr tune` writes one and the
+package ships those tuned on dev speech (`llmasr/profiles/`).
 """
 
 from __future__ import annotations
@@ -14,8 +25,9 @@ from typing import Any
 
 import yaml
 
-from llmasr.core.audio import PcmFormat
+from llmasr.core.audio import MAX_DURATION, PcmFormat
 from llmasr.core.errors import LlmasrError
+from llmasr.core.files import read_yaml_mapping
 from llmasr.decoding.correct import MAX_CHANGE
 from llmasr.decoding.rescore import Weights
 
@@ -24,54 +36,145 @@ DEFAULT_LM = "gemma-3-270m"
 DEFAULT_CORRECTOR = "smollm2-135m-corrector"
 DEFAULT_RETRIEVER = "retriever-tiny"
 TERM_RETRIEVALS = ("text", "speech")
+LM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: weights for an LM with no tuned profile (a Hugging Face id, a local folder): those tuned for
 #: whisper-tiny.en + gemma-3-270m, a sensible start until `llmasr tune` is run for that pair
 UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1.0}
 
 
+class OptionError(LlmasrError):
+    """An option value that cannot be used, or an option that cannot act where it was given."""
+
+
 @dataclass
-class Options:
+class DecodingOptions:
+    """The first pass."""
+
+    #: recogniser: a named model, a CTranslate2 Whisper folder, a HF Whisper id, a speech-LLM folder
     asr: str = DEFAULT_ASR
-    lm: str | None = DEFAULT_LM
+    #: hypotheses per segment
     nbest: int = 8
-    weights: Weights = field(default_factory=Weights)
-    prompt: str | None = None
-    terms: list[str] = field(default_factory=list)
-    #: LM tokens of previous segments that condition the next one (long-form carry-over)
-    context_tokens: int = 128
-    #: also give the domain prompt and terms to Whisper as its initial prompt
-    asr_prompt: bool = True
-    #: terms per segment given to Whisper and the LLM; a longer list is narrowed per segment by a first
-    #: decoding and term retrieval, then the segment is decoded again (0: always give the whole list)
-    max_terms: int = 12
-    #: how that narrowing picks terms: "text" (the words of a first decoding spell the term) or "speech"
-    #: (the trained speech-to-entity retriever `retriever` (D5) reads the audio; one decoding instead of two)
-    term_retrieval: str = "text"
-    retriever: str = DEFAULT_RETRIEVER
-    #: segments decoded together by the first pass
+    #: segments decoded together
     batch_size: int = 8
+    #: CPU threads per model (0: all)
     threads: int = 0
+    device: str = "cpu"
     #: first-pass model replicas that can decode at the same time (the server sets its concurrency)
     asr_workers: int = 1
-    device: str = "cpu"
-    #: LLM precision: auto (bfloat16 where the hardware has it natively, else float32), float32, bfloat16
-    lm_dtype: str = "auto"
-    max_duration: float = 4 * 3600.0
-    #: format of headerless inputs (.raw, .pcm): ENCODING:RATE[:CHANNELS], e.g. s16le:8000 (llmasr.core.audio)
+    #: longest input (seconds)
+    max_duration: float = MAX_DURATION
+    #: format of headerless inputs (.raw, .pcm): ENCODING:RATE[:CHANNELS], e.g. s16le:8000
     raw_format: str | None = None
-    #: generative error correction after rescoring (an instruct LLM rewrites the N-best list, guarded)
-    correct: bool = False
-    corrector: str = DEFAULT_CORRECTOR
-    #: the guard: the correction is kept only within this share of word edits of some hypothesis
-    correct_max_change: float = MAX_CHANGE
-    profile: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def pcm_format(self) -> PcmFormat | None:
-        """`raw_format` parsed (validated in resolve_options)."""
+        """`raw_format` parsed (validated by `check_options`)."""
         return PcmFormat.parse(self.raw_format) if self.raw_format else None
+
+
+@dataclass
+class RescoringOptions:
+    """The LM that rescores each N-best list, and how its score is combined."""
+
+    #: a named model, a HF id, a local folder; None: no LM (the recogniser's score, word bonus, agreement)
+    lm: str | None = DEFAULT_LM
+    weights: Weights = field(default_factory=Weights)
+    #: LM tokens of previous segments that condition the next one (long-form carry-over)
+    context_tokens: int = 128
+    #: LLM precision: auto (bfloat16 where the hardware has it natively, else float32), float32, bfloat16
+    lm_dtype: str = "auto"
+
+
+@dataclass
+class ContextOptions:
+    """What conditions recognition and rescoring besides the audio."""
+
+    #: domain description (conditions the LLM; also the recogniser with `asr_prompt`)
+    prompt: str | None = None
+    terms: list[str] = field(default_factory=list)
+    #: also give the domain prompt and terms to the recogniser (Whisper's initial prompt)
+    asr_prompt: bool = True
+    #: terms per segment; a longer list is narrowed per segment by term retrieval (0: the whole list)
+    max_terms: int = 12
+    #: how that narrowing picks terms: "text" (from a first decoding's words) or "speech" (the trained
+    #: speech-to-entity retriever reads the audio; one decoding instead of two)
+    term_retrieval: str = "text"
+    retriever: str = DEFAULT_RETRIEVER
+
+
+@dataclass
+class CorrectionOptions:
+    """Generative error correction: an instruct LLM rewrites the N-best list after rescoring, guarded."""
+
+    enabled: bool = False
+    corrector: str = DEFAULT_CORRECTOR
+    #: the guard: a correction is kept only within this share of word edits of some hypothesis
+    max_change: float = MAX_CHANGE
+
+
+@dataclass
+class Options:
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    rescoring: RescoringOptions = field(default_factory=RescoringOptions)
+    context: ContextOptions = field(default_factory=ContextOptions)
+    correction: CorrectionOptions = field(default_factory=CorrectionOptions)
+    #: the profile whose values were used (a user's, or the shipped one of the pair)
+    profile: str | None = None
+    #: flat names the caller set explicitly (not defaults or profiles): the ones `check_options` judges
+    given: frozenset[str] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["given"] = sorted(self.given)
+        return data
+
+    def flat(self) -> dict[str, Any]:
+        """Every option by its flat name (what a profile or `resolve_options` takes)."""
+        return {name: getattr(getattr(self, section), attr) for name, (section, attr) in FLAT.items()}
+
+
+#: flat option name -> (record, field): the names of the CLI flags, profiles and the Python API
+FLAT: dict[str, tuple[str, str]] = {
+    **{f.name: ("decoding", f.name) for f in fields(DecodingOptions)},
+    **{f.name: ("rescoring", f.name) for f in fields(RescoringOptions)},
+    **{f.name: ("context", f.name) for f in fields(ContextOptions)},
+    "correct": ("correction", "enabled"),
+    "corrector": ("correction", "corrector"),
+    "correct_max_change": ("correction", "max_change"),
+}
+#: the weights, also settable one by one by flat name (`--lm-weight`, `lm_weight=`)
+WEIGHT_NAMES = tuple(f.name for f in fields(Weights))
+LM_WEIGHT_NAMES = ("lm_weight", "lm_norm_weight", "lm_word_weight")
+
+
+def make_options(given: frozenset[str] | None = None, **flat: Any) -> Options:
+    """Options from flat names over the record defaults (no profiles). Raises OptionError for unknown
+    names or values of the wrong kind."""
+    unknown = sorted(set(flat) - set(FLAT) - set(WEIGHT_NAMES))
+    if unknown:
+        raise OptionError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(FLAT))}")
+    sections: dict[str, dict[str, Any]] = {"decoding": {}, "rescoring": {}, "context": {}, "correction": {}}
+    weights = flat.pop("weights", None)
+    if isinstance(weights, Weights):
+        weights = asdict(weights)
+    weights = dict(weights or {})
+    for name in WEIGHT_NAMES:
+        if name in flat:
+            weights[name] = flat.pop(name)
+    for name, value in flat.items():
+        section, attr = FLAT[name]
+        sections[section][attr] = value
+    try:
+        sections["rescoring"]["weights"] = Weights(**{k: float(v) for k, v in weights.items()})
+        opts = Options(
+            decoding=DecodingOptions(**sections["decoding"]),
+            rescoring=RescoringOptions(**sections["rescoring"]),
+            context=ContextOptions(**sections["context"]),
+            correction=CorrectionOptions(**sections["correction"]),
+        )
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"bad option: {exc}") from None
+    opts.given = frozenset(given or ())
+    return opts
 
 
 def _profile_name(asr: str, lm: str | None) -> str:
@@ -83,38 +186,23 @@ def shipped_profile(asr: str, lm: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def read_yaml_mapping(
-    path: str | Path, what: str = "profile", error: type[LlmasrError] = LlmasrError
-) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (profiles, training recipes); errors name the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise error(f"{p}: {what} not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise error(f"{p}: not a valid YAML {what} ({exc})") from exc
-    if not isinstance(data, dict):
-        raise error(f"{p}: a {what} is a YAML mapping")
-    return data
-
-
 def read_profile(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     data = read_yaml_mapping(p, "profile")
-    unknown = set(data) - {f.name for f in fields(Options)} - {"tuned"}
+    unknown = set(data) - set(FLAT) - {"tuned"}
     if unknown:
-        raise LlmasrError(f"{p}: unknown profile keys: {', '.join(sorted(unknown))}")
+        raise OptionError(f"{p}: unknown profile keys: {', '.join(sorted(unknown))}")
     return data
 
 
 def write_profile(options: Options, path: str | Path, tuned: dict[str, Any] | None = None) -> Path:
+    """The tunable part of `options` (recogniser, LM, N-best size, weights, context budget) as YAML."""
     data: dict[str, Any] = {
-        "asr": options.asr,
-        "lm": options.lm,
-        "nbest": options.nbest,
-        "weights": asdict(options.weights),
-        "context_tokens": options.context_tokens,
+        "asr": options.decoding.asr,
+        "lm": options.rescoring.lm,
+        "nbest": options.decoding.nbest,
+        "weights": asdict(options.rescoring.weights),
+        "context_tokens": options.rescoring.context_tokens,
     }
     if tuned:
         data["tuned"] = tuned
@@ -125,8 +213,17 @@ def write_profile(options: Options, path: str | Path, tuned: dict[str, Any] | No
 
 
 def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
-    """Dataclass defaults < shipped profile for the (asr, lm) pair < user profile < explicit values."""
+    """Record defaults < shipped profile for the (asr, lm) pair < user profile < explicit values.
+
+    `overrides` are flat names (FLAT, or single weights such as lm_weight); None means "not given".
+    Raises OptionError for bad values and for explicit options that cannot act (see check_options).
+    """
     given = {k: v for k, v in overrides.items() if v is not None}
+    weights_given = given.pop("weights", None) or {}
+    weights_given = asdict(weights_given) if isinstance(weights_given, Weights) else dict(weights_given)
+    for name in WEIGHT_NAMES:
+        if name in given:
+            weights_given[name] = given.pop(name)
     user = read_profile(profile) if profile else {}
     asr = given.get("asr", user.get("asr", DEFAULT_ASR))
     lm = given.get("lm", user.get("lm", DEFAULT_LM))
@@ -137,35 +234,63 @@ def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
     if not shipped and lm is not None:
         shipped = {"weights": dict(UNTUNED_LM_WEIGHTS)}
     merged: dict[str, Any] = {}
-    for layer in (shipped, user, given):
+    weights: dict[str, float] = {}
+    for layer in (shipped, user, {**given, "weights": weights_given}):
         for key, value in layer.items():
             if key == "tuned":
                 continue
-            if key == "weights" and isinstance(value, dict):
-                merged["weights"] = {**merged.get("weights", {}), **value}
+            if key == "weights":
+                if isinstance(value, Weights):
+                    value = asdict(value)
+                if not isinstance(value, dict):
+                    raise OptionError(f"weights: expected a mapping of weight names, got {value!r}")
+                weights.update(value)
             else:
                 merged[key] = value
     merged["asr"], merged["lm"] = asr, lm
-    weights = merged.pop("weights", {})
-    if isinstance(weights, Weights):
-        weights = asdict(weights)
-    try:
-        w = Weights(**weights)
-        opts = Options(**merged, weights=w)
-    except TypeError as exc:
-        raise LlmasrError(f"bad option: {exc}") from exc
+    names = set(given) | set(weights_given)
+    opts = make_options(given=frozenset(names), weights=weights, **merged)
     opts.profile = str(profile) if profile else (str(shipped_path) if shipped_path else None)
-    if opts.lm is None:
-        opts.weights.lm_weight = 0.0
-    if opts.nbest < 1:
-        raise LlmasrError(f"nbest must be at least 1, got {opts.nbest}")
-    if opts.raw_format:
-        try:
-            opts.pcm_format()
-        except ValueError as exc:
-            raise LlmasrError(f"--raw-format: {exc}") from None
-    if opts.term_retrieval not in TERM_RETRIEVALS:
-        raise LlmasrError(
-            f"term retrieval '{opts.term_retrieval}': choose one of {', '.join(TERM_RETRIEVALS)}"
-        )
+    if opts.rescoring.lm is None:
+        for name in LM_WEIGHT_NAMES:
+            setattr(opts.rescoring.weights, name, 0.0)
+    check_options(opts)
     return opts
+
+
+def check_options(opts: Options) -> None:
+    """Values in range, and no explicit option that cannot act in this configuration (OptionError
+    saying why). Checks that need the loaded recogniser are the Pipeline's."""
+    d, r, c, k = opts.decoding, opts.rescoring, opts.context, opts.correction
+    if d.nbest < 1:
+        raise OptionError(f"nbest must be at least 1, got {d.nbest}")
+    if d.batch_size < 1:
+        raise OptionError(f"batch_size must be at least 1, got {d.batch_size}")
+    if d.raw_format:
+        try:
+            d.pcm_format()
+        except ValueError as exc:
+            raise OptionError(f"--raw-format: {exc}") from None
+    if c.term_retrieval not in TERM_RETRIEVALS:
+        raise OptionError(f"term retrieval '{c.term_retrieval}': choose one of {', '.join(TERM_RETRIEVALS)}")
+    if r.lm_dtype not in LM_DTYPES:
+        raise OptionError(f"--lm-dtype '{r.lm_dtype}': choose one of {', '.join(LM_DTYPES)}")
+    if not 0.0 <= k.max_change <= 1.0:
+        raise OptionError(f"--correct-max-change {k.max_change}: a share of words, from 0 to 1")
+    given = opts.given
+    if r.lm is None:
+        idle = [n for n in ("lm_dtype", "context_tokens", *LM_WEIGHT_NAMES) if n in given]
+        if idle:
+            raise OptionError(
+                f"--{_flag(idle[0])} has no effect with --lm none: there is no LM to weigh or run"
+            )
+    if not k.enabled:
+        idle = [n for n in ("corrector", "correct_max_change") if n in given]
+        if idle:
+            raise OptionError(f"--{_flag(idle[0])} acts only with --correct")
+    if "retriever" in given and c.term_retrieval != "speech":
+        raise OptionError("--retriever acts only with --term-retrieval speech")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

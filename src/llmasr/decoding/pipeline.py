@@ -1,93 +1,52 @@
-"""Shallow fusion end to end: audio -> VAD segments -> N-best -> LLM rescoring -> Transcript.
+"""One pipeline for every recogniser: audio -> VAD segments -> N-best -> LLM rescoring -> correction.
 
-A `Pipeline` loads its models once and transcribes many inputs; the CLI, the Python API,
-evaluation, tuning and the server all go through it.
+Any `Recognizer` (Whisper, pocketsphinx, the token CTC recogniser, a trained speech-LLM) gives each segment
+an N-best list; the rescoring LM chooses (conditioned on the domain prompt, the segment's terms and the
+previous segments), an optional corrector rewrites the choice (guarded), and the recogniser times the
+words of the final text. A `Pipeline` loads its models once and transcribes many inputs; the CLI, the
+Python API, evaluation, tuning, batch transcription and the server all go through it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmasr.components.asr.base import Recognizer
+from llmasr.components.asr.registry import LoadSettings, load_recognizer
 from llmasr.components.lm.base import Scorer
+from llmasr.components.lm.registry import load_scorer
 from llmasr.core import vad
 from llmasr.core.audio import SAMPLE_RATE, PcmFormat, load_input
 from llmasr.core.errors import ModelError
 from llmasr.core.types import Hypothesis, Segment, Transcript, Word
 from llmasr.decoding.context import build_context
-from llmasr.decoding.options import Options, resolve_options
-from llmasr.decoding.rescore import Rescorer
+from llmasr.decoding.options import LM_WEIGHT_NAMES, OptionError, Options, resolve_options
+from llmasr.decoding.rescore import NbestRescorer
 from llmasr.decoding.terms import TermRetriever
 from llmasr.models.registry import resolve
 
 
-def load_recognizer(name: str, options: Options, log: Callable[[str], None] | None = None) -> Recognizer:
-    kind, location = resolve(name, "asr", log=log)
-    if kind == "whisper":
-        from llmasr.components.asr.whisper import WhisperRecognizer
-
-        return WhisperRecognizer(
-            location, name=name, device=options.device, threads=options.threads, workers=options.asr_workers
-        )
-    if kind == "ctc":
-        from llmasr.components.asr.ctc import CtcRecognizer
-
-        return CtcRecognizer(location, name=name, device=options.device)
-    if kind == "pocketsphinx":
-        from llmasr.components.asr.pocketsphinx import PocketsphinxRecognizer
-
-        return PocketsphinxRecognizer()
-    if kind == "hf-asr":  # a Hugging Face Whisper (hub id or transformers folder): converted once, cached
-        from llmasr.components.asr.convert import convert_hf_whisper
-        from llmasr.components.asr.whisper import WhisperRecognizer
-
-        converted = convert_hf_whisper(location, log=log)
-        return WhisperRecognizer(
-            str(converted),
-            name=name,
-            device=options.device,
-            threads=options.threads,
-            workers=options.asr_workers,
-        )
-    raise ModelError(f"'{name}' resolved to an unknown recogniser kind '{kind}'")
-
-
-def load_scorer(
-    name: str | None, options: Options, log: Callable[[str], None] | None = None
-) -> Scorer | None:
-    if not name:
-        return None
-    kind, location = resolve(name, "lm", log=log)
-    if kind == "ngram":
-        from llmasr.components.lm.ngram import NgramScorer
-
-        return NgramScorer(location, name=name)
-    from llmasr.components.lm.causal import CausalLMScorer
-
-    return CausalLMScorer(
-        location, name=name, device=options.device, dtype=options.lm_dtype, threads=options.threads
-    )
-
-
-def load_corrector(name: str, options: Options, log: Callable[[str], None] | None = None) -> Any:
+def load_corrector(options: Options, log: Callable[[str], None] | None = None) -> Any:
+    """The generative corrector `options.correction` names (an instruct causal LLM)."""
     from llmasr.decoding.correct import GenerativeCorrector
 
+    name = options.correction.corrector
     kind, location = resolve(name, "lm", log=log)
     if kind != "causal-lm":
         raise ModelError(f"'{name}' is a {kind} model; generative correction needs a causal (instruct) LLM")
     return GenerativeCorrector(
         location,
         name=name,
-        device=options.device,
-        dtype=options.lm_dtype,
-        threads=options.threads,
-        max_change=options.correct_max_change,
+        device=options.decoding.device,
+        dtype=options.rescoring.lm_dtype,
+        threads=options.decoding.threads,
+        max_change=options.correction.max_change,
     )
 
 
@@ -106,6 +65,10 @@ class SegmentResult:
 
 
 class Pipeline:
+    """Transcription with any recogniser; see the module doc. Models are loaded in `__init__` (or given:
+    tests, a server sharing one), and per-call prompt, terms, N-best size and raw format override the
+    options."""
+
     def __init__(
         self,
         options: Options | None = None,
@@ -116,30 +79,52 @@ class Pipeline:
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options or resolve_options()
-        self.recognizer = recognizer or load_recognizer(self.options.asr, self.options, log=log)
-        if scorer is None and self.options.lm:
-            if self.options.weights.lm_weight != 0.0:
-                scorer = load_scorer(self.options.lm, self.options, log=log)
-            else:  # weight 0: the LM is never run, but a wrong name is still an error
-                resolve(self.options.lm, "lm", log=log)
+        o = self.options
+        d = o.decoding
+        self.recognizer = recognizer or load_recognizer(
+            d.asr, LoadSettings(device=d.device, threads=d.threads, workers=d.asr_workers), log=log
+        )
+        self._check_recognizer()
+        lm = o.rescoring.lm
+        if scorer is None and lm:
+            if any(getattr(o.rescoring.weights, name) != 0.0 for name in LM_WEIGHT_NAMES):
+                scorer = load_scorer(
+                    lm, device=d.device, dtype=o.rescoring.lm_dtype, threads=d.threads, log=log
+                )
+            else:  # every LM weight 0: the LM is never run, but a wrong name is still an error
+                resolve(lm, "lm", log=log)
         self.scorer = scorer
         self._finder: Any = None
         self.corrector = corrector
-        if corrector is None and self.options.correct:
-            self.corrector = load_corrector(self.options.corrector, self.options, log=log)
+        if corrector is None and o.correction.enabled:
+            self.corrector = load_corrector(o, log=log)
 
-    def asr_prompt(self, prompt: str | None = None, terms: list[str] | None = None) -> str | None:
-        if not self.options.asr_prompt:
+    def _check_recognizer(self) -> None:
+        """Explicit options this recogniser cannot honour are errors, not silently dropped."""
+        rec, o = self.recognizer, self.options
+        cap = int(getattr(rec, "max_nbest", 32))
+        if "nbest" in o.given and o.decoding.nbest > cap:
+            raise OptionError(
+                f"--nbest {o.decoding.nbest}: {rec.name} gives at most {cap} hypothesis per segment"
+            )
+        if "asr_prompt" in o.given and o.context.asr_prompt and not getattr(rec, "accepts_prompt", True):
+            raise OptionError(f"--asr-prompt: {rec.name} takes no text prompt (the LLM still reads it)")
+
+    # ---- the first pass ------------------------------------------------------------------------
+
+    def asr_prompt(self, prompt: str | None = None, terms: Sequence[str] | None = None) -> str | None:
+        """The recogniser's text prompt: domain description, then terms; None when it takes none."""
+        if not self.options.context.asr_prompt or not getattr(self.recognizer, "accepts_prompt", True):
             return None
         parts = [p.strip().rstrip(".") for p in [prompt, ", ".join(terms or [])] if p and p.strip()]
         return ". ".join(parts) or None
 
     def entity_finder(self) -> Any:
-        """The speech-to-entity retriever (D5), loaded on first use."""
+        """The speech-to-entity retriever, loaded on first use."""
         if self._finder is None:
             from llmasr.components.entities.retriever import shared_finder
 
-            self._finder = shared_finder(self.options.retriever)
+            self._finder = shared_finder(self.options.context.retriever)
         return self._finder
 
     def first_pass(
@@ -149,7 +134,8 @@ class Pipeline:
         terms: Sequence[str] | None = None,
         nbest: int | None = None,
     ) -> Iterator[SegmentResult]:
-        """N-best lists of the VAD segments, decoded `batch_size` at a time.
+        """N-best lists of the VAD segments, decoded `batch_size` at a time, each padded with silence at
+        its edges (vad.pad_edges).
 
         A term list longer than `max_terms` is narrowed per segment (Whisper keeps only ~223 prompt
         tokens, too few for a long list). `term_retrieval: text`: a first decoding with the domain prompt
@@ -157,39 +143,46 @@ class Pipeline:
         those. `speech`: the trained speech-to-entity retriever picks them from the audio, and the segment
         is decoded once.
         """
+        c = self.options.context
         terms = list(terms or [])
-        limit = self.options.max_terms
-        narrow = bool(terms) and 0 < limit < len(terms) and self.options.asr_prompt
-        by_speech = narrow and self.options.term_retrieval == "speech"
+        limit = c.max_terms
+        narrow = bool(terms) and 0 < limit < len(terms) and c.asr_prompt
+        by_speech = narrow and c.term_retrieval == "speech"
         retriever = TermRetriever(terms) if narrow and not by_speech else None
+        redecode = getattr(self.recognizer, "accepts_prompt", True)
         spans = vad.split(audio, max_seconds=self.recognizer.window)
-        batch = max(1, self.options.batch_size)
-        n = nbest or self.options.nbest
+        batch = max(1, self.options.decoding.batch_size)
+        n = nbest or self.options.decoding.nbest
         for i in range(0, len(spans), batch):
             chunk = spans[i : i + batch]
             padded = [vad.pad_edges(audio[s:e], self.recognizer.window) for s, e in chunk]
             pieces = [p for p, _ in padded]
-            leads = [lead for _, lead in padded]
             if by_speech:
-                found = self.entity_finder().top(pieces, terms, limit)
+                found = self.entity_finder().top([audio[s:e] for s, e in chunk], terms, limit)
                 picked = [[r.entity for r in row] for row in found]
                 lists = [
                     self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
                     for piece, seg_terms in zip(pieces, picked)
                 ]
-                for (s, e), piece, nb, seg_terms, lead in zip(chunk, pieces, lists, picked, leads):
-                    yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms, lead)
-                continue
-            lists = self.recognizer.nbest(
-                pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
-            )
-            for (s, e), piece, nb, lead in zip(chunk, pieces, lists, leads):
-                seg_terms = terms
-                if retriever is not None:
-                    seg_terms = retriever.top([h.text for h in nb], limit)
-                    if seg_terms:
-                        nb = self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
-                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, list(seg_terms), lead)
+            else:
+                first = self.recognizer.nbest(
+                    pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
+                )
+                picked, lists = [], []
+                for piece, nb in zip(pieces, first):
+                    seg_terms = terms
+                    if retriever is not None:
+                        seg_terms = retriever.top([h.text for h in nb], limit)
+                        if seg_terms and redecode:
+                            nb = self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[
+                                0
+                            ]
+                    picked.append(list(seg_terms))
+                    lists.append(nb)
+            for (s, e), (piece, lead), nb, seg_terms in zip(chunk, padded, lists, picked):
+                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms, lead)
+
+    # ---- one input -----------------------------------------------------------------------------
 
     def transcribe(
         self,
@@ -201,15 +194,17 @@ class Pipeline:
         nbest: int | None = None,
         raw: PcmFormat | None = None,
     ) -> Transcript:
-        """One input (path, bytes or 16 kHz float32 array) to a Transcript; per-call prompt, terms and
-        N-best size override the options (the server shares one Pipeline between requests)."""
+        """One input (a path, bytes, or a 16 kHz float32 array) to a Transcript; per-call prompt, terms,
+        N-best size and headerless format override the options (the server shares one Pipeline).
+        Raises AudioError for unusable audio (naming the input)."""
         started = time.perf_counter()
+        o = self.options
         label, decoded = load_input(
-            source, name=name, max_duration=self.options.max_duration, raw=raw or self.options.pcm_format()
+            source, name=name, max_duration=o.decoding.max_duration, raw=raw or o.decoding.pcm_format()
         )
         audio = decoded.samples
-        prompt = prompt if prompt is not None else self.options.prompt
-        terms = terms if terms is not None else self.options.terms
+        prompt = prompt if prompt is not None else o.context.prompt
+        terms = terms if terms is not None else o.context.terms
         timings = {"first_pass": 0.0, "rescoring": 0.0, "correction": 0.0, "alignment": 0.0}
         corrections = [0, 0]  # accepted, tried
         segments: list[Segment] = []
@@ -218,53 +213,20 @@ class Pipeline:
         for seg in self.first_pass(audio, prompt, terms, nbest):
             timings["first_pass"] += time.perf_counter() - t
             if seg.nbest:
-                t = time.perf_counter()
-                o = self.options
-                rescorer = Rescorer(self.scorer, o.weights, prompt, seg.terms, o.context_tokens)
-                chosen = rescorer.choose(seg.nbest, history)
-                timings["rescoring"] += time.perf_counter() - t
-                if self.corrector is not None:
-                    t = time.perf_counter()
-                    context = build_context(prompt, seg.terms, history[-1] if history else "")
-                    fix = self.corrector.correct([h.text for h in seg.nbest], chosen.text, context)
-                    corrections[0] += fix.accepted
-                    corrections[1] += 1
-                    if fix.accepted and fix.text != chosen.text.strip():
-                        chosen = Hypothesis(text=fix.text, am_score=chosen.am_score, lm_score=chosen.lm_score)
-                    timings["correction"] += time.perf_counter() - t
-                if chosen.text.strip():
-                    t = time.perf_counter()
-                    shift = seg.start - seg.lead
-
-                    def at(t: float, shift: float = shift, seg: SegmentResult = seg) -> float:
-                        return round(min(max(t + shift, seg.start), seg.end), 3)
-
-                    words = [
-                        Word(w.word, at(w.start), at(w.end), w.probability)
-                        for w in self.recognizer.align(seg.audio, chosen)
-                    ]
-                    timings["alignment"] += time.perf_counter() - t
-                    history.append(chosen.text.strip())
-                    segments.append(
-                        Segment(
-                            start=round(seg.start, 3),
-                            end=round(seg.end, 3),
-                            text=chosen.text.strip(),
-                            words=words,
-                            first_pass_text=seg.nbest[0].text.strip(),
-                            nbest=seg.nbest,
-                        )
-                    )
+                segment = self._finish(seg, prompt, history, timings, corrections)
+                if segment is not None:
+                    history.append(segment.text)
+                    segments.append(segment)
             t = time.perf_counter()
         duration = len(audio) / SAMPLE_RATE
         elapsed = time.perf_counter() - started
         info: dict[str, Any] = {
-            "asr": self.options.asr,
+            "asr": o.decoding.asr,
             "lm": self.scorer.name if self.scorer is not None else None,
             "lm_dtype": str(getattr(getattr(self.scorer, "model", None), "dtype", "")).replace("torch.", "")
             or None,
-            "weights": vars(self.options.weights).copy(),
-            "nbest": nbest or self.options.nbest,
+            "weights": vars(o.rescoring.weights).copy(),
+            "nbest": nbest or o.decoding.nbest,
             "corrector": self.corrector.name if self.corrector is not None else None,
             "corrections_accepted": corrections[0] if self.corrector is not None else None,
             "seconds": {k: round(v, 3) for k, v in {**timings, "total": elapsed}.items()},
@@ -272,3 +234,51 @@ class Pipeline:
             "input": decoded.describe(),
         }
         return Transcript(source=label, duration=duration, segments=segments, info=info)
+
+    def _finish(
+        self,
+        seg: SegmentResult,
+        prompt: str | None,
+        history: list[str],
+        timings: dict[str, float],
+        corrections: list[int],
+    ) -> Segment | None:
+        """Rescore, correct and time one segment's N-best list; None when the chosen text is empty."""
+        o = self.options
+        t = time.perf_counter()
+        rescorer = NbestRescorer(
+            self.scorer, o.rescoring.weights, prompt, seg.terms, o.rescoring.context_tokens
+        )
+        chosen = rescorer.choose(seg.nbest, history)
+        timings["rescoring"] += time.perf_counter() - t
+        if self.corrector is not None:
+            t = time.perf_counter()
+            context = build_context(prompt, seg.terms, history[-1] if history else "")
+            fix = self.corrector.correct([h.text for h in seg.nbest], chosen.text, context)
+            corrections[0] += fix.accepted
+            corrections[1] += 1
+            if fix.accepted and fix.text != chosen.text.strip():
+                chosen = replace(chosen, text=fix.text, tokens=[], words=[])
+            timings["correction"] += time.perf_counter() - t
+        text = chosen.text.strip()
+        if not text:
+            return None
+        t = time.perf_counter()
+        shift = seg.start - seg.lead
+
+        def at(value: float) -> float:
+            return round(min(max(value + shift, seg.start), seg.end), 3)
+
+        words = [
+            Word(w.word, at(w.start), at(w.end), w.probability)
+            for w in self.recognizer.align(seg.audio, chosen)
+        ]
+        timings["alignment"] += time.perf_counter() - t
+        return Segment(
+            start=round(seg.start, 3),
+            end=round(seg.end, 3),
+            text=text,
+            words=words,
+            first_pass_text=seg.nbest[0].text.strip(),
+            nbest=seg.nbest,
+        )

@@ -98,7 +98,7 @@ def written_words(text: str) -> int:
 
 
 @dataclass
-class Rescorer:
+class NbestRescorer:
     scorer: Scorer | None
     weights: Weights = field(default_factory=Weights)
     prompt: str | None = None

@@ -20,7 +20,7 @@ from llmasr.components.lm.base import Scorer
 from llmasr.core.errors import LlmasrError
 from llmasr.core.metrics import word_errors
 from llmasr.core.types import Hypothesis
-from llmasr.decoding.rescore import Candidate, Rescorer, Weights
+from llmasr.decoding.rescore import Candidate, NbestRescorer, Weights
 
 LM_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 WORD_BONUSES = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -67,7 +67,7 @@ def featurise(
         item = TuneItem(id=d.id, reference=d.reference)
         history: list[str] = []
         for nbest, terms in zip(d.nbests, d.terms):
-            rescorer = Rescorer(scorer, Weights(), d.prompt, terms, context_tokens)
+            rescorer = NbestRescorer(scorer, Weights(), d.prompt, terms, context_tokens)
             item.segments.append(rescorer.featurise(nbest, history, with_lm=scorer is not None))
             history.append(nbest[0].text)
         item.first_pass = " ".join(history)

@@ -503,6 +503,15 @@ def build_into(dest: Path, build: Callable[[Path], None], marker: dict[str, obje
     return dest
 
 
+def _is_speechllm(path: Path) -> bool:
+    """A trained speech-LLM: an export (model.safetensors + recipe.yaml), or a run of `llmasr train`."""
+    if (path / "model.safetensors").is_file() and (path / "recipe.yaml").is_file():
+        return True
+    return (path / "recipe.yaml").is_file() and (
+        (path / "export").is_dir() or (path / "checkpoints").is_dir()
+    )
+
+
 def resolve(name_or_path: str, family: str, log: Callable[[str], None] | None = None) -> tuple[str, str]:
     """Map a user's model argument to (kind, location).
 
@@ -520,6 +529,8 @@ def resolve(name_or_path: str, family: str, log: Callable[[str], None] | None = 
         if family == "asr":
             if (path / "model.bin").exists():
                 return "whisper", str(path)
+            if _is_speechllm(path):
+                return "speechllm", str(path)
             if (path / "retriever.json").exists():
                 return "ctc", str(path)
             return "hf-asr", str(path)

@@ -34,11 +34,10 @@ def train(
     (`kind: corrector`); CPU or GPU(s)."""
     from rich.console import Console
 
-    from llmasr.train.config import dump_recipe, load_recipe
+    from llmasr.train.config import dump_recipe, load_recipe, task_for
     from llmasr.train.corrector import CorrectorRecipe, train_corrector
     from llmasr.train.rescorer import RescorerRecipe, train_rescorer
     from llmasr.train.retriever import RetrieverRecipe, train_retriever
-    from llmasr.train.trainer import train as run
 
     console = Console(stderr=True)
 
@@ -48,30 +47,21 @@ def train(
     try:
         cfg = load_recipe(recipe, list(set_ or []))
         console.print(dump_recipe(cfg), highlight=False, markup=False)
-        if cfg.kind == "ctc_head":
-            from llmasr.train.ctc_head import CtcHeadTask
+        task = task_for(cfg)
+        if task is not None:
             from llmasr.train.loop import fit
 
-            result = fit(CtcHeadTask(cfg), resume=resume, max_steps=max_steps, console=console)
+            result = fit(task, resume=resume, max_steps=max_steps, console=console)
             dev = " ".join(f"{k} {v:.4f}" for k, v in result.dev.items())
-            console.print(
-                f"{result.steps} steps in {result.seconds:.1f} s; {dev}; exported {result.export}",
-                highlight=False,
-                markup=False,
-            )
-            return
-        if isinstance(cfg, RetrieverRecipe):
+            line = f"{dev or 'no dev data'}; exported {result.export or '- (stopped early)'}"
+            done = result
+        elif isinstance(cfg, RetrieverRecipe):
             done = train_retriever(cfg, console=console)
             line = f"dev recall@5 {done.dev_recall_at_5}; dev CER {pct(done.dev_cer)}; {done.retriever}"
         elif isinstance(cfg, (RescorerRecipe, CorrectorRecipe)):
-            fit = train_rescorer if isinstance(cfg, RescorerRecipe) else train_corrector
-            done = fit(cfg, resume=resume, max_steps=max_steps, console=console)  # type: ignore[arg-type]
+            train_lora = train_rescorer if isinstance(cfg, RescorerRecipe) else train_corrector
+            done = train_lora(cfg, resume=resume, max_steps=max_steps, console=console)  # type: ignore[arg-type]
             line = f"dev WER {pct(done.dev_wer_before)} -> {pct(done.dev_wer)}; adapter {done.adapter}"
-        else:
-            summary = run(cfg, resume=resume, max_steps=max_steps, console=console)
-            loss = f"{summary.loss:.4f}" if summary.loss is not None else "-"
-            line = f"loss {loss}; dev WER {pct(summary.dev_wer)}; checkpoint {summary.checkpoint}"
-            done = summary
     except LlmasrError as exc:
         console.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None

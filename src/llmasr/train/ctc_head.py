@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmasr.components.speech.ctc_head import CtcHeadConfig, TokenCtcHead, ctc_targets
+from llmasr.components.speech.ctc_head import CtcHeadConfig, TokenCtcHead, ctc_targets, lm_vocabulary
 from llmasr.data.states import encoder_setup, read_states
 from llmasr.train.config import OptimRecipe, RecipeError, RunRecipe, StageRecipe
 from llmasr.train.loop import length_batches
@@ -89,19 +89,6 @@ class StatesExample:
     targets: list[int]
 
 
-def load_lm_embeddings(name: str) -> tuple[torch.Tensor, Any]:
-    """(input-embedding matrix (V, H) float32, tokenizer) of a named/folder/HF causal LM."""
-    from llmasr.components.lm.causal import load_causal_lm
-    from llmasr.core.errors import LlmasrError
-    from llmasr.models.registry import resolve
-
-    kind, folder = resolve(name, "lm")
-    if kind != "causal-lm":
-        raise LlmasrError(f"'{name}' is a {kind} model; a CTC head needs a causal LM's vocabulary")
-    lm, tokenizer = load_causal_lm(folder, name=name, dtype="float32")
-    return lm.get_input_embeddings().weight.detach().clone(), tokenizer
-
-
 def load_state_examples(
     folders: list[str], tokenizer: Any, config: CtcHeadConfig, max_frames: int, limit: int | None = None
 ) -> list[StatesExample]:
@@ -136,10 +123,11 @@ class CtcHeadTask:
     """The token CTC head as a training plug-in (see llmasr.train.loop.Task)."""
 
     metrics = ("dev_wer", "dev_token_ratio")
+    num_workers = 0
 
     def __init__(self, recipe: CtcHeadRecipe) -> None:
         self.recipe = recipe.validate()
-        self.embeddings, self.tokenizer = load_lm_embeddings(recipe.model.lm)
+        self.embeddings, self.tokenizer = lm_vocabulary(recipe.model.lm)
         d = recipe.data
         self.train = load_state_examples(d.train, self.tokenizer, recipe.model, d.max_frames)
         self.dev = load_state_examples(
@@ -173,6 +161,9 @@ class CtcHeadTask:
             num_buckets=d.num_buckets,
         )
         return [[self.train[i] for i in b] for b in idx]
+
+    def collate(self, items: list[StatesExample]) -> list[StatesExample]:
+        return items  # padding happens in `loss`, after the time masks
 
     def set_stage(self, model: nn.Module, stage: StageRecipe) -> None:
         for p in model.parameters():

@@ -53,9 +53,16 @@ class Task(Protocol):
         """The model, on `device`, everything frozen (the loop calls `set_stage`)."""
         ...
 
+    #: processes that `collate` batches ahead of the loop (0: in the loop's own process)
+    num_workers: int
+
     def epoch_batches(self, epoch: int, rank: int, world: int) -> list[Any]:
         """This process's micro-batches of one epoch, in order (shuffled by seed + epoch); every process
         gets the same number, so they stay in step."""
+        ...
+
+    def collate(self, items: Any) -> Any:
+        """One micro-batch's items -> what `loss` takes (reading audio, padding); may run in a worker."""
         ...
 
     def set_stage(self, model: nn.Module, stage: StageRecipe) -> None:
@@ -227,13 +234,13 @@ def fit(task: Task, *, resume: bool = False, max_steps: int | None = None, conso
     say(f"{per_epoch} batches per epoch; stages: {plan}")
 
     def stream() -> Iterator[Any]:
-        """Micro-batches forever, epoch after epoch, from the saved data position."""
+        """Collated micro-batches forever, epoch after epoch, from the saved data position."""
         nonlocal epoch, cursor
         while True:
             batches = task.epoch_batches(epoch, acc.process_index, acc.num_processes)
-            while cursor < len(batches):
+            for batch in _collated(task, batches[cursor:]):
                 cursor += 1
-                yield batches[cursor - 1]
+                yield batch
             epoch, cursor = epoch + 1, 0
 
     summary = Summary(r.kind, 0, "", 0.0, str(out), None, str(ckpt) if ckpt else None)
@@ -384,6 +391,23 @@ def _save(
         prune(out / "checkpoints", keep, (STATE, WEIGHTS))
     acc.wait_for_everyone()
     return target
+
+
+def _collated(task: Task, batches: Sequence[Any]) -> Iterator[Any]:
+    """`task.collate` of each batch, in order; in `task.num_workers` DataLoader processes when asked
+    (audio decoding and featurising ahead of the loop)."""
+    workers = int(getattr(task, "num_workers", 0) or 0)
+    if workers <= 0:
+        return (task.collate(b) for b in batches)
+    loader = torch.utils.data.DataLoader(
+        list(batches),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=task.collate,
+        prefetch_factor=2,
+    )
+    return iter(loader)
 
 
 def _reduce(acc: Any, value: float) -> float:

@@ -73,7 +73,7 @@ def start_run(recipe: Any, console: Any = None) -> RunContext:
 def load_lora_lm(name: str, lora: LoraRecipe, dtype: str, device: str, purpose: str) -> tuple[Any, Any]:
     """(peft model, tokenizer): a named/folder/HF causal LM, frozen, with fresh LoRA weights."""
     from llmasr.components.lm.causal import load_causal_lm
-    from llmasr.components.lm.lora import LoraSettings, with_lora
+    from llmasr.components.lm.lora import with_lora
     from llmasr.core.errors import LlmasrError
     from llmasr.models.registry import resolve
 
@@ -81,9 +81,7 @@ def load_lora_lm(name: str, lora: LoraRecipe, dtype: str, device: str, purpose: 
     if kind != "causal-lm":
         raise LlmasrError(f"'{name}' is a {kind} model; a {purpose} needs a causal LM")
     lm, tokenizer = load_causal_lm(folder, name=name, device=device, dtype=dtype)
-    return with_lora(
-        lm, LoraSettings(lora.r, lora.alpha, lora.dropout, tuple(lora.target_modules))
-    ), tokenizer
+    return with_lora(lm, lora), tokenizer
 
 
 def save_adapter(module: torch.nn.Module, folder: Path) -> None:
@@ -146,7 +144,7 @@ def run_lora_loop(
 ) -> LoraSummary:
     """Train `module` (whose `.lm` is a peft model; only `lora_` parameters train) on `examples`
     with the recipe's stages, optimiser and run settings; writes `summary.json` and returns it."""
-    from llmasr.train.trainer import lr_factor, make_optimizer, stage_steps
+    from llmasr.train.loop import lr_factor, make_optimizer, stage_steps
 
     stages: Sequence[StageRecipe] = recipe.stages
     optim: OptimRecipe = recipe.optim

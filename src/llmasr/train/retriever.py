@@ -196,8 +196,8 @@ class RetrieverSummary:
 
 def train_retriever(recipe: RetrieverRecipe, *, console: Any = None, **_: Any) -> RetrieverSummary:
     from llmasr.components.entities.embed import TextEmbedder
+    from llmasr.train.loop import lr_factor, make_optimizer, stage_steps
     from llmasr.train.lora_loop import start_run
-    from llmasr.train.trainer import lr_factor, make_optimizer, stage_steps
 
     r = recipe.validate()
     ctx = start_run(r, console)

@@ -24,13 +24,13 @@ OpenAI's shape `{"error": {"message", "type", "param", "code"}}`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import math
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -40,22 +40,23 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmasr import __version__
 from llmasr.apps.serve.upload import FormError, read_form
-from llmasr.apps.writers import render
+from llmasr.apps.writers import OPENAI_FORMATS, WRITERS, render
 from llmasr.core.audio import PcmFormat, audio_duration, load_audio
 from llmasr.core.errors import AudioError, LlmasrError
 from llmasr.core.types import Transcript
+from llmasr.decoding.options import Options
 from llmasr.decoding.pipeline import Pipeline
 
 log = logging.getLogger("llmasr.apps.serve")
 
 #: the model id OpenAI clients default to; accepted and listed as an alias of the served pipeline
 OPENAI_ALIAS = "whisper-1"
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = tuple(OPENAI_FORMATS)
 GRANULARITIES = ("segment", "word")
 LANGUAGES = ("en", "english")
 MAX_NBEST = 32
@@ -76,10 +77,9 @@ class ServeSettings:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    #: recogniser and rescoring LM (None: llmasr's defaults; lm "none": no rescoring)
-    asr: str | None = None
-    lm: str | None = None
-    profile: str | None = None
+    #: what is served (recogniser of any kind, LM, weights, context, correction): the options
+    #: `llmasr transcribe` takes; None: llmasr's defaults
+    options: Options | None = None
     #: bearer token clients must send; None falls back to $LLMASR_API_KEY, and no key means no auth
     api_key: str | None = None
     max_upload_mb: float = 100.0
@@ -93,8 +93,6 @@ class ServeSettings:
     max_uploads: int = 32
     #: seconds from arrival to answer (upload, queue and transcription); then 408/503/504
     request_timeout: float = 600.0
-    #: CPU threads per model (None: llmasr's default)
-    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -116,17 +114,13 @@ class ServeSettings:
 
 
 def default_pipeline(settings: ServeSettings) -> Pipeline:
-    """The pipeline `llmasr transcribe` would build from the same asr/lm/profile options."""
+    """The pipeline `llmasr transcribe` would build from the same options, with one recogniser replica
+    per concurrent worker and the server's duration limit."""
     from llmasr.decoding.options import resolve_options
 
-    options = resolve_options(
-        profile=settings.profile,
-        asr=settings.asr,
-        lm=settings.lm,
-        threads=settings.threads,
-        asr_workers=settings.concurrency,
-        max_duration=settings.max_audio_seconds,
-    )
+    options = copy.deepcopy(settings.options) if settings.options is not None else resolve_options()
+    options.decoding.asr_workers = settings.concurrency
+    options.decoding.max_duration = settings.max_audio_seconds
     return Pipeline(options, log=log.info)
 
 
@@ -265,13 +259,12 @@ class _State:
 
     def model_id(self) -> str:
         """`asr+lm` (or just `asr` without rescoring) of the served pipeline."""
-        if self.pipeline is not None:
-            opts = self.pipeline.options
-            lm = opts.lm if self.pipeline.scorer is not None else None
-            asr = opts.asr
-        else:
-            asr = self.settings.asr or "default"
-            lm = self.settings.lm
+        opts = self.pipeline.options if self.pipeline is not None else self.settings.options
+        if opts is None:
+            return "default"
+        asr, lm = opts.decoding.asr, opts.rescoring.lm
+        if self.pipeline is not None and self.pipeline.scorer is None:
+            lm = None
         return f"{asr}+{lm}" if lm and lm.lower() != "none" else asr
 
 
@@ -608,54 +601,12 @@ def _audio_error(exc: AudioError) -> ApiError:
 
 
 def _respond(result: Transcript | ApiError, job: _Request) -> Response:
+    """The transcript in the asked OpenAI response_format, rendered by the writers registry."""
     if isinstance(result, ApiError):
         raise result
-    fmt = job.response_format
-    usage = {"type": "duration", "seconds": math.ceil(result.duration)}
-    if fmt == "json":
-        return JSONResponse({"text": result.text, "usage": usage})
-    if fmt == "verbose_json":
-        return JSONResponse({**verbose_json(result, words=job.words), "usage": usage})
-    return PlainTextResponse(render(result, {"text": "txt"}.get(fmt, fmt)))
-
-
-def verbose_json(transcript: Transcript, *, words: bool = False) -> dict[str, Any]:
-    """OpenAI's verbose_json shape; `first_pass_text` (Whisper's own best guess) is an llmasr extra."""
-    segments = []
-    for i, seg in enumerate(transcript.segments):
-        chosen = next((h for h in seg.nbest if h.text.strip() == seg.text), None)
-        tokens = list(chosen.tokens) if chosen else []
-        encoded = seg.text.encode("utf-8")
-        segments.append(
-            {
-                "id": i,
-                "seek": round(seg.start * 100),
-                "start": seg.start,
-                "end": seg.end,
-                "text": seg.text,
-                "tokens": tokens,
-                "temperature": 0.0,
-                "avg_logprob": round(chosen.am_score / max(1, len(tokens)), 4) if chosen else 0.0,
-                "compression_ratio": round(len(encoded) / len(zlib.compress(encoded)), 4) if encoded else 0.0,
-                "no_speech_prob": 0.0,
-                "first_pass_text": seg.first_pass_text,
-            }
-        )
-    out: dict[str, Any] = {
-        "task": "transcribe",
-        "language": "english",
-        "duration": round(transcript.duration, 3),
-        "text": transcript.text,
-        "segments": segments,
-    }
-    if words:
-        out["words"] = [
-            {"word": w.word.strip(), "start": w.start, "end": w.end}
-            for seg in transcript.segments
-            for w in seg.words
-            if w.word.strip()
-        ]
-    return out
+    name = OPENAI_FORMATS[job.response_format]
+    body = render(result, name, words=job.words)
+    return Response(body, media_type=WRITERS[name].media_type)
 
 
 def _code_of(status: int) -> str:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from llmasr.apps.flags import options_from_flags, with_run_flags
+from llmasr.core.errors import LlmasrError
 
 app = typer.Typer(
     help="OpenAI-compatible transcription server (POST /v1/audio/transcriptions).",
@@ -28,18 +30,12 @@ def _is_loopback(host: str) -> bool:
 
 
 @app.command()
+@with_run_flags()
 def serve(
     host: Annotated[
         str, typer.Option(help="Address to listen on; the default serves this machine only.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    asr: Annotated[
-        str | None, typer.Option("--asr", help="Recogniser: a named model or a CTranslate2 Whisper folder.")
-    ] = None,
-    lm: Annotated[
-        str | None, typer.Option("--lm", help="Rescoring LM: a named model, a HF id, a folder, or 'none'.")
-    ] = None,
-    profile: Annotated[Path | None, typer.Option(help="Tuned profile (YAML) from `llmasr tune`.")] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -59,8 +55,9 @@ def serve(
     request_timeout: Annotated[
         float, typer.Option(help="Seconds per request, upload + queue + transcription.")
     ] = 600.0,
-    threads: Annotated[int | None, typer.Option(help="CPU threads per model (0 = all).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    *,
+    run_flags: dict[str, Any],
 ) -> None:
     """Serve the models over an OpenAI-compatible HTTP API (point an OpenAI client's base_url at /v1)."""
     import uvicorn
@@ -68,12 +65,15 @@ def serve(
     from llmasr.apps.serve.app import ServeSettings, create_app
 
     try:
+        options = options_from_flags(run_flags)
+    except LlmasrError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
         settings = ServeSettings(
             host=host,
             port=port,
-            asr=asr,
-            lm=lm,
-            profile=str(profile) if profile else None,
+            options=options,
             api_key=api_key,
             max_upload_mb=max_upload_mb,
             max_audio_seconds=max_audio_seconds,
@@ -81,7 +81,6 @@ def serve(
             queue_size=queue_size,
             max_uploads=max_uploads,
             request_timeout=request_timeout,
-            threads=threads,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

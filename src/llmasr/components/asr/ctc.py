@@ -1,9 +1,9 @@
-"""A CTC recogniser: a frozen speech encoder and a character CTC head, greedy decoding (D2's first pass).
+"""A CTC recogniser: a frozen speech encoder and a token CTC head over an LLM's vocabulary.
 
-The head is the one the speech-to-entity retriever (D5) trains to compress speech (stage 1 of
-`recipes/retriever_tiny.yaml`), so one trained file serves both. Its output is lowercase, unpunctuated
-text with spelling slips; D2's text decoder (`--correct` with a decoder trained on such text) turns it
-into formatted text.
+The head (llmasr.components.speech.ctc_head) is the speech-LLMs' alignment stage; its greedy output is a
+transcript on its own: lowercase, unpunctuated, numbers as words (what the audio says). It is the first
+pass of CTC + LM correction (`--asr whisper-tiny.en-ctc --correct --corrector smollm2-135m-d2-decoder`),
+and its emission frames time words.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmasr.core.errors import ModelError
 from llmasr.core.types import Hypothesis, Word
 
 
 def greedy_ctc(logits: torch.Tensor, length: int, vocab: Sequence[str], blank: int = 0) -> tuple[str, float]:
-    """Best path of one (T, V) logit matrix: repeats merged, blanks dropped; (text, log-probability)."""
+    """Best path of one (T, V) logit matrix over a character vocabulary: repeats merged, blanks dropped;
+    (text, log-probability). (The entity retriever's character head reads its output this way.)"""
     logp = torch.log_softmax(logits[:length].float(), dim=-1)
     best, ids = logp.max(-1)
     out, prev = [], blank
@@ -31,37 +31,57 @@ def greedy_ctc(logits: torch.Tensor, length: int, vocab: Sequence[str], blank: i
 
 
 class CtcRecognizer:
+    """Greedy CTC over the LLM's tokens: one hypothesis per segment, word times from the emissions.
+
+    `am_score` is the best path's log-probability (nats). The head's config names its encoder (and the
+    window it was trained with) and the LLM whose vocabulary and embeddings it uses.
+    """
+
     window = 30.0
+    accepts_prompt = False
+    max_nbest = 1
 
     def __init__(self, folder: str | Path, name: str = "ctc", device: str = "cpu") -> None:
-        from llmasr.components.entities.retriever import SpeechEntityRetriever
-        from llmasr.components.speech.adapters import CHAR_VOCAB
+        import json
+
+        from llmasr.components.speech.ctc_head import CONFIG, lm_vocabulary, load_head
         from llmasr.components.speech.encoders import load_encoder
 
-        model = SpeechEntityRetriever.load(folder)
-        if model.config.vocab_size != len(CHAR_VOCAB):
-            raise ModelError(
-                f"{folder}: its CTC head has {model.config.vocab_size} labels, not {len(CHAR_VOCAB)}"
-            )
-        self.head = model.compressor.ctc_head.to(device).eval()
-        self.blank = model.config.blank
-        self.vocab = CHAR_VOCAB
-        self.encoder = load_encoder(model.config.encoder).to(device).eval()
+        config = json.loads((Path(folder) / CONFIG).read_text(encoding="utf-8"))
+        embeddings, self.tokenizer = lm_vocabulary(config["lm"])
+        self.head = load_head(str(folder), embeddings).to(device).eval()
+        self.encoder = load_encoder(config["encoder"], trim_tail=config.get("trim_tail")).to(device).eval()
         self.name = name
 
     @torch.no_grad()
+    def _paths(self, segments: Sequence[np.ndarray]) -> list[list[tuple[int, int, float]]]:
+        pieces = [np.asarray(a, dtype=np.float32) for a in segments]
+        features = self.encoder.features(pieces)
+        hidden = self.encoder(features.to(self.head.embeddings.device))
+        lengths = self.encoder.output_lengths(torch.tensor([len(a) for a in pieces])).to(hidden.device)
+        logits, head_lengths = self.head(hidden, lengths)
+        return self.head.greedy(logits, head_lengths)
+
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
         """One hypothesis per segment (greedy CTC has no list); `prompt` is not used by CTC."""
-        from llmasr.components.speech.encoders import encode_utterances
-
         out = []
-        for states in encode_utterances(self.encoder, list(segments)) if segments else []:
-            logits = self.head(torch.from_numpy(states.astype(np.float32)))  # float16 states, as in training
-            text, score = greedy_ctc(logits, len(logits), self.vocab, self.blank)
-            out.append([Hypothesis(text=text, am_score=score)] if text else [])
+        for path in self._paths(segments) if len(segments) else []:
+            ids = [tok for tok, _, _ in path]
+            text = self.tokenizer.decode(ids).strip()
+            score = float(sum(lp for _, _, lp in path))
+            out.append([Hypothesis(text=text, am_score=score, tokens=ids)] if text else [])
         return out
 
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
-        return []  # no word timings: writers share a segment's time out over its text
+        """Word times from the head's emission frames (see llmasr.components.asr.speechllm)."""
+        from llmasr.components.asr.speechllm import head_words, match_times
+        from llmasr.core.audio import SAMPLE_RATE
+
+        words = hypothesis.text.split()
+        if not words:
+            return []
+        path = self._paths([audio])[0]
+        spoken = head_words(self.tokenizer, path, self.head.frame_seconds(self.encoder.frames_per_second))
+        return match_times(words, spoken, len(audio) / SAMPLE_RATE)

@@ -84,6 +84,9 @@ class PocketsphinxRecognizer:
     pocketsphinx cannot be prompted.
     """
 
+    accepts_prompt = False
+    max_nbest = 32
+
     name = "pocketsphinx-en-us"
     window = 60.0
 

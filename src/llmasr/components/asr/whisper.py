@@ -55,6 +55,8 @@ class WhisperRecognizer:
     """A CTranslate2 Whisper model (a named one, or any converted folder)."""
 
     window = 30.0
+    accepts_prompt = True
+    max_nbest = 32
 
     def __init__(
         self,

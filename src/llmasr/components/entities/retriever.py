@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from llmasr.components.entities.db import EntityDB
-from llmasr.components.speech.adapters import CTCCompressor, length_mask
+from llmasr.components.speech.adapters import CharCtcCompressor, length_mask
 from llmasr.core.errors import ModelError
 
 
@@ -54,7 +54,7 @@ class SpeechEntityRetriever(nn.Module):
         super().__init__()
         c = config
         self.config = c
-        self.compressor = CTCCompressor(
+        self.compressor = CharCtcCompressor(
             c.speech_dim, c.dim, c.vocab_size, c.blank, head_hidden_dim=c.ctc_hidden
         )
         self.window = nn.Conv1d(c.dim, c.dim, c.window, padding=c.window // 2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -11,12 +11,13 @@ from llmasr.core.errors import ModelError
 
 @dataclass
 class LoraSettings:
-    """LoRA on the LLM's attention projections (names as in Llama, Qwen, Gemma, SmolLM)."""
+    """LoRA on the LLM's attention projections (names as in Llama, Qwen, Gemma, SmolLM); the `lora:`
+    section of every training recipe."""
 
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 def base_causal_lm(model: nn.Module) -> nn.Module:

@@ -5,9 +5,14 @@ is used: `forward(hidden, lengths) -> AdapterOutput`. Frames at or past an examp
 zeroed before any frame is mixed with its neighbours, so an example gives the same embeddings
 whether it is padded in a batch or run alone.
 
-- StackAdapter (D3): k consecutive frames concatenated, then a projection.
-- ConvAdapter (D1 style): strided 1-D convolution, then an MLP.
-- CTCCompressor (D4, D5): a CTC head; blank frames dropped, runs of one label averaged.
+- StackAdapter: k consecutive frames concatenated, then a projection (Fathullah et al. 2023); over a
+  trained token CTC head it stacks the head's posterior-weighted LLM embeddings.
+- ConvAdapter: strided 1-D convolution, then an MLP (the downsampler of cross-attention models).
+- CtcCompressor: over a trained token CTC head (components.speech.ctc_head): blank frames dropped, one
+  posterior-weighted LLM embedding per emitted token (LegoSLM, Ma et al. 2025; CTC compression as in
+  Speech-LLaMA, Wu et al. 2023).
+- CharCtcCompressor: its own character CTC head on the encoder states; blank frames dropped, runs of one
+  label averaged (the speech side of the entity retriever).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class AdapterOutput:
     lengths: torch.Tensor
     ctc_logits: torch.Tensor | None = None
     ctc_lengths: torch.Tensor | None = None
+    #: CTC compressors: the head frame where each output vector's run starts (B, T'), for word timing
+    frames: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -66,22 +73,82 @@ def _projection(in_dim: int, out_dim: int, hidden_dim: int | None) -> nn.Module:
 
 
 class StackAdapter(nn.Module):
-    """Frame stacking + projection (Fathullah et al.): k frames -> one embedding, k x shorter."""
+    """Frame stacking + projection (Fathullah et al.): k frames -> one embedding, k x shorter.
 
-    def __init__(self, in_dim: int, out_dim: int, stack: int = 4, hidden_dim: int | None = None) -> None:
+    With a trained token CTC `head`, the frames stacked are the head's posterior-weighted LLM embeddings
+    (blank frames ~0), and a linear projection starts as their sum: the LLM first reads ~the embeddings
+    of the tokens said in each k-frame window, and training refines that.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        stack: int = 4,
+        hidden_dim: int | None = None,
+        head: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if stack < 1:
             raise ValueError(f"stack must be >= 1, got {stack}")
+        self.head = head
+        if head is not None:
+            in_dim = int(head.embeddings.shape[1])
         self.in_dim, self.out_dim, self.stack = in_dim, out_dim, stack
         self.proj = _projection(in_dim * stack, out_dim, hidden_dim)
+        if head is not None and not hidden_dim and in_dim == out_dim:
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(out_dim).repeat(1, stack))
+                self.proj.bias.zero_()
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> AdapterOutput:
+        logits = head_lengths = None
+        if self.head is not None:
+            logits, head_lengths = self.head(hidden, lengths)
+            hidden, lengths = self.head.posterior_embeddings(logits), head_lengths
         b, t, d = hidden.shape
         k = self.stack
         out_t = math.ceil(t / k)
         x = F.pad(_zero_padding(hidden, lengths), (0, 0, 0, out_t * k - t))  # zero frames fill the tail
         x = x.reshape(b, out_t, k * d)
-        return AdapterOutput(self.proj(x), torch.div(lengths + k - 1, k, rounding_mode="floor"))
+        return AdapterOutput(
+            self.proj(x),
+            torch.div(lengths + k - 1, k, rounding_mode="floor"),
+            ctc_logits=logits,
+            ctc_lengths=head_lengths,
+        )
+
+
+class CtcCompressor(nn.Module):
+    """CTC compression over a trained token CTC head: one LLM-space vector per emitted token.
+
+    The head (llmasr.components.speech.ctc_head.TokenCtcHead) drops blank frames and merges runs; each
+    kept run becomes the mean of its frames' posterior-weighted LLM input embeddings (LegoSLM), so the
+    LLM receives about one embedding per token it would have read, in its own embedding space. A
+    residual MLP (`hidden_dim`; its output layer starts at zero) lets training correct that input; with
+    the head frozen it is the only adapter weight.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, head: nn.Module, hidden_dim: int | None = 1024) -> None:
+        super().__init__()
+        width = int(head.embeddings.shape[1])
+        if width != out_dim:
+            raise ValueError(f"the head's LLM embeddings are {width}-wide, the LLM takes {out_dim}")
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.head = head
+        self.refine: nn.Module | None = None
+        if hidden_dim:
+            out = nn.Linear(hidden_dim, out_dim)
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+            self.refine = nn.Sequential(nn.LayerNorm(out_dim), nn.Linear(out_dim, hidden_dim), nn.GELU(), out)
+
+    def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> AdapterOutput:
+        logits, head_lengths = self.head(hidden, lengths)
+        vectors, out_lengths, starts = self.head.compress(logits, head_lengths)
+        if self.refine is not None:
+            vectors = vectors + self.refine(vectors)
+        return AdapterOutput(vectors, out_lengths, ctc_logits=logits, ctc_lengths=head_lengths, frames=starts)
 
 
 class ConvAdapter(nn.Module):
@@ -119,7 +186,7 @@ class ConvAdapter(nn.Module):
         return AdapterOutput(self.out(self.mlp(y)), torch.div(lengths + s - 1, s, rounding_mode="floor"))
 
 
-class CTCCompressor(nn.Module):
+class CharCtcCompressor(nn.Module):
     """CTC compression (Wu et al., Speech-LLaMA): keep one embedding per predicted CTC label.
 
     A linear CTC head scores each encoder frame; frames whose argmax is `blank` are dropped and a
@@ -207,12 +274,16 @@ def char_ids(text: str) -> list[int]:
 ADAPTERS: dict[str, Callable[..., nn.Module]] = {
     "stack": StackAdapter,
     "conv": ConvAdapter,
-    "ctc": CTCCompressor,
+    "ctc": CtcCompressor,
+    "char_ctc": CharCtcCompressor,
 }
+#: adapters that read a trained token CTC head (the model config must name one)
+HEAD_ADAPTERS = ("ctc",)
 
 
 def build_adapter(kind: str, in_dim: int, out_dim: int, **kw: object) -> nn.Module:
-    """Adapter by name: 'stack' (stack=4), 'conv' (stride=4), 'ctc' (vocab_size=..., blank=0)."""
+    """Adapter by name: 'stack' (stack=4; head= optional), 'conv' (stride=4), 'ctc' (head=, a trained
+    TokenCtcHead), 'char_ctc' (vocab_size=..., blank=0). Raises ValueError for an unknown name."""
     try:
         factory = ADAPTERS[kind]
     except KeyError:

@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -261,3 +262,30 @@ class TokenCtcHead(nn.Module):
         head = cls(config, embeddings)
         head.load_state_dict(load_file(str(folder / WEIGHTS)))
         return head.eval()
+
+
+def load_head(name_or_path: str, embeddings: torch.Tensor) -> TokenCtcHead:
+    """A trained head by folder (its own, a training run's `export/`) or by the name of one shipped with
+    llmasr (`assets/adapters/<name>/`); `embeddings` are the input embeddings of the LLM it is tied to.
+    Raises ModelError naming the argument when there is no head there."""
+    from llmasr.models.registry import adapter_dir
+
+    path = Path(name_or_path).expanduser()
+    for folder in (path, path / "export", adapter_dir(name_or_path)):
+        if TokenCtcHead.is_saved(folder):
+            head = TokenCtcHead.load(folder, embeddings.detach())
+            head.requires_grad_(False)
+            return head
+    raise ModelError(f"'{name_or_path}': not a trained CTC head (a folder with {CONFIG}, or a shipped name)")
+
+
+def lm_vocabulary(name: str) -> tuple[torch.Tensor, Any]:
+    """(input-embedding matrix (V, H) float32, tokenizer) of a named/folder/HF causal LM."""
+    from llmasr.components.lm.causal import load_causal_lm
+    from llmasr.models.registry import resolve
+
+    kind, folder = resolve(name, "lm")
+    if kind != "causal-lm":
+        raise ModelError(f"'{name}' is a {kind} model; a CTC head needs a causal LM's vocabulary")
+    lm, tokenizer = load_causal_lm(folder, name=name, dtype="float32")
+    return lm.get_input_embeddings().weight.detach().clone(), tokenizer

@@ -13,8 +13,9 @@ The LLM stays frozen; LoRA (through peft) and the adapter are what trains.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,42 @@ DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
 IGNORE = -100  # label of positions that carry no loss (prompt, audio, padding)
 #: prefix: audio embeddings in the prompt (D3, D4); xattn: gated cross-attention blocks (D1)
 FUSIONS = ("prefix", "xattn")
+
+
+@dataclass
+class SpeechLlmConfig:
+    """What a speech-LLM is: encoder, (optional) token CTC head and LLM by name, adapter, fusion, LoRA.
+
+    Names resolve like every model option (a named model, a folder, a Hugging Face id); `head` is the
+    folder of a trained `TokenCtcHead` (or the name of a shipped one). This is the `model:` section of a
+    training recipe and is saved beside every checkpoint, so a checkpoint always rebuilds into the model
+    it was trained as.
+    """
+
+    encoder: str = "whisper-tiny.en"
+    #: the encoder's window: None = Whisper's full 30 s; seconds = the audio plus that much silence
+    trim_tail: float | None = None
+    lm: str = "gemma-3-270m"
+    #: a trained token CTC head between encoder and adapter (adapter `ctc` needs one; `stack` may use one)
+    head: str | None = None
+    adapter: str = "stack"
+    #: keyword arguments of the adapter (stack: {stack: 4}; char_ctc: vocab_size defaults to the chars)
+    adapter_kw: dict[str, Any] = field(default_factory=dict)
+    lora: LoraSettings | None = None
+    #: weight of the auxiliary CTC loss (char_ctc adapter, or a head that trains)
+    ctc_weight: float = 0.0
+    template: str = DEFAULT_TEMPLATE
+    #: "token" (mean over transcript tokens) or "example" (mean of per-example means)
+    loss_reduction: str = "token"
+    #: dtype the LLM weights are loaded in ("auto": bfloat16 where the CPU/GPU has it natively)
+    lm_dtype: str = "float32"
+    #: transcript length limit at dev evaluation and inference
+    max_new_tokens: int = 128
+    #: prefix: audio embeddings in the prompt; xattn: gated cross-attention blocks
+    fusion: str = "prefix"
+    #: xattn: a cross-attention block after every k-th decoder layer, with this many heads
+    xattn_every: int = 4
+    xattn_heads: int = 8
 
 
 @dataclass
@@ -117,11 +154,15 @@ def pad_sequences(items: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
 
 
 class SpeechLLM(nn.Module):
-    """encoder -> adapter -> frozen causal LM (+ LoRA). `forward(batch)` is the training loss."""
+    """encoder -> adapter -> frozen causal LM (+ LoRA). `forward(batch)` is the training loss.
+
+    `encoder` None: the model takes encoder states (B, T, D) with frame lengths instead of features,
+    e.g. states cached once per corpus (llmasr.data.states); training then never runs the encoder.
+    """
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: nn.Module | None,
         adapter: nn.Module,
         llm: nn.Module,
         tokenizer: object,
@@ -169,7 +210,7 @@ class SpeechLLM(nn.Module):
     @classmethod
     def build(
         cls,
-        encoder: nn.Module,
+        encoder: nn.Module | None,
         lm: str,
         *,
         adapter: str = "stack",
@@ -177,9 +218,14 @@ class SpeechLLM(nn.Module):
         lora: LoraSettings | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        head: str | None = None,
+        states_dim: int | None = None,
         **kw: object,
     ) -> SpeechLLM:
-        """Load the LM the project's way (named model or folder) and add an adapter sized to it."""
+        """Load the LM the project's way (named model or folder) and add an adapter sized to it.
+
+        `head`: folder (or shipped name) of a trained TokenCtcHead, tied to this LLM's embeddings.
+        `states_dim`: the state width when there is no encoder (cached states)."""
         from llmasr.components.lm.causal import load_causal_lm
         from llmasr.models.registry import resolve
 
@@ -188,7 +234,13 @@ class SpeechLLM(nn.Module):
             raise ModelError(f"'{lm}' is a {kind} model, not a causal LM a SpeechLLM can use")
         llm, tokenizer = load_causal_lm(folder, name=lm, device=device, dtype=dtype)
         width = llm.get_input_embeddings().embedding_dim
-        ad = build_adapter(adapter, int(encoder.dim), width, **dict(adapter_kw or {}))
+        kw_adapter = dict(adapter_kw or {})
+        if head is not None:
+            from llmasr.components.speech.ctc_head import load_head
+
+            kw_adapter["head"] = load_head(head, llm.get_input_embeddings().weight)
+        in_dim = int(encoder.dim) if encoder is not None else int(states_dim or 0)
+        ad = build_adapter(adapter, in_dim, width, **kw_adapter)
         return cls(encoder, ad, llm, tokenizer, lora=lora, **kw).to(device)
 
     # ---- structure ---------------------------------------------------------------------------
@@ -197,6 +249,11 @@ class SpeechLLM(nn.Module):
     def causal_lm(self) -> nn.Module:
         """The transformers causal LM itself (inside the peft wrapper when LoRA is on)."""
         return base_causal_lm(self.llm)
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The adapter's token CTC head, when it reads one."""
+        return getattr(self.adapter, "head", None)
 
     @property
     def device(self) -> torch.device:
@@ -210,21 +267,17 @@ class SpeechLLM(nn.Module):
         adapter: bool = False,
         xattn: bool = False,
     ) -> None:
-        """Choose what trains. D4's two stages: freeze(lora=True) first, then freeze() with LoRA on."""
-        for p in self.encoder.parameters():
-            p.requires_grad_(not encoder)
-        for p in self.adapter.parameters():
-            p.requires_grad_(not adapter)
-        for p in self.xattn.parameters() if self.xattn is not None else ():
-            p.requires_grad_(not xattn)
-        for name, p in self.llm.named_parameters():
-            p.requires_grad_(not (lora if "lora_" in name else llm))
+        """Choose what trains (True freezes a part); the adapter's CTC heads stay frozen here (see
+        `set_trainable` to train them). The base LLM's own weights always stay frozen unless llm=False."""
+        parts = {name for name, frozen in (("encoder", encoder), ("llm", llm), ("lora", lora),
+                 ("adapter", adapter), ("xattn", xattn)) if not frozen}  # fmt: skip
+        set_trainable(self, parts)
 
     def train(self, mode: bool = True) -> SpeechLLM:
         """Fully frozen parts stay in eval mode: their dropout would only add noise."""
         super().train(mode)
-        for part in (self.encoder, self.llm):
-            if not any(p.requires_grad for p in part.parameters()):
+        for part in (self.encoder, self.llm, self.head):
+            if part is not None and not any(p.requires_grad for p in part.parameters()):
                 part.eval()
         return self
 
@@ -256,18 +309,29 @@ class SpeechLLM(nn.Module):
     # ---- inputs ------------------------------------------------------------------------------
 
     def encode(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> AdapterOutput:
-        """Encoder then adapter; a fully frozen encoder runs without building a graph."""
+        """Encoder then adapter; a fully frozen encoder runs without building a graph. Without an
+        encoder, `features` are encoder states (B, T, D) and `lengths` their frame counts."""
         features = features.to(self.device)
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
-        with torch.set_grad_enabled(grad):
-            hidden = self.encoder(features)
-        if lengths is None:  # no lengths given: every output frame is real
-            out_lengths = torch.full(
-                (hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device
+        if self.encoder is None:
+            hidden = features
+            out_lengths = (
+                lengths.to(features.device).long()
+                if lengths is not None
+                else torch.full((hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=features.device)
             )
-        else:  # in the units the encoder's `output_lengths` takes (audio samples for real encoders)
-            lengths = lengths.to(features.device).long()
-            out_lengths = encoder_output_lengths(self.encoder, lengths, features.shape[1], hidden.shape[1])
+        else:
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
+            with torch.set_grad_enabled(grad):
+                hidden = self.encoder(features)
+            if lengths is None:  # no lengths given: every output frame is real
+                out_lengths = torch.full(
+                    (hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device
+                )
+            else:  # in the units the encoder's `output_lengths` takes (audio samples for real encoders)
+                lengths = lengths.to(features.device).long()
+                out_lengths = encoder_output_lengths(
+                    self.encoder, lengths, features.shape[1], hidden.shape[1]
+                )
         param = next(self.adapter.parameters(), None)
         if param is not None:
             hidden = hidden.to(param.dtype)
@@ -441,6 +505,56 @@ class SpeechLLM(nn.Module):
             self.train(was_training)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
+    @torch.no_grad()
+    def generate_nbest(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor | None,
+        n: int,
+        prompt: str | None = None,
+        *,
+        max_new_tokens: int = 128,
+    ) -> list[list[tuple[str, float, list[int]]]]:
+        """Beam search (`n` beams, `n` results; greedy for n=1): per example, (text, total log-probability
+        in nats of its tokens and EOS, token ids), best first. The LLM's `generate` keeps the KV cache."""
+        rows = features.shape[0]
+        was_training = self.training
+        self.eval()
+        try:
+            audio = self.encode(features, lengths)
+            prompts = [self.prompt_ids(prompt, None)] * rows
+            inputs = self.prepare_inputs(audio, prompts, None, left_pad=True)
+            out = self.causal_lm.generate(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=n,
+                num_return_sequences=n,
+                do_sample=False,
+                eos_token_id=self._eos,
+                pad_token_id=self._pad,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+            step_logp = self.causal_lm.compute_transition_scores(
+                out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=n == 1
+            )
+        finally:
+            self.train(was_training)
+        results: list[list[tuple[str, float, list[int]]]] = []
+        for row in range(rows):
+            hyps = []
+            for k in range(n):
+                seq = out.sequences[row * n + k].tolist()
+                logp = step_logp[row * n + k]
+                keep = [i for i, t in enumerate(seq) if t != self._pad or i == 0]
+                ids = [t for t in seq if t not in (self._pad, self._eos)]
+                total = float(logp[[i for i in keep if i < len(logp)]].float().clamp(min=-1e4).sum())
+                text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                hyps.append((text, total, ids))
+            results.append(sorted(hyps, key=lambda h: -h[1]))
+        return results
+
 
 def _as_batch(batch: SpeechBatch | Mapping[str, object]) -> SpeechBatch:
     """A collate function may return a dict; keys that SpeechBatch does not know are ignored."""
@@ -454,3 +568,103 @@ def _prompt_of(
     domains: Sequence[str | None] | None, terms: Sequence[Sequence[str] | None] | None, i: int
 ) -> tuple[str | None, Sequence[str] | None]:
     return (domains[i] if domains is not None else None), (terms[i] if terms is not None else None)
+
+
+# --------------------------------------------------------------------------- building and parts
+
+#: the parts of a SpeechLLM a training stage can train
+PARTS = ("adapter", "head", "ctc_head", "xattn", "lora", "encoder")
+
+
+def build_speechllm(
+    config: SpeechLlmConfig,
+    device: str = "cpu",
+    *,
+    encoder: nn.Module | None = None,
+    with_encoder: bool = True,
+    states_dim: int | None = None,
+) -> SpeechLLM:
+    """The SpeechLLM a config describes, everything frozen (training unfreezes per stage).
+
+    `encoder` replaces loading `config.encoder` by name (tests, or one already in memory);
+    `with_encoder=False` builds the states-input model (training on cached states of `states_dim`).
+    """
+    from llmasr.components.speech.adapters import BLANK, CHAR_VOCAB
+    from llmasr.components.speech.encoders import load_encoder
+
+    enc = encoder
+    if enc is None and with_encoder:
+        enc = load_encoder(config.encoder, trim_tail=config.trim_tail)
+    if enc is None and states_dim is None:
+        states_dim = _encoder_dim(config.encoder)
+    adapter_kw = dict(config.adapter_kw)
+    if config.adapter == "char_ctc":
+        adapter_kw.setdefault("vocab_size", len(CHAR_VOCAB))
+        adapter_kw.setdefault("blank", BLANK)
+    model = SpeechLLM.build(
+        enc,
+        config.lm,
+        adapter=config.adapter,
+        adapter_kw=adapter_kw,
+        lora=config.lora,
+        device=device,
+        dtype=config.lm_dtype,
+        head=config.head,
+        states_dim=states_dim,
+        template=PromptTemplate(config.template),
+        ctc_weight=config.ctc_weight,
+        loss_reduction=config.loss_reduction,
+        fusion=config.fusion,
+        xattn_every=config.xattn_every,
+        xattn_heads=config.xattn_heads,
+    )
+    set_trainable(model, ())
+    return model
+
+
+def _encoder_dim(name: str) -> int:
+    """State width of a named/folder Whisper encoder, read from its CTranslate2 header (no weights)."""
+    from llmasr.components.speech.encoders import read_ct2_header
+    from llmasr.models.registry import resolve
+
+    kind, location = resolve(name, "asr")
+    if kind != "whisper":
+        raise ModelError(f"'{name}': give the states' width for a {kind} encoder")
+    return int(read_ct2_header(location).variables["encoder/conv1/weight"].shape[0])
+
+
+def part_of(name: str) -> str:
+    """Which part a parameter or state key belongs to: adapter, head (a token CTC head), ctc_head (a
+    char compressor's head), xattn, lora, encoder or llm."""
+    if name.startswith("encoder."):
+        return "encoder"
+    if name.startswith("xattn."):
+        return "xattn"
+    if name.startswith("adapter.head."):
+        return "head"
+    if name.startswith("adapter.ctc_head."):
+        return "ctc_head"
+    if name.startswith("adapter."):
+        return "adapter"
+    if "lora_" in name:
+        return "lora"
+    return "llm"
+
+
+def set_trainable(model: SpeechLLM, parts: Iterable[str]) -> None:
+    """Unfreeze exactly `parts` (see PARTS), freeze everything else."""
+    parts = set(parts)
+    for name, p in model.named_parameters():
+        p.requires_grad_(part_of(name) in parts)
+
+
+def checkpoint_state(model: SpeechLLM, parts: Iterable[str]) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds: the whole adapter (with its CTC head) and cross-attention blocks (new
+    weights and buffers), and whatever else a stage trains (LoRA, the encoder). The frozen encoder and
+    LLM are reloaded by name from the config."""
+    parts = set(parts)
+    return {
+        k: v.detach().to("cpu", copy=True).contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith(("adapter.", "xattn.")) or part_of(k) in parts
+    }

@@ -1,0 +1,192 @@
+"""A trained speech-LLM (encoder -> adapter -> LLM) as a first-pass recogniser, like any other.
+
+It gives N-best lists by beam search with each hypothesis's total log-probability (so it can be rescored
+by another LM and corrected like Whisper's lists), and word timings from its token CTC head's alignment
+(the head says at which frame each token was emitted; the LLM's words are matched to the head's words).
+A model without a head gives no word timings (writers then share a segment's time over its text).
+
+A checkpoint is a folder with `model.safetensors` + `recipe.yaml` (what `llmasr train` exports, or a model
+shipped in `llmasr/assets/adapters/<name>/`), or a run folder (its `export/`, else its newest checkpoint).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llmasr.core.audio import SAMPLE_RATE
+from llmasr.core.errors import ModelError
+from llmasr.core.metrics import normalize
+from llmasr.core.types import Hypothesis, Word
+
+WEIGHTS = "model.safetensors"
+RECIPE = "recipe.yaml"
+#: weights of a training checkpoint (llmasr.train.loop), with the run's recipe.yaml one folder up
+CHECKPOINT_WEIGHTS = "weights.safetensors"
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, recipe file) of an export folder, a run folder (its export, else its newest
+    checkpoint) or a checkpoint folder. Raises ModelError when `path` holds none."""
+    p = Path(path).expanduser()
+    if (p / WEIGHTS).is_file() and (p / RECIPE).is_file():
+        return p / WEIGHTS, p / RECIPE
+    if (p / "export" / WEIGHTS).is_file():
+        return p / "export" / WEIGHTS, p / "export" / RECIPE
+    steps = sorted(p.glob("checkpoints/step-*/" + CHECKPOINT_WEIGHTS)) if p.is_dir() else []
+    if steps and (p / RECIPE).is_file():
+        return steps[-1], p / RECIPE
+    if (p / CHECKPOINT_WEIGHTS).is_file() and (p.parent.parent / RECIPE).is_file():
+        return p / CHECKPOINT_WEIGHTS, p.parent.parent / RECIPE
+    raise ModelError(f"{p}: no speech-LLM here (expected {WEIGHTS} + {RECIPE}, or a run of `llmasr train`)")
+
+
+def is_speechllm(path: str | Path) -> bool:
+    try:
+        find_checkpoint(path)
+    except ModelError:
+        return False
+    return True
+
+
+class SpeechLlmRecognizer:
+    """Audio segments (16 kHz float32, at most `window` seconds) -> N-best lists with a speech-LLM."""
+
+    #: longest segment the encoder takes (Whisper's 30 s window)
+    window = 30.0
+
+    def __init__(self, model: Any, *, name: str, accepts_prompt: bool, max_new_tokens: int = 128) -> None:
+        self.model = model.eval()
+        self.name = name
+        #: whether its training data had domain prompts (else a prompt would only confuse it)
+        self.accepts_prompt = accepts_prompt
+        self.max_nbest = 32
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def load(
+        cls, location: str | Path, *, name: str | None = None, device: str = "cpu"
+    ) -> SpeechLlmRecognizer:
+        """Rebuild the model its recipe describes (encoder and LLM by name) and load the trained weights."""
+        import yaml
+        from safetensors.torch import load_file
+
+        from llmasr.components.speech.speechllm import SpeechLlmConfig, build_speechllm
+        from llmasr.core.records import RecordError, build_record
+
+        weights, recipe_path = find_checkpoint(location)
+        recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
+        try:
+            config = build_record(SpeechLlmConfig, recipe.get("model", {}), "model")
+        except RecordError as exc:
+            raise ModelError(f"{recipe_path}: {exc}") from None
+        model = build_speechllm(config, device=device)
+        model.load_trainable(load_file(str(weights)), strict=False)
+        data = recipe.get("data", {})
+        accepts_prompt = bool(data.get("use_prompts", True)) and not data.get("states")
+        return cls(
+            model,
+            name=name or str(location),
+            accepts_prompt=accepts_prompt,
+            max_new_tokens=config.max_new_tokens,
+        )
+
+    # ---- the Recognizer protocol ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def nbest(
+        self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
+    ) -> list[list[Hypothesis]]:
+        """Beam search with `n` beams; each hypothesis's `am_score` is its total log-probability."""
+        if not segments:
+            return []
+        features, lengths = self._inputs(segments)
+        lists = self.model.generate_nbest(
+            features,
+            lengths,
+            max(1, n),
+            prompt if self.accepts_prompt else None,
+            max_new_tokens=self.max_new_tokens,
+        )
+        return [[Hypothesis(text=t, am_score=s, tokens=ids) for t, s, ids in hyps if t] for hyps in lists]
+
+    @torch.no_grad()
+    def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
+        """Word times (seconds from the segment start) from the token CTC head's emissions: the head's
+        words are matched to the hypothesis's by their normalised spelling; unmatched words share the
+        time between their matched neighbours. No head: no timings."""
+        head = self.model.head
+        words = hypothesis.text.split()
+        if head is None or not words:
+            return []
+        features, lengths = self._inputs([audio])
+        hidden = self.model.encoder(features.to(self.model.device))
+        n_frames = self.model.encoder.output_lengths(lengths)
+        logits, head_lengths = head(hidden, n_frames.to(hidden.device))
+        path = head.greedy(logits, head_lengths)[0]
+        step = head.frame_seconds(self.model.encoder.frames_per_second)
+        spoken = head_words(self.model.tokenizer, path, step)
+        duration = len(audio) / SAMPLE_RATE
+        return match_times(words, spoken, duration)
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def _inputs(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        pieces = [np.asarray(a, dtype=np.float32) for a in segments]
+        features = self.model.encoder.features(pieces)
+        return features, torch.tensor([len(a) for a in pieces], dtype=torch.long)
+
+
+def head_words(
+    tokenizer: Any, path: Sequence[tuple[int, int, float]], step: float
+) -> list[tuple[str, float, float]]:
+    """(normalised word, start, end) from a head's emitted (token, frame, log-probability): a token whose
+    text starts with a space starts a word; a word ends where the next one starts (or one frame on)."""
+    words: list[list[Any]] = []
+    for token, frame, _ in path:
+        piece = tokenizer.decode([token])
+        if not words or piece.startswith(" "):
+            words.append([piece.strip(), frame * step, (frame + 1) * step])
+        else:
+            words[-1][0] += piece
+            words[-1][2] = (frame + 1) * step
+    for i in range(len(words) - 1):
+        words[i][2] = max(words[i][2], min(words[i + 1][1], words[i][2] + 0.5))
+    return [(normalize(w), s, e) for w, s, e in words if normalize(w)]
+
+
+def match_times(
+    words: Sequence[str], spoken: Sequence[tuple[str, float, float]], duration: float
+) -> list[Word]:
+    """Times for `words` (as written) from the head's timed words, matched on normalised spelling."""
+    keys = [normalize(w) for w in words]
+    times: list[tuple[float, float] | None] = [None] * len(words)
+    matcher = difflib.SequenceMatcher(a=keys, b=[w for w, _, _ in spoken], autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            _, s, e = spoken[block.b + k]
+            times[block.a + k] = (s, e)
+    i = 0
+    while i < len(words):  # a run of unmatched words shares the gap between its matched neighbours
+        if times[i] is not None:
+            i += 1
+            continue
+        j = i
+        while j < len(words) and times[j] is None:
+            j += 1
+        before = times[i - 1][1] if i > 0 and times[i - 1] is not None else 0.0
+        after = times[j][0] if j < len(words) and times[j] is not None else duration
+        width = max(0.0, after - before) / (j - i)
+        for k in range(i, j):
+            times[k] = (before + (k - i) * width, before + (k - i + 1) * width)
+        i = j
+    out = []
+    for w, t in zip(words, times):
+        s, e = t if t is not None else (0.0, 0.0)
+        out.append(Word(w, round(min(s, duration), 3), round(min(max(e, s), duration), 3)))
+    return out
