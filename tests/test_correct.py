@@ -16,7 +16,8 @@ from llmasr.decoding.correct import (
     prompt_ids,
 )
 from llmasr.train.config import RecipeError, load_recipe
-from llmasr.train.corrector import CorrectorRecipe, train_corrector
+from llmasr.train.corrector import CorrectorRecipe, CorrectorTask
+from llmasr.train.loop import fit
 from tests.tiny import save_tiny_lm, word_tokenizer, write_nbest
 
 WORDS = "the cat sat on a mat hat bed dog ran in park red blue sky Context Transcript : , . 1 2 3".split()
@@ -81,15 +82,15 @@ def test_trained_corrector_writes_what_no_hypothesis_holds(tmp_path: Path) -> No
     recipe.optim.grad_accum = 1
     recipe.run.output_dir = str(tmp_path / "run")
     recipe.run.eval_every = 0
-    summary = train_corrector(recipe)
-    assert summary.dev_wer_before is not None and summary.dev_wer == 0.0 < summary.dev_wer_before
+    summary = fit(CorrectorTask(recipe))
+    assert summary.dev["dev_wer"] == 0.0 < summary.dev_before["dev_wer"]
 
     from peft import PeftModel
 
     from llmasr.components.lm.causal import load_causal_lm
 
     base, tok = load_causal_lm(str(lm_dir), dtype="float32")
-    model = PeftModel.from_pretrained(base, summary.adapter)
+    model = PeftModel.from_pretrained(base, summary.export)
     fixed = GenerativeCorrector.from_module(model, tok, max_change=0.3).correct(hyps)
     assert fixed.accepted and fixed.text == ref
 

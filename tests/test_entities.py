@@ -13,7 +13,8 @@ from llmasr.components.entities.retriever import EntityFinder, RetrieverConfig, 
 from llmasr.core.errors import LlmasrError
 from llmasr.data.states import cache_states, read_states
 from llmasr.train.config import load_recipe
-from llmasr.train.retriever import Example, contrastive_loss, entity_words, positives, train_retriever
+from llmasr.train.loop import fit
+from llmasr.train.retriever import Example, RetrieverTask, contrastive_loss, entity_words, positives
 
 
 class HashEmbedder:
@@ -140,10 +141,10 @@ def test_retriever_learns_to_find_entities(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr("llmasr.components.entities.embed.TextEmbedder", lambda name: HashEmbedder())
     torch.manual_seed(0)
-    summary = train_retriever(recipe)
-    assert summary.dev_recall_at_5 is not None and summary.dev_recall_at_5 >= 0.9, summary
+    summary = fit(RetrieverTask(recipe))
+    assert summary.dev["dev_recall_at_5"] >= 0.9, summary
 
-    model = SpeechEntityRetriever.load(summary.retriever)
+    model = SpeechEntityRetriever.load(summary.export)
     finder = EntityFinder(model, encoder=torch.nn.Identity(), embedder=HashEmbedder())
     new, states = utterance(999, "entity7")
     top = finder.top_states([states], EntityDB.build(names, HashEmbedder()), k=3)[0]

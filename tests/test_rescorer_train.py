@@ -11,15 +11,16 @@ import torch
 from llmasr.components.lm.causal import CausalLMScorer, load_causal_lm
 from llmasr.decoding.rescore import Weights
 from llmasr.train.config import RecipeError, load_recipe
+from llmasr.train.loop import fit
 from llmasr.train.rescorer import (
     ListScorer,
     LossRecipe,
     RescorerDataRecipe,
     RescorerRecipe,
+    RescoringLmTask,
     add_contexts,
     list_loss,
     read_lists,
-    train_rescorer,
 )
 from tests.tiny import save_tiny_lm, write_nbest
 
@@ -140,12 +141,12 @@ def test_training_fixes_the_lists_and_resumes(lm_dir: Path, tmp_path: Path) -> N
         0,
         8,
     )
-    first = train_rescorer(recipe, max_steps=8)
-    assert first.steps == 8 and first.dev_wer_before is not None and first.dev_wer_before > 0
-    done = train_rescorer(recipe, resume=True)
+    first = fit(RescoringLmTask(recipe), max_steps=8)
+    assert first.steps == 8 and first.dev_before["dev_wer"] > 0
+    done = fit(RescoringLmTask(recipe), resume=True)
     assert done.steps == 24
-    assert done.dev_wer is not None and done.dev_wer < first.dev_wer_before
-    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert done.dev["dev_wer"] < first.dev_before["dev_wer"]
+    assert (out / "export" / "adapter_model.safetensors").is_file()
     rows = (out / "log.csv").read_text(encoding="utf-8").splitlines()
     losses = [float(r.split(",")[3]) for r in rows[2:] if r.split(",")[3]]
     assert losses[-1] < losses[0]
@@ -153,13 +154,13 @@ def test_training_fixes_the_lists_and_resumes(lm_dir: Path, tmp_path: Path) -> N
     from peft import PeftModel
 
     lm, tok = load_causal_lm(str(lm_dir), dtype="float32")
-    merged = PeftModel.from_pretrained(lm, str(out / "adapter")).merge_and_unload()
+    merged = PeftModel.from_pretrained(lm, str(out / "export")).merge_and_unload()
     scorer = ListScorer(merged, tok, "tiny", 256)
     lists = read_lists(data)
     w = Weights(**recipe.model.weights)
     from llmasr.train.rescorer import dev_wer
 
-    assert dev_wer(scorer, lists, w) == pytest.approx(done.dev_wer)
+    assert dev_wer(scorer, lists, w) == pytest.approx(done.dev["dev_wer"])
 
 
 def test_cli_trains_a_rescorer_recipe(lm_dir: Path, tmp_path: Path) -> None:
@@ -180,7 +181,7 @@ def test_cli_trains_a_rescorer_recipe(lm_dir: Path, tmp_path: Path) -> None:
     app.command()(train_cmd)
     result = CliRunner().invoke(app, [str(path), "--set", "loss.kind=listwise"])
     assert result.exit_code == 0, result.output
-    assert "3 steps in" in result.output and "dev WER" in result.output
-    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert "3 steps in" in result.output and "dev_wer" in result.output
+    assert (tmp_path / "run" / "export" / "adapter_config.json").is_file()
     bad = CliRunner().invoke(app, [str(path), "--set", "loss.kind=hinge"])
     assert bad.exit_code == 1 and "loss.kind 'hinge'" in bad.output

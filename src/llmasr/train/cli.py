@@ -30,38 +30,23 @@ def train(
         int | None, typer.Option("--max-steps", help="Stop (with a checkpoint) after this many updates.")
     ] = None,
 ) -> None:
-    """Train a SpeechLLM (deep fusion), an N-best rescorer (`kind: rescorer`) or a generative corrector
-    (`kind: corrector`); CPU or GPU(s)."""
+    """Train from a recipe, by its kind: a speech-LLM (speechllm), a token CTC head (ctc_head), an N-best
+    rescoring LM (rescorer), a generative corrector (corrector) or an entity retriever (retriever); one
+    loop for all, on a CPU or GPU(s) (`accelerate launch -m llmasr.train.cli` for several)."""
     from rich.console import Console
 
     from llmasr.train.config import dump_recipe, load_recipe, task_for
-    from llmasr.train.corrector import CorrectorRecipe, train_corrector
-    from llmasr.train.rescorer import RescorerRecipe, train_rescorer
-    from llmasr.train.retriever import RetrieverRecipe, train_retriever
+    from llmasr.train.loop import fit
 
     console = Console(stderr=True)
-
-    def pct(value: float | None) -> str:
-        return f"{100 * value:.2f}%" if value is not None else "-"
-
     try:
         cfg = load_recipe(recipe, list(set_ or []))
         console.print(dump_recipe(cfg), highlight=False, markup=False)
-        task = task_for(cfg)
-        if task is not None:
-            from llmasr.train.loop import fit
-
-            result = fit(task, resume=resume, max_steps=max_steps, console=console)
-            dev = " ".join(f"{k} {v:.4f}" for k, v in result.dev.items())
-            line = f"{dev or 'no dev data'}; exported {result.export or '- (stopped early)'}"
-            done = result
-        elif isinstance(cfg, RetrieverRecipe):
-            done = train_retriever(cfg, console=console)
-            line = f"dev recall@5 {done.dev_recall_at_5}; dev CER {pct(done.dev_cer)}; {done.retriever}"
-        elif isinstance(cfg, (RescorerRecipe, CorrectorRecipe)):
-            train_lora = train_rescorer if isinstance(cfg, RescorerRecipe) else train_corrector
-            done = train_lora(cfg, resume=resume, max_steps=max_steps, console=console)  # type: ignore[arg-type]
-            line = f"dev WER {pct(done.dev_wer_before)} -> {pct(done.dev_wer)}; adapter {done.adapter}"
+        done = fit(task_for(cfg), resume=resume, max_steps=max_steps, console=console)
+        before = " ".join(f"{k} {v:.4f}" for k, v in done.dev_before.items())
+        dev = " ".join(f"{k} {v:.4f}" for k, v in done.dev.items())
+        line = (f"{before} -> " if before else "") + (dev or "no dev data")
+        line += f"; exported {done.export or '- (stopped early)'}"
     except LlmasrError as exc:
         console.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(1) from None

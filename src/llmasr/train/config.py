@@ -202,8 +202,8 @@ def recipe_class(kind: str) -> type:
 
 
 def task_for(recipe: Any) -> Any:
-    """The training-loop plug-in (llmasr.train.loop.Task) of a recipe, by its kind; None for the kinds
-    that still run their own loop."""
+    """The training-loop plug-in (llmasr.train.loop.Task) of a recipe, by its kind: every kind trains
+    through the one loop (llmasr.train.loop.fit)."""
     if recipe.kind == "speechllm":
         from llmasr.train.speechllm import SpeechLlmTask
 
@@ -212,7 +212,19 @@ def task_for(recipe: Any) -> Any:
         from llmasr.train.ctc_head import CtcHeadTask
 
         return CtcHeadTask(recipe)
-    return None
+    if recipe.kind == "rescorer":
+        from llmasr.train.rescorer import RescoringLmTask
+
+        return RescoringLmTask(recipe)
+    if recipe.kind == "corrector":
+        from llmasr.train.corrector import CorrectorTask
+
+        return CorrectorTask(recipe)
+    if recipe.kind == "retriever":
+        from llmasr.train.retriever import RetrieverTask
+
+        return RetrieverTask(recipe)
+    raise RecipeError(f"unknown recipe kind '{recipe.kind}'; choose one of {', '.join(KINDS)}")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Any:

@@ -6,8 +6,8 @@ of the reference's rarer words), so the corrector learns to use a term list with
 whose best hypothesis is already far from the reference (`data.max_oracle_wer`) are left out: they teach
 the LLM to write text the audio does not support, which the guard would reject anyway.
 
-Output (`run.output_dir`): `adapter/` (what ships), `recipe.yaml`, `log.csv`, `summary.json`,
-`checkpoints/step-N/` for `--resume`.
+Runs on the one training loop (llmasr.train.loop); `run.output_dir` gets `export/` (the peft LoRA files:
+what ships), `recipe.yaml`, `log.csv`, `summary.json` and `checkpoints/step-N/` for `--resume`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from llmasr.decoding.correct import MAX_CHANGE, MAX_HYPOTHESES, GenerativeCorrector, answer_ids, prompt_ids
 from llmasr.train.config import LoraRecipe, OptimRecipe, RecipeError, RunRecipe, StageRecipe
-from llmasr.train.lora_loop import LoraSummary, load_lora_lm, run_lora_loop, start_run, validate_lora_recipe
+from llmasr.train.lora_text import LoraTextTask, load_lora_lm, validate_lora_recipe
 from llmasr.train.rescorer import NbestList, RescorerDataRecipe, add_contexts, read_lists
 
 
@@ -43,7 +43,9 @@ class CorrectorRecipe:
         default_factory=lambda: [StageRecipe(name="lora", epochs=1.0, lr=3e-4, train=["lora"], warmup=20)]
     )
     optim: OptimRecipe = field(default_factory=lambda: OptimRecipe(grad_accum=8))
-    run: RunRecipe = field(default_factory=lambda: RunRecipe(output_dir="runs/corrector", eval_every=100))
+    run: RunRecipe = field(
+        default_factory=lambda: RunRecipe(output_dir="runs/corrector", eval_every=100, eval_before=True)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,43 +88,28 @@ def corrected_wer(corrector: GenerativeCorrector, lists: Sequence[NbestList]) ->
     return errors / max(1, sum(x.ref_words for x in lists))
 
 
-def train_corrector(
-    recipe: CorrectorRecipe, *, resume: bool = False, max_steps: int | None = None, console: Any = None
-) -> LoraSummary:
-    r = recipe.validate()
-    ctx = start_run(r, console)
-    lists = read_lists(r.data.train, r.data.max_candidates)
-    add_contexts(lists, r.data, r.run.seed)
-    limit = r.data.max_oracle_wer
-    used = [x for x in lists if limit is None or min(x.errors) <= limit * max(1, x.ref_words)]
-    dev = read_lists(r.data.dev, r.data.max_candidates) if r.data.dev else []
-    dev = dev[: r.run.max_dev_utterances] if r.run.max_dev_utterances > 0 else dev
-    if not used:
-        raise RecipeError(f"{r.data.train}: no list within data.max_oracle_wer of its reference")
-    ctx.say(f"{len(lists)} training lists, {len(used)} used; {len(dev)} dev lists")
+class CorrectorTask(LoraTextTask):
+    """LoRA on an instruct LM; cross-entropy on the reference given the N-best list (a loop Task)."""
 
-    lm, tokenizer = load_lora_lm(
-        r.model.lm, r.model.lora, r.model.lm_dtype, str(ctx.accelerator.device), "corrector"
-    )
-    module = AnswerLoss(lm, tokenizer, r.model.max_hypotheses)
+    def __init__(self, recipe: CorrectorRecipe, *, device: str = "cpu") -> None:
+        r = self.recipe = recipe.validate()
+        lists = read_lists(r.data.train, r.data.max_candidates)
+        add_contexts(lists, r.data, r.run.seed)
+        limit = r.data.max_oracle_wer
+        self.examples = [x for x in lists if limit is None or min(x.errors) <= limit * max(1, x.ref_words)]
+        dev = read_lists(r.data.dev, r.data.max_candidates) if r.data.dev else []
+        self.dev_examples = dev[: r.run.max_dev_utterances] if r.run.max_dev_utterances > 0 else dev
+        if not self.examples:
+            raise RecipeError(f"{r.data.train}: no list within data.max_oracle_wer of its reference")
+        lm, self.tokenizer = load_lora_lm(r.model.lm, r.model.lora, r.model.lm_dtype, device, "corrector")
+        self.module = AnswerLoss(lm, self.tokenizer, r.model.max_hypotheses)
 
-    def step_loss(m: torch.nn.Module, x: NbestList) -> tuple[torch.Tensor, dict[str, float]]:
-        return m(x), {}
+    def example_loss(self, model: torch.nn.Module, x: NbestList) -> tuple[torch.Tensor, dict[str, float]]:
+        return model(x), {}
 
-    def dev_metric(m: torch.nn.Module) -> float:
+    def dev_wer(self, model: torch.nn.Module) -> float:
+        m = self.recipe.model
         corrector = GenerativeCorrector.from_module(
-            m.lm, tokenizer, max_hypotheses=r.model.max_hypotheses, max_change=r.model.max_change
+            model.lm, self.tokenizer, max_hypotheses=m.max_hypotheses, max_change=m.max_change
         )
-        return corrected_wer(corrector, dev)
-
-    return run_lora_loop(
-        r,
-        ctx,
-        module=module,
-        examples=used,
-        step_loss=step_loss,
-        dev_metric=dev_metric if dev else None,
-        lists=len(lists),
-        resume=resume,
-        max_steps=max_steps,
-    )
+        return corrected_wer(corrector, self.dev_examples)

@@ -14,8 +14,8 @@ The context is the one inference builds (`build_context`): some lists get anothe
 previous segment, some a term list that holds a few of the reference's rarer words among
 distractors, so that carried-over context (S1) and term lists (S2) keep working after training.
 
-Output (`run.output_dir`): `adapter/` (peft LoRA files: what ships), `recipe.yaml`, `log.csv`,
-`summary.json`, and `checkpoints/step-N/` (adapter + optimizer state) for `--resume`.
+Runs on the one training loop (llmasr.train.loop); `run.output_dir` gets `export/` (the peft LoRA files:
+what ships), `recipe.yaml`, `log.csv`, `summary.json` and `checkpoints/step-N/` for `--resume`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from llmasr.train.config import (
     RunRecipe,
     StageRecipe,
 )
-from llmasr.train.lora_loop import LoraSummary, load_lora_lm, run_lora_loop, start_run, validate_lora_recipe
+from llmasr.train.lora_text import LoraTextTask, load_lora_lm, validate_lora_recipe
 
 #: what a rescorer stage can train
 RESCORER_PARTS = ("lora",)
@@ -100,7 +100,9 @@ class RescorerRecipe:
         default_factory=lambda: [StageRecipe(name="lora", epochs=1.0, lr=2e-4, train=["lora"], warmup=20)]
     )
     optim: OptimRecipe = field(default_factory=lambda: OptimRecipe(grad_accum=8))
-    run: RunRecipe = field(default_factory=lambda: RunRecipe(output_dir="runs/rescorer", eval_every=100))
+    run: RunRecipe = field(
+        default_factory=lambda: RunRecipe(output_dir="runs/rescorer", eval_every=100, eval_before=True)
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -304,56 +306,42 @@ def dev_wer(scorer: ListScorer, lists: Sequence[NbestList], w: Weights) -> float
     return errors / max(1, words)
 
 
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the task
 
 
-def train_rescorer(
-    recipe: RescorerRecipe, *, resume: bool = False, max_steps: int | None = None, console: Any = None
-) -> LoraSummary:
-    """Run a rescorer recipe end to end (see the module doc for what lands in `run.output_dir`)."""
-    r = recipe.validate()
-    ctx = start_run(r, console)
-    say = ctx.say
-    w = Weights(**r.model.weights)
+class RescoringLmTask(LoraTextTask):
+    """LoRA on a causal LM with the minimum-WER loss over N-best lists (llmasr.train.loop.Task)."""
 
-    train_lists = read_lists(r.data.train, r.data.max_candidates)
-    add_contexts(train_lists, r.data, r.run.seed)
-    useful = [
-        x
-        for x in train_lists
-        if x.informative
-        and (r.data.max_oracle_wer is None or min(x.errors) <= r.data.max_oracle_wer * max(1, x.ref_words))
-    ]
-    dev_lists = read_lists(r.data.dev, r.data.max_candidates) if r.data.dev else []
-    dev_lists = dev_lists[: r.run.max_dev_utterances] if r.run.max_dev_utterances > 0 else dev_lists
-    if not useful:
-        raise RecipeError(f"{r.data.train}: no list whose candidates differ in word errors: nothing to learn")
-    say(f"{len(train_lists)} training lists, {len(useful)} informative; {len(dev_lists)} dev lists")
+    metrics = ("mwer", "ce", "dev_wer")
 
-    lm, tokenizer = load_lora_lm(
-        r.model.lm, r.model.lora, r.model.lm_dtype, str(ctx.accelerator.device), "trained rescorer"
-    )
-    scorer = ListScorer(lm, tokenizer, r.model.lm, r.model.max_context_tokens)
-    if not shift_invariant(w):
-        count_lm_tokens(train_lists + dev_lists, tokenizer)
+    def __init__(self, recipe: RescorerRecipe, *, device: str = "cpu") -> None:
+        r = self.recipe = recipe.validate()
+        self.weights = Weights(**r.model.weights)
+        train_lists = read_lists(r.data.train, r.data.max_candidates)
+        add_contexts(train_lists, r.data, r.run.seed)
+        limit = r.data.max_oracle_wer
+        self.examples = [
+            x
+            for x in train_lists
+            if x.informative and (limit is None or min(x.errors) <= limit * max(1, x.ref_words))
+        ]
+        dev = read_lists(r.data.dev, r.data.max_candidates) if r.data.dev else []
+        self.dev_examples = dev[: r.run.max_dev_utterances] if r.run.max_dev_utterances > 0 else dev
+        if not self.examples:
+            raise RecipeError(
+                f"{r.data.train}: no list whose candidates differ in word errors: nothing to learn"
+            )
+        self.lists = len(train_lists)
+        lm, tokenizer = load_lora_lm(r.model.lm, r.model.lora, r.model.lm_dtype, device, "trained rescorer")
+        self.module = ListScorer(lm, tokenizer, r.model.lm, r.model.max_context_tokens)
+        if not shift_invariant(self.weights):
+            count_lm_tokens(train_lists + self.dev_examples, tokenizer)
 
-    def step_loss(module: torch.nn.Module, x: NbestList) -> tuple[torch.Tensor, dict[str, float]]:
-        lm_scores = module([c.hypothesis.text for c in x.candidates], x.context, relative=shift_invariant(w))
-        loss, mwer, ce = list_loss(list_scores(x, lm_scores, w), x.errors, r.loss)
+    def example_loss(self, model: torch.nn.Module, x: NbestList) -> tuple[torch.Tensor, dict[str, float]]:
+        w = self.weights
+        lm_scores = model([c.hypothesis.text for c in x.candidates], x.context, relative=shift_invariant(w))
+        loss, mwer, ce = list_loss(list_scores(x, lm_scores, w), x.errors, self.recipe.loss)
         return loss, {"mwer": float(mwer), "ce": float(ce)}
 
-    def dev(module: torch.nn.Module) -> float:
-        return dev_wer(module, dev_lists, w)  # type: ignore[arg-type]
-
-    return run_lora_loop(
-        r,
-        ctx,
-        module=scorer,
-        examples=useful,
-        step_loss=step_loss,
-        dev_metric=dev if dev_lists else None,
-        metrics=("mwer", "ce"),
-        lists=len(train_lists),
-        resume=resume,
-        max_steps=max_steps,
-    )
+    def dev_wer(self, model: torch.nn.Module) -> float:
+        return dev_wer(model, self.dev_examples, self.weights)  # type: ignore[arg-type]

@@ -14,12 +14,9 @@ Output (`run.output_dir`): `retriever/` (what ships: safetensors + config), `rec
 
 from __future__ import annotations
 
-import json
-import math
-import random
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +28,7 @@ from llmasr.components.entities.retriever import RetrieverConfig, SpeechEntityRe
 from llmasr.core.metrics import normalize
 from llmasr.data.states import read_states
 from llmasr.train.config import OptimRecipe, RecipeError, RunRecipe, StageRecipe
-from llmasr.train.runlog import CsvLog
+from llmasr.train.loop import shuffled_batches
 
 RETRIEVER_PARTS = ("ctc_head", "retriever")
 CSV_FIELDS = ("step", "stage", "epoch", "loss", "lr", "elapsed", "dev_recall_at_5", "dev_cer")
@@ -59,7 +56,11 @@ class RetrieverRecipe:
         ]
     )
     optim: OptimRecipe = field(default_factory=OptimRecipe)
-    run: RunRecipe = field(default_factory=lambda: RunRecipe(output_dir="runs/retriever", log_every=20))
+    run: RunRecipe = field(
+        default_factory=lambda: RunRecipe(
+            output_dir="runs/retriever", log_every=20, eval_every=0, save_every=200, eval_each_stage=True
+        )
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,123 +182,87 @@ def ctc_cer(model: SpeechEntityRetriever, examples: Sequence[Example]) -> float:
     return errors / max(1, chars)
 
 
-@dataclass
-class RetrieverSummary:
-    steps: int
-    seconds: float
-    train_utterances: int
-    dev_utterances: int
-    dev_recall_at_5: float | None
-    dev_cer: float | None
-    trainable: int
-    output_dir: str
-    retriever: str
+class RetrieverTask:
+    """The speech-to-entity retriever as a training plug-in (llmasr.train.loop.Task): stage `ctc_head`
+    learns characters with the CTC loss (the compressor needs it to know which frames carry one), stage
+    `retriever` trains the rest contrastively with that head frozen. Dev metric per stage: character
+    error rate of the head, recall@5 of the utterances' entities."""
 
+    num_workers = 0
+    metrics = ("dev_cer", "dev_recall_at_5")
 
-def train_retriever(recipe: RetrieverRecipe, *, console: Any = None, **_: Any) -> RetrieverSummary:
-    from llmasr.components.entities.embed import TextEmbedder
-    from llmasr.train.loop import lr_factor, make_optimizer, stage_steps
-    from llmasr.train.lora_loop import start_run
+    def __init__(self, recipe: RetrieverRecipe) -> None:
+        from llmasr.components.entities.embed import TextEmbedder
 
-    r = recipe.validate()
-    ctx = start_run(r, console)
-    train = load_examples(r.data.train)
-    if r.data.dev:
-        dev = load_examples(r.data.dev)
-    else:
-        train, dev = train[: -r.data.dev_size], train[-r.data.dev_size :]
-    if not train or not dev:
-        raise RecipeError(f"{r.data.train}: too few utterances for a train/dev split")
-    embedder = TextEmbedder(r.model.embedder)
-    names = sorted({e for x in train + dev for e in x.entities})
-    vectors = dict(zip(names, embedder.embed(names)))
-    ctx.say(f"{len(train)} train / {len(dev)} dev utterances, {len(names)} distinct entities")
-    model = SpeechEntityRetriever(r.model)
-    log = CsvLog(ctx.out / "log.csv", CSV_FIELDS)
-    rng = random.Random(r.run.seed)
-    step, started = 0, time.perf_counter()
-    recall = cer = None
-    for stage in r.stages:
-        part = stage.train[0]
+        r = self.recipe = recipe.validate()
+        train = load_examples(r.data.train)
+        if r.data.dev:
+            dev = load_examples(r.data.dev)
+        else:
+            train, dev = train[: -r.data.dev_size], train[-r.data.dev_size :]
+        if not train or not dev:
+            raise RecipeError(f"{r.data.train}: too few utterances for a train/dev split")
+        self.train, self.dev = train, dev
+        embedder = TextEmbedder(r.model.embedder)
+        names = sorted({e for x in train + dev for e in x.entities})
+        self.vectors = dict(zip(names, embedder.embed(names)))
+        self.part = "ctc_head"
+
+    def build(self, device: torch.device) -> nn.Module:
+        return SpeechEntityRetriever(self.recipe.model).to(device)
+
+    def epoch_batches(self, epoch: int, rank: int, world: int) -> list[Any]:
+        return shuffled_batches(
+            self.train,
+            self.recipe.data.batch_size,
+            seed=self.recipe.run.seed,
+            epoch=epoch,
+            rank=rank,
+            world=world,
+        )
+
+    def collate(self, items: list[Example]) -> list[Example]:
+        return items
+
+    def set_stage(self, model: nn.Module, stage: StageRecipe) -> None:
+        self.part = stage.train[0]
         for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("compressor.ctc_head.") == (part == "ctc_head"))
-        model.train()
-        batches_per_epoch = math.ceil(len(train) / r.data.batch_size)
-        total = stage_steps(stage, batches_per_epoch, 1)
-        optimizer = make_optimizer(model, stage, r.optim)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(stage, total))
-        window: list[float] = []
-        order: list[Example] = []
-        for s in range(total):
-            if not order:
-                order = list(train)
-                rng.shuffle(order)
-            batch, order = order[: r.data.batch_size], order[r.data.batch_size :]
-            states, lengths = _pad(batch)
-            if part == "ctc_head":
-                logp = torch.log_softmax(model.ctc_logits(states), -1).transpose(0, 1)
-                targets = [torch.tensor(x.chars or [0]) for x in batch]
-                loss = F.ctc_loss(
-                    logp,
-                    torch.cat(targets),
-                    lengths,
-                    torch.tensor([len(t) for t in targets]),
-                    blank=r.model.blank,
-                    zero_infinity=True,
-                )
-            else:
-                ents = sorted({e for x in batch for e in x.entities})
-                if not ents:
-                    continue
-                positive = positives(batch, ents)
-                frames, mask = model.speech(states, lengths)
-                ent_vectors = torch.from_numpy(np.stack([vectors[e] for e in ents]))
-                scores = model.scores(frames, mask, model.entities(ent_vectors, char_tensor(ents)))
-                loss = contrastive_loss(scores, positive, model.logit_scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], r.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window.append(float(loss.detach()))
-            end = s == total - 1
-            if step % max(1, r.run.log_every) == 0 or end:
-                row = {
-                    "step": step,
-                    "stage": stage.name,
-                    "epoch": round((s + 1) / batches_per_epoch, 2),
-                    "loss": round(sum(window) / len(window), 5),
-                    "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-                    "elapsed": round(time.perf_counter() - started, 1),
-                }
-                if end:
-                    model.eval()
-                    if part == "ctc_head":
-                        cer = ctc_cer(model, dev)
-                        row["dev_cer"] = round(cer, 5)
-                    else:
-                        recall = recall_at_k(model, dev, vectors, 5)
-                        row["dev_recall_at_5"] = round(recall, 5)
-                    model.train()
-                log.write(row)
-                extra = (f" dev CER {100 * cer:.2f}%" if "dev_cer" in row and cer is not None else "") + (
-                    f" dev recall@5 {recall:.3f}" if "dev_recall_at_5" in row and recall is not None else ""
-                )
-                ctx.say(f"step {step} [{stage.name}] loss {row['loss']:.4f}{extra}")
-                window = []
-    model.eval()
-    folder = model.save(ctx.out / "retriever")
-    summary = RetrieverSummary(
-        steps=step,
-        seconds=round(time.perf_counter() - started, 1),
-        train_utterances=len(train),
-        dev_utterances=len(dev),
-        dev_recall_at_5=recall,
-        dev_cer=cer,
-        trainable=sum(p.numel() for p in model.parameters()),
-        output_dir=str(ctx.out),
-        retriever=str(folder),
-    )
-    (ctx.out / "summary.json").write_text(json.dumps(asdict(summary), indent=2), encoding="utf-8")
-    return summary
+            p.requires_grad_(name.startswith("compressor.ctc_head.") == (self.part == "ctc_head"))
+
+    def loss(self, model: nn.Module, batch: list[Example]) -> tuple[torch.Tensor, dict[str, float]]:
+        states, lengths = _pad(batch)
+        if self.part == "ctc_head":
+            logp = torch.log_softmax(model.ctc_logits(states), -1).transpose(0, 1)
+            targets = [torch.tensor(x.chars or [0]) for x in batch]
+            loss = F.ctc_loss(
+                logp,
+                torch.cat(targets),
+                lengths,
+                torch.tensor([len(t) for t in targets]),
+                blank=self.recipe.model.blank,
+                zero_infinity=True,
+            )
+            return loss, {"examples": len(batch)}
+        ents = sorted({e for x in batch for e in x.entities})
+        frames, mask = model.speech(states, lengths)
+        if not ents:  # nothing to contrast in this batch: a zero loss that keeps the graph
+            return frames.sum() * 0.0, {"examples": len(batch)}
+        ent_vectors = torch.from_numpy(np.stack([self.vectors[e] for e in ents]))
+        scores = model.scores(frames, mask, model.entities(ent_vectors, char_tensor(ents)))
+        return contrastive_loss(scores, positives(batch, ents), model.logit_scale), {"examples": len(batch)}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        if self.part == "ctc_head":
+            return {"dev_cer": ctc_cer(model, self.dev)}
+        return {"dev_recall_at_5": recall_at_k(model, self.dev, self.vectors, 5)}
+
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return model.state_dict()
+
+    def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        model.load_state_dict(state)
+
+    def export(self, model: nn.Module, folder: Path) -> Path:
+        """`retriever.safetensors` + `retriever.json`: what ships as `retriever-tiny`."""
+        return model.save(folder)
