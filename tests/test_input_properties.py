@@ -139,7 +139,7 @@ def test_cli_batch_always_completes(tmp_path_factory, pipeline, monkeypatch, spe
     for i, spec in enumerate(specs):
         spec["name"] = f"{i}-".encode() + spec["name"]  # distinct inputs
         paths.append(write(spec, folder))
-    monkeypatch.setattr(cli, "_pipeline", lambda mode, deep, flags: (pipeline.options, pipeline))
+    monkeypatch.setattr(cli, "_pipeline", lambda run_flags, **extra: (pipeline.options, pipeline))
     out = folder / "out"
     args = ["transcribe", *map(str, paths), "-f", "json", "-o", str(out)]
     declared = [s for s in specs if s["declared"]]

@@ -69,6 +69,8 @@ def test_term_lists_read_the_same_with_bom_and_crlf() -> None:
 
 
 def test_output_names_never_collide(tmp_path: Path) -> None:
+    assert output_paths(["a/x.wav", "b/y.flac"], tmp_path, "srt") == [tmp_path / "x.srt", tmp_path / "y.srt"]
+    assert output_paths(["a/x.wav", "a/x.wav"], tmp_path, "txt") == [tmp_path / "x.txt"] * 2
     names = ["a/monday/meeting.wav", "a/tuesday/meeting.wav", "a/meeting.flac", "a/meeting.wav"]
     paths = output_paths(names, tmp_path, "txt")
     assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
@@ -203,8 +205,10 @@ def server():
     from fastapi.testclient import TestClient
 
     from llmasr.apps.serve.app import ServeSettings, create_app
+    from llmasr.decoding.options import resolve_options
 
-    with TestClient(create_app(ServeSettings(asr="whisper-tiny.en", lm="none"))) as client:
+    settings = ServeSettings(options=resolve_options(asr="whisper-tiny.en", lm="none"))
+    with TestClient(create_app(settings)) as client:
         yield client
 
 

@@ -37,7 +37,7 @@ def utterances(tmp_path_factory: pytest.TempPathFactory) -> list:
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
     options = resolve_options(threads=2)
-    assert options.lm == "gemma-3-270m" and options.weights.lm_weight > 0, (
+    assert options.rescoring.lm == "gemma-3-270m" and options.rescoring.weights.lm_weight > 0, (
         "the default must rescore with the LLM"
     )
     return Pipeline(options)

@@ -355,7 +355,8 @@ def test_real_server_with_openai_client():
     if not is_installed(REGISTRY["whisper-tiny.en"]):
         pytest.skip("whisper-tiny.en is not installed")
     port = _free_port()
-    settings = ServeSettings(host="127.0.0.1", port=port, asr="whisper-tiny.en", lm="none", api_key="k-123")
+    options = resolve_options(asr="whisper-tiny.en", lm="none")
+    settings = ServeSettings(host="127.0.0.1", port=port, options=options, api_key="k-123")
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

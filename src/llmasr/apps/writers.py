@@ -160,16 +160,23 @@ def write(transcript: Transcript, fmt: str, path: Path, *, nbest: bool = False) 
     return path
 
 
-def output_paths(inputs: Sequence[str | os.PathLike[str]], out_dir: Path, fmt: str) -> list[Path]:
-    """Where each input's transcript goes under `out_dir`: its path relative to the inputs' common folder,
-    with the format's suffix, so inputs of the same name in different folders never share an output
-    (monday/meeting.wav -> OUT/monday/meeting.txt, tuesday/meeting.wav -> OUT/tuesday/meeting.txt).
-    Inputs that would still collide (meeting.wav and meeting.flac side by side) keep their own suffix
-    (meeting.wav.txt, meeting.flac.txt). The same input given twice gets the same path."""
+def output_paths(
+    inputs: Sequence[str | os.PathLike[str]], out_dir: Path, fmt: str, *, mirror: bool = False
+) -> list[Path]:
+    """Where each input's transcript goes under `out_dir`, so that no two inputs ever share an output.
+
+    `<stem>.<suffix>` when every input's stem is its own (faster-whisper's naming); otherwise, or with
+    `mirror`, the input's path relative to the inputs' common folder (monday/meeting.wav ->
+    OUT/monday/meeting.txt, tuesday/meeting.wav -> OUT/tuesday/meeting.txt), and inputs that would still
+    collide (meeting.wav beside meeting.flac) keep their own suffix (meeting.wav.txt, meeting.flac.txt).
+    The same input given twice gets the same path."""
     key = WRITERS[_check_format(fmt)].suffix
     absolute = [os.path.abspath(os.fspath(p)) for p in inputs]
     if not absolute:
         return []
+    stems = {os.path.splitext(os.path.basename(p))[0] for p in set(absolute)}
+    if not mirror and len(stems) == len(set(absolute)):
+        return [out_dir / f"{os.path.splitext(os.path.basename(p))[0]}.{key}" for p in absolute]
     root = os.path.commonpath([os.path.dirname(p) for p in absolute])
     relative = [Path(os.path.relpath(p, root)) for p in absolute]
     plain = [r.with_suffix(f".{key}") if r.suffix else r.with_name(f"{r.name}.{key}") for r in relative]

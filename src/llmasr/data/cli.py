@@ -374,7 +374,7 @@ def ctc_pairs(
     recognizer: str = typer.Option("whisper-tiny.en-ctc", "--ctc", help="CTC recogniser for speech pairs."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Pairs for D2's text decoder: CTC output (real, or simulated from text) -> formatted reference."""
+    """Pairs for a CTC + LM correction decoder: CTC output (real, or simulated) -> formatted text."""
     from llmasr.core.files import atomic_write
     from llmasr.data.ctc_pairs import speech_pairs, text_pairs
     from llmasr.data.manifest import read_manifest

@@ -1,10 +1,11 @@
-"""Training pairs for D2's text decoder: (what a CTC recogniser writes, the formatted reference).
+"""Training pairs for a CTC + LM correction decoder: (what a CTC recogniser writes, the reference).
 
 Two sources, in the N-best JSONL format the corrector trainer reads (one hypothesis per record):
 - speech: the CTC head's greedy output on cached encoder states of transcribed speech;
 - text only: sentences of a text corpus, normalised (lowercase, no punctuation, numbers spelled) and
   given character slips like a CTC recogniser's (letters swapped for similar ones, dropped, doubled,
-  word boundaries lost or added), so that text without audio also trains the decoder (D2's point).
+  word boundaries lost or added), so that text without audio also trains the decoder (the point of
+  Ling et al. 2023's text-only path).
 """
 
 from __future__ import annotations

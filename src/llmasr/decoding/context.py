@@ -1,4 +1,4 @@
-"""The text that conditions the LLM: domain prompt, term list (S2) and previous segments (S1)."""
+"""The text that conditions the LLM: domain prompt, term list and previous segments."""
 
 from __future__ import annotations
 

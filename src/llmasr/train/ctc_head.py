@@ -143,9 +143,12 @@ class CtcHeadTask:
                 counts[t] = counts.get(t, 0) + 1
         self._frequent = sorted(counts, key=lambda t: -counts[t])[: d.frequent_tokens]
         self._rng = np.random.default_rng(recipe.run.seed)
+        #: what the head may emit: every token of the training transcripts (normalised text)
+        self.vocabulary = np.array(sorted(counts), dtype=np.int64)
 
     def build(self, device: torch.device) -> nn.Module:
         head = TokenCtcHead(self.recipe.model, self.embeddings).to(device)
+        head.allow(self.vocabulary.tolist())
         head.requires_grad_(False)
         return head
 
@@ -194,7 +197,9 @@ class CtcHeadTask:
         d = self.recipe.data
         if d.frequent_tokens <= 0 and d.random_tokens <= 0:
             return None
-        extra = self._rng.choice(self.embeddings.shape[0], size=d.random_tokens, replace=False)
+        extra = self._rng.choice(
+            self.vocabulary, size=min(d.random_tokens, len(self.vocabulary)), replace=False
+        )
         return [*self._frequent, *extra.tolist()]
 
     @torch.no_grad()
@@ -220,7 +225,9 @@ class CtcHeadTask:
         return _unwrap(model).state_dict()
 
     def load_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        _unwrap(model).load_state_dict(state)
+        head = _unwrap(model)
+        state.setdefault("allowed", head.allowed)
+        head.load_state_dict(state)
 
     def export(self, model: nn.Module, folder: Path) -> Path:
         return _unwrap(model).save(folder)

@@ -12,7 +12,7 @@ errors carry no signal and are skipped.
 
 The context is the one inference builds (`build_context`): some lists get another utterance as the
 previous segment, some a term list that holds a few of the reference's rarer words among
-distractors, so that carried-over context (S1) and term lists (S2) keep working after training.
+distractors, so that carried-over context and term lists keep working after training.
 
 Runs on the one training loop (llmasr.train.loop); `run.output_dir` gets `export/` (the peft LoRA files:
 what ships), `recipe.yaml`, `log.csv`, `summary.json` and `checkpoints/step-N/` for `--resume`.
@@ -70,9 +70,9 @@ class RescorerDataRecipe:
     train: str = ""
     dev: str | None = None
     max_candidates: int = 8
-    #: share of training lists given another utterance's reference as the previous segment (S1)
+    #: share of training lists given another utterance's reference as the previous segment
     history_rate: float = 0.25
-    #: share of training lists given a term list (S2): rarer reference words among distractors
+    #: share of training lists given a term list: rarer reference words among distractors
     terms_rate: float = 0.25
     terms_per_list: int = 8
     #: training lists whose best candidate is worse than this (word errors / reference words) are left

@@ -1,4 +1,4 @@
-"""Train the speech-to-entity retriever (D5) on cached encoder states (`llmasr data states`).
+"""Train the speech-to-entity retriever on cached encoder states (`llmasr data states`).
 
 Two stages, as a recipe (`kind: retriever`): `ctc_head` learns characters with the CTC loss (the
 compressor needs it to know which frames carry a character), then `retriever` trains the projections,

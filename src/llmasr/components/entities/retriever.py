@@ -1,4 +1,4 @@
-"""D5's speech-to-entity retriever (after ReSLM, Wang et al. 2023): which entities of a database does an
+"""The speech-to-entity retriever (after ReSLM, Wang et al. 2023): which entities of a database does an
 utterance mention, judged from its speech alone, before any transcript exists.
 
 Speech side: frozen encoder states, CTC-compressed (a CTC head over characters keeps one averaged

@@ -89,6 +89,9 @@ class TokenCtcHead(nn.Module):
         #: logits = exp(log_scale) * x @ E^T: E's rows are small (norm ~3), so start sharp enough to learn
         self.log_scale = nn.Parameter(torch.tensor(0.0))
         self.token_bias = nn.Parameter(torch.zeros(int(vocab)))
+        #: the tokens the head may emit (those of normalised text: lowercase words, no punctuation); the
+        #: rest of the LLM's vocabulary (code, capitals, other scripts) never trained and is masked out
+        self.register_buffer("allowed", torch.ones(int(vocab), dtype=torch.bool))
 
     # ---- shapes ------------------------------------------------------------------------------
 
@@ -123,7 +126,14 @@ class TokenCtcHead(nn.Module):
         if columns is not None:
             table, bias = table[columns], bias[columns]
         tokens = self.log_scale.exp() * (x @ table.to(x.dtype).T) + bias.to(x.dtype)
+        if columns is None:
+            tokens = tokens.masked_fill(~self.allowed, float("-inf"))
         return torch.cat([tokens, self.blank_logit(hidden)], dim=-1)
+
+    def allow(self, token_ids: Sequence[int]) -> None:
+        """Restrict emissions to `token_ids` (the tokenizer's ids of normalised text)."""
+        self.allowed.zero_()
+        self.allowed[torch.as_tensor(sorted(set(token_ids)), dtype=torch.long)] = True
 
     def forward(self, states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, T', V + 1), lengths (B,))."""
@@ -260,7 +270,9 @@ class TokenCtcHead(nn.Module):
             raise ModelError(f"{folder}: no CTC head here (expected {CONFIG} and {WEIGHTS})")
         config = CtcHeadConfig(**json.loads((folder / CONFIG).read_text(encoding="utf-8")))
         head = cls(config, embeddings)
-        head.load_state_dict(load_file(str(folder / WEIGHTS)))
+        state = load_file(str(folder / WEIGHTS))
+        state.setdefault("allowed", head.allowed)  # heads saved before the mask existed emit any token
+        head.load_state_dict(state)
         return head.eval()
 
 

@@ -1,4 +1,6 @@
-"""SpeechLLM: speech encoder -> adapter -> causal LM that writes the transcript (D3, D4 and kin).
+"""SpeechLLM: speech encoder -> adapter -> causal LM that writes the transcript.
+
+The adapter stacks frames, compresses them with CTC, or feeds gated cross-attention blocks.
 
 The audio embeddings take the place of an `<audio>` placeholder in a text prompt, e.g.
 
@@ -29,7 +31,7 @@ from llmasr.core.errors import ModelError
 AUDIO_PLACEHOLDER = "<audio>"
 DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
 IGNORE = -100  # label of positions that carry no loss (prompt, audio, padding)
-#: prefix: audio embeddings in the prompt (D3, D4); xattn: gated cross-attention blocks (D1)
+#: prefix: audio embeddings in the prompt; xattn: gated cross-attention blocks
 FUSIONS = ("prefix", "xattn")
 
 
@@ -203,7 +205,7 @@ class SpeechLLM(nn.Module):
         core = self.causal_lm
         self._softcap = getattr(core.config, "final_logit_softcapping", None)
         self._prompt_cache: dict[tuple[str | None, tuple[str, ...]], tuple[list[int], list[int]]] = {}
-        #: D1: the speech reaches the LLM through gated cross-attention, not as prompt embeddings
+        #: xattn: the speech reaches the LLM through gated cross-attention, not as prompt embeddings
         self.xattn = XAttnFusion(core, xattn_every, xattn_heads) if fusion == "xattn" else None
         self.freeze(encoder=freeze_encoder, llm=True)
 

@@ -1,4 +1,4 @@
-"""D1: gated cross-attention from a frozen causal LM to the speech (Flamingo-style GATED XATTN-DENSE).
+"""Gated cross-attention from a frozen causal LM to the speech (Flamingo-style GATED XATTN-DENSE).
 
 Blocks sit after every k-th decoder layer. Each block lets the layer's hidden states (queries: the prompt
 and the transcript so far) attend to the adapter's output (keys and values: the downsampled speech),
