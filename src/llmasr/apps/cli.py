@@ -135,6 +135,96 @@ def transcribe(
 
 
 @app.command()
+@with_run_flags()
+def batch(
+    source: Annotated[
+        Path, typer.Argument(help="A folder (audio files, recursively), a JSONL manifest or a lhotse CutSet.")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Results: one file per input + results.jsonl.")
+    ],
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="Output format: " + ", ".join(WRITERS) + ".")
+    ] = "json",
+    engine: Annotated[
+        str, typer.Option(help="ray (an actor pool; embedded unless --address) or local (this process).")
+    ] = "ray",
+    workers: Annotated[int, typer.Option(min=1, help="Ray: transcribers, each loading the models once.")] = 1,
+    cpus_per_worker: Annotated[
+        float, typer.Option(min=0.1, help="Ray: CPUs per transcriber (also its model threads).")
+    ] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(min=0.0, help="Ray: GPUs per transcriber.")] = 0.0,
+    address: Annotated[
+        str | None,
+        typer.Option(envvar="RAY_ADDRESS", help="Ray cluster to run on (ray://host:10001, or 'auto')."),
+    ] = None,
+    retry_errors: Annotated[
+        bool, typer.Option("--retry-errors", help="Also redo the inputs results.jsonl records as failed.")
+    ] = False,
+    *,
+    run_flags: dict[str, Any],
+) -> None:
+    """Transcribe a corpus resumably: re-running the same command skips what results.jsonl records."""
+    from llmasr.apps.batch import collect_inputs, run_batch
+
+    if fmt.lower() not in WRITERS:
+        raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(WRITERS)}", 2)
+    if run_flags.get("threads") is None:
+        run_flags = {**run_flags, "threads": max(1, int(cpus_per_worker))}
+    try:
+        options = options_from_flags(run_flags)
+        items = collect_inputs(
+            source, fmt.lower(), on_error=lambda m: _error(err, m, "[yellow]skipped:[/yellow]")
+        )
+    except LlmasrError as exc:
+        raise _fail(str(exc)) from exc
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("transcribing", total=len(items))
+        seconds = [0.0]
+
+        def on_start(total: int, skipped: int) -> None:
+            if skipped:
+                _say(progress.console, f"{skipped} of {total} input(s) already done (results.jsonl): skipped")
+            progress.update(task, completed=skipped)
+
+        def on_result(record: dict[str, Any]) -> None:
+            seconds[0] += record["duration"]
+            if record["status"] != "ok":
+                _error(progress.console, record["error"])
+            speed = seconds[0] / 3600 / max(1e-9, (time.perf_counter() - started) / 3600)
+            progress.update(task, advance=1, description=f"transcribing ({speed:.1f} audio h/h)")
+
+        try:
+            summary = run_batch(
+                items,
+                out_dir,
+                options,
+                fmt=fmt.lower(),
+                engine=engine,
+                workers=workers,
+                cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker,
+                address=address,
+                batch_size=options.decoding.batch_size,
+                retry_errors=retry_errors,
+                on_start=on_start,
+                on_result=on_result,
+            )
+        except LlmasrError as exc:
+            raise _fail(str(exc)) from exc
+    rate = f"{summary.hours_per_hour:.1f}" if summary.hours_per_hour else "-"
+    _say(
+        err,
+        f"{summary.done} transcribed, {summary.failed} failed, {summary.skipped} already done; "
+        f"{summary.audio_seconds / 3600:.2f} h of audio in {summary.seconds:.0f} s ({rate} audio h/h); "
+        f"{out_dir / 'results.jsonl'}",
+    )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def compare(
     recipe: Annotated[
         Path, typer.Argument(help="Compare recipe (YAML): manifests and methods (recipes/compare.yaml).")

@@ -3,6 +3,7 @@ nothing written before) and YAML mappings (profiles, recipes) with errors that n
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -47,3 +48,39 @@ def read_yaml_mapping(
     if not isinstance(data, dict):
         raise error(f"{p}: a {what} is a YAML mapping")
     return data
+
+
+def read_done(path: Path) -> tuple[set[str], int]:
+    """Ids of the records (JSON objects with a string "id") already in an append-only JSONL file; a last
+    line cut short by a kill is truncated away, so appending resumes cleanly (N-best corpora, batch
+    results). Returns (ids, bytes removed). Complete lines that are not valid records are left in place."""
+    done: set[str] = set()
+    if not path.exists():
+        return done, 0
+    with open(path, "rb") as fh:
+        data = fh.read()
+    good_end = 0
+    pos = 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        line = data[pos : (nl if nl >= 0 else len(data))]
+        try:
+            obj = json.loads(line) if line.strip() else None
+        except ValueError:
+            obj = None
+        if nl < 0:  # no newline: the last write did not finish (or the record is whole but unterminated)
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                done.add(obj["id"])
+                good_end = len(data)
+                with open(path, "ab") as out:
+                    out.write(b"\n")
+            break
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            done.add(obj["id"])
+        good_end = nl + 1
+        pos = nl + 1
+    removed = len(data) - good_end if good_end < len(data) else 0
+    if removed:
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return done, removed

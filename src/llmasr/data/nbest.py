@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmasr.core.errors import LlmasrError, ManifestError, internal_error
+from llmasr.core.files import read_done
 from llmasr.core.types import Hypothesis
 from llmasr.data.manifest import Utterance, read_manifest
 
@@ -65,43 +66,6 @@ def record_hypotheses(record: dict[str, Any]) -> list[Hypothesis]:
         )
         for h in record["nbest"]
     ]
-
-
-def read_done(path: Path) -> tuple[set[str], int]:
-    """Ids already in an output file; a last line cut short by a kill is truncated away.
-
-    Returns (ids, bytes removed). Complete lines that are not valid records are left in place.
-    """
-    done: set[str] = set()
-    if not path.exists():
-        return done, 0
-    with open(path, "rb") as fh:
-        data = fh.read()
-    good_end = 0
-    pos = 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        line = data[pos : (nl if nl >= 0 else len(data))]
-        try:
-            obj = json.loads(line) if line.strip() else None
-        except ValueError:
-            obj = None
-        if nl < 0:  # no newline: the last write did not finish (or the record is whole but unterminated)
-            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                done.add(obj["id"])
-                good_end = len(data)
-                with open(path, "ab") as out:
-                    out.write(b"\n")
-            break
-        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-            done.add(obj["id"])
-        good_end = nl + 1
-        pos = nl + 1
-    removed = len(data) - good_end if good_end < len(data) else 0
-    if removed:
-        with open(path, "r+b") as fh:
-            fh.truncate(good_end)
-    return done, removed
 
 
 def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> dict[str, Any]:
