@@ -350,12 +350,14 @@ class WaveformSpeechEncoder(SpeechEncoder):
 
 
 @torch.no_grad()
-def encode_utterances(encoder: torch.nn.Module, audio: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The audio-holding encoder frames of each input, float16 (T_i, D)."""
+def encode_utterances(
+    encoder: torch.nn.Module, audio: Sequence[np.ndarray], dtype: torch.dtype = torch.float16
+) -> list[np.ndarray]:
+    """The audio-holding encoder frames of each input, (T_i, D) in `dtype` (float16 halves a cache)."""
     features = encoder.features(list(audio))  # type: ignore[operator]
     hidden = encoder(features)
     lengths = encoder.output_lengths(torch.tensor([len(a) for a in audio]))  # type: ignore[operator]
-    return [hidden[i, : int(n)].to(torch.float16).numpy() for i, n in enumerate(lengths)]
+    return [hidden[i, : int(n)].to(dtype).numpy() for i, n in enumerate(lengths)]
 
 
 # --------------------------------------------------------------------------- Whisper from CTranslate2

@@ -1,0 +1,163 @@
+"""The token CTC head (align before you fuse): targets from the LLM's tokenizer, compression lengths, a tiny
+head trained on made-up states learning to emit the right tokens, and cached-state training giving the same
+loss as training on the fly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llmasr.components.speech.ctc_head import CtcHeadConfig, TokenCtcHead, ctc_targets
+from tests.tiny import save_tiny_lm
+
+torch.set_num_threads(1)
+
+WORDS = "the a cat dog sat on mat ran to park in house big small red blue hello world".split()
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.Tensor, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("lm") / "llm"
+    save_tiny_lm(folder, WORDS, lowercase=True)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    return model.get_input_embeddings().weight.detach().clone(), AutoTokenizer.from_pretrained(folder)
+
+
+def head_for(embeddings: torch.Tensor, **kw: object) -> TokenCtcHead:
+    config = CtcHeadConfig(input_dim=8, stack=2, dim=32, layers=1, heads=2, ffn_dim=64, dropout=0.0, **kw)
+    torch.manual_seed(0)
+    return TokenCtcHead(config, embeddings)
+
+
+def test_targets_are_the_llm_tokenizers_ids_of_normalised_text(lm) -> None:
+    _, tokenizer = lm
+    ids = ctc_targets(tokenizer, "The CAT sat, on 2 mats!")  # lowercase, no punctuation, numbers spelled
+    assert ids == tokenizer.encode("the cat sat on two mats", add_special_tokens=False)
+    assert ctc_targets(tokenizer, "?!") == []
+
+
+def test_logits_shapes_blank_and_vocabulary_mask(lm) -> None:
+    embeddings, _ = lm
+    head = head_for(embeddings)
+    v = embeddings.shape[0]
+    logits, lengths = head(torch.randn(3, 11, 8), torch.tensor([11, 7, 2]))
+    assert logits.shape == (3, 6, v + 1) and lengths.tolist() == [6, 4, 1]  # ceil(T / stack)
+    head.allow([3, 5])
+    logits, _ = head(torch.randn(1, 4, 8), torch.tensor([4]))
+    emitted = {tok for tok, _, _ in head.greedy(logits, torch.tensor([2]))[0]}
+    assert emitted <= {3, 5} and torch.isinf(logits[0, :, 4]).all()
+    assert not torch.isinf(logits[0, :, v]).any()  # blank is always allowed
+
+
+def test_compression_keeps_one_vector_per_emitted_token(lm) -> None:
+    embeddings, _ = lm
+    head = head_for(embeddings)
+    v = embeddings.shape[0]
+    logits = torch.full((2, 6, v + 1), -10.0)
+    # row 0: blank, 3, 3, blank, 5, blank -> tokens 3, 5; row 1 (length 2): all blank -> its least-blank frame
+    for t, label in enumerate([v, 3, 3, v, 5, v]):
+        logits[0, t, label] = 10.0
+    logits[1, :, v] = 10.0
+    logits[1, 1, v] = 1.0
+    vectors, lengths, starts = head.compress(logits, torch.tensor([6, 2]))
+    assert lengths.tolist() == [2, 1] and vectors.shape == (2, 2, embeddings.shape[1])
+    assert starts[0].tolist() == [1, 4] and starts[1, 0] == 1
+    assert torch.allclose(
+        vectors[0, 0], embeddings[3], atol=1e-3
+    )  # a confident frame ~ its token's embedding
+    assert torch.allclose(vectors[0, 1], embeddings[5], atol=1e-3)
+
+
+def test_head_learns_to_emit_the_right_tokens_from_made_up_states(lm) -> None:
+    """Each token has its own random 'sound' (a state vector); utterances are 2-4 tokens, each held for 4
+    frames with blank-ish frames between. A few hundred steps of CTC make greedy decoding read them back."""
+    embeddings, tokenizer = lm
+    rng = np.random.default_rng(0)
+    vocab = [tokenizer.encode(w, add_special_tokens=False)[0] for w in ("cat", "dog", "sat", "mat", "park")]
+    sounds = {t: rng.standard_normal(8).astype(np.float32) * 2 for t in vocab}
+
+    def utterance() -> tuple[torch.Tensor, list[int]]:
+        ids = list(rng.choice(vocab, size=rng.integers(2, 5)))
+        frames = []
+        for t in ids:
+            frames += [sounds[t]] * 4 + [rng.standard_normal(8).astype(np.float32) * 0.1] * 2
+        return torch.from_numpy(np.stack(frames)), [int(t) for t in ids]
+
+    head = head_for(embeddings)
+    head.allow(vocab)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+    for _ in range(300):
+        batch = [utterance() for _ in range(8)]
+        states = torch.nn.utils.rnn.pad_sequence([s for s, _ in batch], batch_first=True)
+        lengths = torch.tensor([len(s) for s, _ in batch])
+        hidden, out_lengths = head.hidden(states, lengths)
+        loss = head.ctc_loss(hidden, out_lengths, [ids for _, ids in batch], negatives=vocab[:2])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+    correct = 0
+    for _ in range(20):
+        states, ids = utterance()
+        logits, n = head(states[None], torch.tensor([len(states)]))
+        correct += [t for t, _, _ in head.greedy(logits, n)[0]] == ids
+    assert correct >= 18, correct
+
+
+def test_cached_states_and_on_the_fly_training_give_the_same_loss(tmp_path) -> None:
+    """A speech-LLM's loss is the same whether its encoder runs in the step or its states come cached."""
+    from transformers import WhisperConfig, WhisperModel
+
+    from llmasr.components.speech.encoders import encode_utterances, load_encoder
+    from llmasr.components.speech.speechllm import SpeechBatch, SpeechLlmConfig, build_speechllm
+
+    save_tiny_lm(tmp_path / "llm", WORDS, lowercase=True)
+    WhisperModel(
+        WhisperConfig(
+            vocab_size=64,
+            num_mel_bins=80,
+            d_model=16,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=32,
+            max_source_positions=1500,
+            max_target_positions=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )  # fmt: skip
+    ).save_pretrained(tmp_path / "whisper")
+    config = SpeechLlmConfig(
+        encoder=str(tmp_path / "whisper"), lm=str(tmp_path / "llm"), adapter_kw={"stack": 4}
+    )
+    torch.manual_seed(0)
+    online = build_speechllm(config)
+    cached = build_speechllm(config, encoder=None, with_encoder=False, states_dim=16)
+    cached.adapter.load_state_dict(online.adapter.state_dict())
+    rng = np.random.default_rng(1)
+    audio = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 11000)]
+    texts = ["the cat sat", "hello world"]
+    encoder = load_encoder(str(tmp_path / "whisper"))
+    states = [
+        torch.from_numpy(s.astype(np.float32)) for s in encode_utterances(encoder, audio, dtype=torch.float32)
+    ]
+    with torch.no_grad():
+        a = online.compute_losses(
+            SpeechBatch(
+                features=online.encoder.features(audio),
+                feature_lengths=torch.tensor([16000, 11000]),
+                texts=texts,
+            )
+        )
+        padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True)
+        b = cached.compute_losses(
+            SpeechBatch(features=padded, feature_lengths=torch.tensor([len(s) for s in states]), texts=texts)
+        )
+    assert float(a.loss) == pytest.approx(float(b.loss), abs=1e-5)
