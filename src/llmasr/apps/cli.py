@@ -348,7 +348,7 @@ def eval_cmd(
         Path | None, typer.Option("--json", help="Write the figures and rows as JSON.")
     ] = None,
     by: Annotated[
-        list[str] | None, typer.Option("--by", help="Also break WER down by: voice, augmentation.")
+        list[str] | None, typer.Option("--by", help="Also break WER down by: voice, augmentation, style.")
     ] = None,
     *,
     run_flags: dict[str, Any],
@@ -379,8 +379,8 @@ def eval_cmd(
     out_console.print(table)
     breakdowns = {}
     for key in by or []:
-        if key not in ("voice", "augmentation"):
-            raise _fail(f"--by takes voice or augmentation, not '{key}'", 2)
+        if key not in ("voice", "augmentation", "style"):
+            raise _fail(f"--by takes voice, augmentation or style, not '{key}'", 2)
         breakdowns[key] = report.breakdown(key)
         t = Table(key, "utterances", "words", "WER", "first-pass WER", title=f"by {key}")
         for label, g in breakdowns[key].items():

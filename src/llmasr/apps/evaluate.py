@@ -38,6 +38,8 @@ class Row:
     error: str | None = None
     voice: str | None = None
     augmentation: str | None = None
+    #: the kind of speech (read, conversational, prompt, command, digits), from the manifest
+    style: str | None = None
 
 
 @dataclass
@@ -139,7 +141,13 @@ def evaluate(
 ) -> Report:
     report = Report(settings={"asr": pipeline.options.decoding.asr, "lm": pipeline.options.rescoring.lm})
     for utt in utterances:
-        row = Row(id=utt.id, reference=utt.text, voice=utt.voice, augmentation=utt.augmentation)
+        row = Row(
+            id=utt.id,
+            reference=utt.text,
+            voice=utt.voice,
+            augmentation=utt.augmentation,
+            style=utt.extra.get("style"),
+        )
         ref_norm = normalize(utt.text)
         row.ref_words = len(ref_norm.split())
         try:

@@ -60,6 +60,9 @@ def real(
     espnet_sdist: Path | None = typer.Option(
         None, help="A pre-downloaded espnet-*.tar.gz (else pip downloads it)."
     ),
+    packages: bool = typer.Option(
+        True, "--packages/--no-packages", help="Also the recordings of more packages (real_packages.py)."
+    ),
 ) -> None:
     """Real speech: pocketsphinx-testdata recordings + ESPnet mini_an4 utterances -> real_dev.jsonl."""
     from llmasr.data.real import build_real_dev
@@ -67,7 +70,7 @@ def real(
     t0 = time.monotonic()
     try:
         with _err.status("converting recordings and fetching the ESPnet sdist..."):
-            path = build_real_dev(out, espnet_sdist=espnet_sdist)
+            path = build_real_dev(out, espnet_sdist=espnet_sdist, packages=packages)
     except LlmasrError as e:
         _fail(str(e))
     _done(path, t0)

@@ -24,6 +24,7 @@ import re
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 from llmasr.core.audio import PcmFormat, load_audio
@@ -84,7 +85,8 @@ def pocketsphinx_utterances(out_dir: Path, testdata: Path = TESTDATA) -> list[Ut
             dest = audio_dir / f"{uid}.flac"
             dur = write_flac(load_audio(wav, max_duration=None), dest)
             src = f"pocketsphinx-testdata:{sub}/{wav.name}"
-            utts.append(Utterance(uid, str(dest), refs[wav.stem], dur, extra={"source": src}))
+            style = "read" if sub == "librivox" else "command"
+            utts.append(Utterance(uid, str(dest), refs[wav.stem], dur, extra={"source": src, "style": style}))
     for rel, text in RAW_REFERENCES.items():
         raw = testdata / rel
         if not raw.exists():
@@ -92,7 +94,9 @@ def pocketsphinx_utterances(out_dir: Path, testdata: Path = TESTDATA) -> list[Ut
         uid = "ps-" + Path(rel).name.removesuffix(".raw").replace(".", "-")
         dest = audio_dir / f"{uid}.flac"
         dur = write_flac(load_audio(raw, max_duration=None, raw=PcmFormat(16000)), dest)  # headerless
-        utts.append(Utterance(uid, str(dest), text, dur, extra={"source": f"pocketsphinx-testdata:{rel}"}))
+        style = "digits" if "tidigits" in rel else "command"
+        extra = {"source": f"pocketsphinx-testdata:{rel}", "style": style}
+        utts.append(Utterance(uid, str(dest), text, dur, extra=extra))
     return utts
 
 
@@ -169,9 +173,8 @@ def an4_utterances(sdist: Path, out_dir: Path) -> list[Utterance]:
             dest = audio_dir / f"{uid}.flac"
             dur = write_flac(load_audio(files[name], name=name, max_duration=None), dest)
             rel = name.split("downloads/", 1)[-1]
-            utts.append(
-                Utterance(uid, str(dest), refs[stem], dur, extra={"source": f"espnet-mini_an4:{rel}"})
-            )
+            extra = {"source": f"espnet-mini_an4:{rel}", "style": "command"}
+            utts.append(Utterance(uid, str(dest), refs[stem], dur, extra=extra))
     index: dict[str, list[str]] = {"rirs": [], "noises": []}
     for name in sorted(files):
         if name.endswith(".wav") and ("/rirs/" in name or "/noise/" in name):
@@ -191,11 +194,20 @@ def build_real_dev(
     espnet_sdist: Path | None = None,
     testdata: Path = TESTDATA,
     cache_dir: Path | None = None,
+    packages: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write ``out_dir/real_dev.jsonl``: pocketsphinx-testdata + ESPnet AN4 utterances (see module doc)."""
+    """Write ``out_dir/real_dev.jsonl``: pocketsphinx-testdata + ESPnet AN4 utterances (see module doc),
+    and with `packages` the recordings of llmasr.data.real_packages (read, prompts, conversational); each
+    utterance's `style` says which kind of speech it is (`llmasr eval --by style`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir or out_dir / ".cache"
     utts = pocketsphinx_utterances(out_dir, testdata)
-    sdist = fetch_espnet_sdist(cache_dir or out_dir / ".cache", espnet_sdist)
+    sdist = fetch_espnet_sdist(cache, espnet_sdist)
     utts += an4_utterances(sdist, out_dir)
+    if packages:
+        from llmasr.data.real_packages import package_utterances
+
+        utts += package_utterances(out_dir, cache, log=log)
     return write_manifest(utts, out_dir / "real_dev.jsonl")
