@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -323,3 +324,58 @@ def test_normalised_lm_weights_alone_run_the_lm_and_count_its_tokens() -> None:
     # with only the total-LM weight, no per-token lengths are computed on the inference path
     plain = NbestRescorer(fake, Weights(lm_weight=1.0)).featurise(nb)
     assert all(c.lm_tokens == 0 for c in plain)
+
+
+# --- truncation features ----------------------------------------------------------------------------
+
+
+def truncated_list() -> list[Hypothesis]:
+    """Beam hypotheses of "montreal forced a liner" where one stops early: the LM likes "montreal"."""
+    return hyps(
+        ("Montreal forced a liner.", -3.0),
+        ("Montreal forced aligner.", -3.4),
+        ("Montreal forced a liner", -3.6),
+        ("Montreal.", -4.0),
+    )
+
+
+def test_truncation_features_by_hand() -> None:
+    cands = {c.norm: c for c in candidates(truncated_list())}
+    # median normalised length of the 4 entries (4, 3, 4, 1) -> sorted [1, 3, 4, 4][2] = 4; first pass 4
+    short, full, merged = (
+        cands["montreal"],
+        cands["montreal forced a liner"],
+        cands["montreal forced aligner"],
+    )
+    assert short.shortfall == pytest.approx(3 / 4) and full.shortfall == 0.0
+    assert merged.shortfall == pytest.approx(1 / 4)
+    # confident words (posterior >= 0.5): montreal (1.0), forced (in 3 of 4), a + liner (entries 1 and 3)
+    e = [math.exp(s) for s in (-3.0, -3.4, -3.6, -4.0)]
+    p_forced = (e[0] + e[1] + e[2]) / sum(e)
+    p_liner = (e[0] + e[2]) / sum(e)
+    assert p_liner > 0.5
+    assert full.coverage == 1.0 and full.dropped == 0.0
+    assert short.coverage == pytest.approx(1 / 4)
+    assert short.dropped == pytest.approx(p_forced + 2 * p_liner)
+    assert merged.coverage == pytest.approx(2 / 4) and merged.dropped == pytest.approx(2 * p_liner)
+
+
+def test_truncated_hypothesis_with_the_best_lm_score_loses_to_the_truncation_features() -> None:
+    lm = FakeScorer(
+        {"Montreal.": -10.0, "Montreal forced a liner.": -22.0, "Montreal forced aligner.": -20.0}
+    )
+    plain = NbestRescorer(lm, Weights(lm_weight=0.5, word_bonus=0.5))
+    assert plain.choose(truncated_list()).text == "Montreal."
+    for w in (Weights(shortfall_weight=8.0), Weights(coverage_weight=8.0), Weights(dropped_weight=4.0)):
+        w.lm_weight, w.word_bonus = 0.5, 0.5
+        assert NbestRescorer(lm, w).choose(truncated_list()).text != "Montreal."
+
+
+def test_no_confident_words_means_full_coverage() -> None:
+    cands = candidates(hyps(("alpha", -1.0), ("beta", -1.0), ("gamma", -1.0)))
+    assert all(c.coverage == 1.0 and c.dropped == 0.0 for c in cands)
+
+
+def test_longer_than_expected_has_no_shortfall() -> None:
+    cands = {c.norm: c for c in candidates(hyps(("a b", -1.0), ("a b c d e", -2.0), ("a b", -1.5)))}
+    assert cands["a b c d e"].shortfall == 0.0 and cands["a b"].shortfall == 0.0

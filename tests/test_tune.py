@@ -199,3 +199,42 @@ def test_auto_features_use_extra_weights_only_when_cross_validation_says_so() ->
     assert plain.features == "basic" and plain.weights.am_norm_weight == 0.0 and plain.wer == 0.0
     with pytest.raises(Exception, match="unknown feature set"):
         tune_weights([lm_item()], with_lm=True, features="some")
+
+
+def truncation_item(i: int = 0) -> TuneItem:
+    """The LM and the recogniser prefer a hypothesis that stops early; only its shortfall gives it away."""
+    from llmasr.core.types import Hypothesis
+    from llmasr.decoding.rescore import candidates
+
+    nbest = [Hypothesis("please call stella", -2.0), Hypothesis("please call stella now", -2.2),
+             Hypothesis("please call stella now", -2.3), Hypothesis("please", -1.5)]  # fmt: skip
+    cands = candidates(nbest)
+    for c in cands:
+        c.lm = {"please": -3.0}.get(c.norm, -9.0)
+    return single(f"t{i}", "please call stella now", cands)
+
+
+def insertion_item(i: int = 0) -> TuneItem:
+    """A longer hypothesis (an inserted word) that any word bonus of 0.2 or more would pick."""
+    from llmasr.core.types import Hypothesis
+    from llmasr.decoding.rescore import candidates
+
+    nbest = [
+        Hypothesis("turn it off", -1.0),
+        Hypothesis("turn it off off", -1.2),
+        Hypothesis("turn it", -3.0),
+    ]
+    return single(f"i{i}", "turn it off", candidates(nbest))
+
+
+def test_auto_features_choose_truncation_features_when_a_short_pick_wins() -> None:
+    from llmasr.decoding.tune import tune_weights
+
+    # insertion items keep the word bonus under 0.2, too small to rescue the truncated ones
+    items = [truncation_item(i) if i % 2 else insertion_item(i) for i in range(10)]
+    result = tune_weights(items, with_lm=True, folds=5)
+    assert result.cv_wer["truncation"] < result.cv_wer["basic"]
+    assert result.features == "truncation" and result.wer == 0.0
+    w = result.weights
+    assert w.shortfall_weight or w.coverage_weight or w.dropped_weight
+    assert len(result.held_out) == 10 and sum(e for e, _ in result.held_out) == 0

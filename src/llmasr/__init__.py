@@ -45,17 +45,19 @@ def transcribe(
     prompt: str | None = None,
     terms: list[str] | None = None,
     profile: str | None = None,
+    preset: str | None = None,
     raw: Any = None,
     **options: Any,
 ) -> Transcript:
     """Transcribe one input (a path, the file's bytes, or a 16 kHz float32 array) with any recogniser
     and LLM rescoring; `options` are the other flat option names (llmasr.decoding.options.FLAT, e.g.
     `correct=True`, `lm_weight=0.3`, `raw_format="s16le:8000"`); `raw` a `llmasr.core.audio.PcmFormat`
-    for headerless audio. For many inputs, build one `Pipeline` and reuse it. Raises LlmasrError."""
+    for headerless audio; `preset` fast, default or accurate. For many inputs, build one `Pipeline` and
+    reuse it. Raises LlmasrError."""
     from llmasr.decoding.options import resolve_options
     from llmasr.decoding.pipeline import Pipeline
 
     opts = resolve_options(
-        profile=profile, asr=asr, lm=lm, nbest=nbest, prompt=prompt, terms=terms, **options
+        profile=profile, preset=preset, asr=asr, lm=lm, nbest=nbest, prompt=prompt, terms=terms, **options
     )
     return Pipeline(opts).transcribe(audio, raw=raw)

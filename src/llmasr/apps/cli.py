@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -401,8 +402,8 @@ def eval_cmd(
 
 
 #: flags `tune` does not take: it chooses the weights, and `--lm` may repeat there
-TUNE_EXCLUDES = ("lm", "lm_weight", "word_bonus", "agreement_weight", "profile", "correct", "corrector",
-                 "correct_max_change")  # fmt: skip
+TUNE_EXCLUDES = ("lm", "lm_weight", "word_bonus", "agreement_weight", "profile", "preset", "correct",
+                 "corrector", "correct_max_change")  # fmt: skip
 
 
 @app.command()
@@ -420,13 +421,18 @@ def tune(
     features: Annotated[
         str,
         typer.Option(
-            help="Feature set: basic (LM, word bonus, agreement), all (+ length-normalised AM/LM scores), "
-            "or auto (the one with the lower cross-validated WER)."
+            help="Feature set: basic (LM, word bonus, agreement), truncation (+ shortfall, coverage, "
+            "dropped confident words), all (+ length-normalised AM/LM scores), or auto (the one with the "
+            "lowest cross-validated WER)."
         ),
     ] = "auto",
     folds: Annotated[
         int, typer.Option(help="Cross-validation folds for --features auto (and the report).")
     ] = 5,
+    by: Annotated[
+        list[str] | None,
+        typer.Option("--by", help="Also report cross-validated WER by: voice, augmentation, style."),
+    ] = None,
     *,
     run_flags: dict[str, Any],
 ) -> None:
@@ -438,6 +444,9 @@ def tune(
 
     if features not in FEATURE_SETS:
         raise _fail(f"--features '{features}': choose one of {', '.join(FEATURE_SETS)}")
+    for key in by or []:
+        if key not in ("voice", "augmentation", "style"):
+            raise _fail(f"--by takes voice, augmentation or style, not '{key}'", 2)
     utts = _read_manifest(manifest)
     lms = lms or [None]  # None: the default LM
     decoding = {k: v for k, v in run_flags.items() if k != "lm_dtype"}  # the first pass runs no LM
@@ -486,6 +495,8 @@ def tune(
             "features": result.features,
             "cv_wer": {k: round(v, 4) for k, v in result.cv_wer.items()},
         }
+        if by and result.held_out:
+            tuned["cv_by"] = _held_out_by(utts, items, result.held_out, by)
         write_profile(options, path, tuned=tuned)
         chosen = ", ".join(f"{k}={v:g}" for k, v in asdict(result.weights).items() if v)
         cv = ", ".join(f"{k} {100 * v:.2f}%" for k, v in result.cv_wer.items())
@@ -497,6 +508,34 @@ def tune(
             f"recogniser score alone: {100 * result.am_only_wer:.2f}%, "
             f"recogniser's pick: {100 * tuned['first_pass_wer']:.2f}%) -> {path}",
         )
+
+
+def _held_out_by(
+    utts: Sequence[Any], items: Sequence[Any], held_out: Sequence[tuple[int, int]], keys: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Cross-validated and first-pass WER per value of each manifest field in `keys`."""
+    from llmasr.core.metrics import word_errors
+
+    fields = {u.id: u for u in utts}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for key in keys:
+        groups: dict[str, list[int]] = {}
+        for item, (e, n) in zip(items, held_out):
+            label = str(getattr(fields[item.id], key, None) or "-")
+            fp_e, _ = word_errors(item.reference, item.first_pass)
+            g = groups.setdefault(label, [0, 0, 0, 0])
+            g[0], g[1], g[2], g[3] = g[0] + e, g[1] + n, g[2] + fp_e, g[3] + 1
+        out[key] = {
+            label: {"utterances": g[3], "words": g[1], "cv_wer": round(g[0] / max(1, g[1]), 4),
+                    "first_pass_wer": round(g[2] / max(1, g[1]), 4)}
+            for label, g in sorted(groups.items())
+        }  # fmt: skip
+        t = Table(key, "utterances", "words", "cross-validated WER", "first-pass WER", title=f"by {key}")
+        for label, g in out[key].items():
+            cells = (str(g["utterances"]), str(g["words"]), _fmt(g["cv_wer"]), _fmt(g["first_pass_wer"]))
+            t.add_row(label, *cells)
+        out_console.print(t)
+    return out
 
 
 def _train_command() -> Any:

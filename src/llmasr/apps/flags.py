@@ -40,6 +40,8 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("prompt", ("--prompt",), str | None, "Domain description; conditions the LLM (and the recogniser)."),
     Flag("terms", ("--terms",), Path | None, f"Term list file. {TERMS_FORMAT}."),
     Flag("profile", ("--profile",), Path | None, "Tuned profile (YAML) from `llmasr tune`."),
+    Flag("preset", ("--preset",), str | None, "A named configuration: fast (no LM), default, or accurate "
+         "(two recognisers and the trained rescorer; about 4x the first pass's cost)."),
     Flag("lm_weight", ("--lm-weight",), float | None, "Weight of the LM score."),
     Flag("word_bonus", ("--word-bonus",), float | None, "Score added per word."),
     Flag("agreement_weight", ("--agreement-weight",), float | None, "Weight of N-best word agreement."),

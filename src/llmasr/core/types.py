@@ -28,6 +28,10 @@ class Hypothesis:
     words: list[Word] = field(default_factory=list)
     lm_score: float | None = None
     score: float | None = None
+    #: with several recognisers (`--asr A,B`): the others' total log-probability of the text (nats)
+    other_am: float = 0.0
+    #: with several recognisers: share of their first picks containing each word, averaged (1 with one)
+    cross_agreement: float = 1.0
 
 
 @dataclass

@@ -7,10 +7,10 @@
       correction  CorrectionOptions  generative error correction after rescoring
 
 Users name options flat (`--lm-weight`, `nbest:` in a profile, `llmasr.transcribe(nbest=4)`); FLAT says
-which record holds each name. Layers: record defaults < the shipped profile of the (asr, lm) pair < a user
-profile < explicit values (`resolve_options`). An explicit option that cannot act in the chosen
-configuration is an error that says why (`check_options`, and `Pipeline` for what depends on the
-recogniser), so nothing a user asks for is silently dropped.
+which record holds each name. Layers: record defaults < a preset (PRESETS: --preset fast|default|accurate)
+< the shipped profile of the (asr, lm) pair < a user profile < explicit values (`resolve_options`). An
+explicit option that cannot act in the chosen configuration is an error that says why (`check_options`,
+and `Pipeline` for what depends on the recogniser), so nothing a user asks for is silently dropped.
 
 A profile (YAML, flat names) holds tuned weights for an (asr, lm) pair; `llmasr tune` writes one and the
 package ships those tuned on dev speech (`llmasr/profiles/`).
@@ -40,6 +40,15 @@ LM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: weights for an LM with no tuned profile (a Hugging Face id, a local folder): those tuned for
 #: whisper-tiny.en + gemma-3-270m, a sensible start until `llmasr tune` is run for that pair
 UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1.0}
+
+
+#: named configurations (flat names), chosen by cross-validated WER on real dev speech within a cost
+#: budget relative to the recogniser's own first pass (docs/results.md, benchmarks/rescoring.py)
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"lm": None},
+    "default": {},
+    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": "gemma-3-270m-rescorer"},
+}
 
 
 class OptionError(LlmasrError):
@@ -212,12 +221,16 @@ def write_profile(options: Options, path: str | Path, tuned: dict[str, Any] | No
     return p
 
 
-def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
-    """Record defaults < shipped profile for the (asr, lm) pair < user profile < explicit values.
+def resolve_options(profile: str | None = None, preset: str | None = None, **overrides: Any) -> Options:
+    """Record defaults < preset < shipped profile for the (asr, lm) pair < user profile < explicit values.
 
     `overrides` are flat names (FLAT, or single weights such as lm_weight); None means "not given".
-    Raises OptionError for bad values and for explicit options that cannot act (see check_options).
+    Raises OptionError for bad values, an unknown preset, and for explicit options that cannot act (see
+    check_options).
     """
+    if preset is not None and preset not in PRESETS:
+        raise OptionError(f"unknown preset '{preset}': choose one of {', '.join(PRESETS)}")
+    base = PRESETS[preset] if preset else {}
     given = {k: v for k, v in overrides.items() if v is not None}
     weights_given = given.pop("weights", None) or {}
     weights_given = asdict(weights_given) if isinstance(weights_given, Weights) else dict(weights_given)
@@ -225,8 +238,8 @@ def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
         if name in given:
             weights_given[name] = given.pop(name)
     user = read_profile(profile) if profile else {}
-    asr = given.get("asr", user.get("asr", DEFAULT_ASR))
-    lm = given.get("lm", user.get("lm", DEFAULT_LM))
+    asr = given.get("asr", user.get("asr", base.get("asr", DEFAULT_ASR)))
+    lm = given.get("lm", user.get("lm", base.get("lm", DEFAULT_LM)))
     if isinstance(lm, str) and lm.lower() == "none":
         lm = None
     shipped_path = shipped_profile(asr, lm)
@@ -235,7 +248,7 @@ def resolve_options(profile: str | None = None, **overrides: Any) -> Options:
         shipped = {"weights": dict(UNTUNED_LM_WEIGHTS)}
     merged: dict[str, Any] = {}
     weights: dict[str, float] = {}
-    for layer in (shipped, user, {**given, "weights": weights_given}):
+    for layer in (base, shipped, user, {**given, "weights": weights_given}):
         for key, value in layer.items():
             if key == "tuned":
                 continue

@@ -3,6 +3,8 @@ recogniser, the LM and simple list features.
 
 score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement
       + am_norm_weight * am / am_tokens + lm_norm_weight * lm / lm_tokens + lm_word_weight * lm / words
+      - shortfall_weight * shortfall + coverage_weight * coverage - dropped_weight * dropped
+      + other_am_weight * other_am + cross_agreement_weight * cross_agreement
 
 `am` is the recogniser's total log-probability, `lm` the scorer's total log-probability of the
 hypothesis given the context, `words` the number of written words (counters the LM's taste for short
@@ -11,10 +13,24 @@ and `agreement` the share of the N-best that contains each of the hypothesis's w
 (ROVER-style voting; the one feature measured to make a small LLM useful here, see findings).
 The length-normalised scores (per recogniser token, per LM token, per word) let the tuner trade
 total against average likelihood; their weights are 0 unless cross-validated tuning finds them useful.
+
+Truncation features see a hypothesis that stops early (beam search keeps short hypotheses that an LM,
+with its taste for short generic text, then prefers: "montreal forced a liner" -> "montreal"):
+`shortfall`, how far the hypothesis falls short of the list's expected length (the larger of the
+N-best's median length and the first pass's, in normalised words; 0 for one as long or longer);
+`coverage`, the share of the list's confident words (N-best word posterior >= 0.5) it contains; and
+`dropped`, the summed posterior of the confident words it leaves out (the acoustic evidence it throws
+away, in words). Word posteriors are the softmax of the recogniser's scores over the list.
+
+With two recognisers (`--asr A,B`), `am` is the first one's score of the text, `other_am` the sum of
+the others' scores of the same text (each recogniser scores every merged candidate) and
+`cross_agreement` the share of the recognisers' own first picks that contain each word, averaged
+(ROVER-style voting across systems, Fiscus 1997).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +48,15 @@ class Weights:
     am_norm_weight: float = 0.0
     lm_norm_weight: float = 0.0
     lm_word_weight: float = 0.0
+    shortfall_weight: float = 0.0
+    coverage_weight: float = 0.0
+    dropped_weight: float = 0.0
+    other_am_weight: float = 0.0
+    cross_agreement_weight: float = 0.0
+
+
+#: a word is "confident" when its N-best posterior reaches this
+CONFIDENT = 0.5
 
 
 @dataclass
@@ -48,6 +73,16 @@ class Candidate:
     am_tokens: int = 0
     #: LM tokens of the hypothesis (set with `lm`)
     lm_tokens: int = 0
+    #: share of the expected length it lacks, in [0, 1)
+    shortfall: float = 0.0
+    #: share of the list's confident words it contains, in [0, 1]
+    coverage: float = 1.0
+    #: summed posterior of the confident words it leaves out (words)
+    dropped: float = 0.0
+    #: the other recognisers' total log-probability of the text (nats; 0 with one recogniser)
+    other_am: float = 0.0
+    #: cross-system agreement in [0, 1] (1 with one recogniser)
+    cross_agreement: float = 1.0
 
     def without_lm(self, w: Weights) -> float:
         """Every term of the score but the LM's."""
@@ -57,6 +92,11 @@ class Candidate:
             + w.word_bonus * self.words
             + w.agreement_weight * self.agreement
             + w.am_norm_weight * per_token
+            - w.shortfall_weight * self.shortfall
+            + w.coverage_weight * self.coverage
+            - w.dropped_weight * self.dropped
+            + w.other_am_weight * self.other_am
+            + w.cross_agreement_weight * self.cross_agreement
         )
 
     def lm_coefficient(self, w: Weights) -> float:
@@ -68,18 +108,25 @@ class Candidate:
 
 
 def candidates(nbest: Sequence[Hypothesis]) -> list[Candidate]:
-    """Deduplicate after normalising (many hypotheses differ only in casing or punctuation)."""
+    """Deduplicate after normalising (many hypotheses differ only in casing or punctuation), with the
+    list features of each distinct text. `nbest[0]` is the first pass."""
     norms = [normalize(h.text) for h in nbest]
     best: dict[str, Hypothesis] = {}
     for key, h in zip(norms, nbest):
         if key not in best or h.am_score > best[key].am_score:
             best[key] = h
     bags = [set(key.split()) for key in norms]
+    posterior = word_posteriors(norms, [h.am_score for h in nbest])
+    confident = {w: p for w, p in posterior.items() if p >= CONFIDENT}
+    lengths = sorted(len(key.split()) for key in norms)
+    expected = max(lengths[len(lengths) // 2], len(norms[0].split())) if norms else 0
     out = []
     for key, h in best.items():
         words = key.split()
         share = [sum(w in bag for bag in bags) / len(bags) for w in words]
         agreement = sum(share) / len(share) if share else 0.0
+        has = set(words)
+        missing = [p for w, p in confident.items() if w not in has]
         out.append(
             Candidate(
                 hypothesis=h,
@@ -88,8 +135,28 @@ def candidates(nbest: Sequence[Hypothesis]) -> list[Candidate]:
                 words=written_words(h.text),
                 agreement=agreement,
                 am_tokens=len(h.tokens) or len(words) + 1,
+                shortfall=max(0, expected - len(words)) / max(1, expected),
+                coverage=1.0 - len(missing) / len(confident) if confident else 1.0,
+                dropped=sum(missing),
+                other_am=h.other_am,
+                cross_agreement=h.cross_agreement,
             )
         )
+    return out
+
+
+def word_posteriors(texts: Sequence[str], scores: Sequence[float]) -> dict[str, float]:
+    """N-best word posteriors: for each word, the summed posterior (softmax of the recogniser's total
+    log-probabilities, nats) of the hypotheses that contain it (Evermann & Woodland 2000, on a list)."""
+    if not texts:
+        return {}
+    top = max(scores)
+    mass = [math.exp(s - top) for s in scores]
+    total = sum(mass)
+    out: dict[str, float] = {}
+    for text, m in zip(texts, mass):
+        for w in set(text.split()):
+            out[w] = out.get(w, 0.0) + m / total
     return out
 
 

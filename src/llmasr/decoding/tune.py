@@ -3,11 +3,13 @@
 The first pass and the LM run once per utterance; the search then only re-combines cached
 features, so trying thousands of weight settings costs seconds.
 
-Two feature sets are tried: "basic" (LM weight, word bonus, agreement: an exhaustive grid) and "all"
-(those plus the length-normalised AM and LM scores, refined from the basic optimum by coordinate
-ascent, MERT-style). Which one is kept is decided by k-fold cross-validation on the dev set, so extra
-weights are only used when they help on utterances they were not tuned on: a small dev set
-(120 utterances) is easily overfitted by six free weights.
+Three feature sets are tried: "basic" (LM weight, word bonus, agreement: an exhaustive grid; with
+several recognisers also the others' score and cross-system agreement), "truncation" (basic plus the
+features that see a hypothesis stopping early: shortfall, coverage, dropped confident words) and "all"
+(those plus the length-normalised AM and LM scores). The larger sets are refined from the basic
+optimum by coordinate ascent, MERT-style. Which one is kept is decided by k-fold cross-validation on
+the dev set, so extra weights are only used when they help on utterances they were not tuned on: a
+dev set of ~100 utterances is easily overfitted by ten free weights.
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ WORD_BONUSES = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 AGREEMENT_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
 #: grids of the length-normalised features (per recogniser token, per LM token, per word)
 NORM_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-FEATURE_SETS = ("basic", "all", "auto")
+#: grids of the truncation features (shortfall and coverage in [0, 1]; dropped in words)
+TRUNCATION_GRIDS: dict[str, Sequence[float]] = {
+    "shortfall_weight": (0.0, 1.0, 2.0, 4.0, 8.0),
+    "coverage_weight": (0.0, 1.0, 2.0, 4.0, 8.0),
+    "dropped_weight": (0.0, 0.5, 1.0, 2.0, 4.0),
+}
+#: grids of the features of several recognisers
+SYSTEM_GRIDS: dict[str, Sequence[float]] = {
+    "other_am_weight": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
+    "cross_agreement_weight": (0.0, 1.0, 2.0, 4.0, 8.0),
+}
+FEATURE_SETS = ("basic", "truncation", "all", "auto")
 
 
 @dataclass
@@ -126,6 +139,7 @@ def _simplicity(w: Weights) -> tuple[float, ...]:
     """Tie-break: smaller weights first (the simplest model that does as well)."""
     return (
         abs(w.am_norm_weight) + abs(w.lm_norm_weight) + abs(w.lm_word_weight),
+        abs(w.shortfall_weight) + abs(w.coverage_weight) + abs(w.dropped_weight),
         abs(w.lm_weight),
         abs(w.word_bonus),
         w.agreement_weight,
@@ -133,51 +147,84 @@ def _simplicity(w: Weights) -> tuple[float, ...]:
 
 
 def refine(
-    items: Sequence[TuneItem], start: Weights, grids: dict[str, Sequence[float]], max_rounds: int = 4
+    items: Sequence[TuneItem],
+    start: Weights,
+    grids: dict[str, Sequence[float]],
+    max_rounds: int = 4,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> tuple[Weights, float]:
-    """Coordinate ascent: each weight in turn takes its best grid value with the others fixed,
-    round after round, until a round changes nothing."""
+    """Coordinate ascent: each weight in turn takes its best grid value with the others fixed, and each
+    pair in `pairs` its best pair of values (weights that trade against each other, such as the word
+    bonus and a truncation penalty, where one alone never improves), round after round, until a round
+    changes nothing."""
     words = max(1, total_errors(items, start)[1])
     best, best_err = start, total_errors(items, start)[0]
+    moves: list[dict[str, float]] = [{name: v} for name, grid in grids.items() for v in grid]
+    for a, b in pairs:
+        moves += [{a: x, b: y} for x in grids[a] for y in grids[b]]
     for _ in range(max_rounds):
         changed = False
-        for name, grid in grids.items():
-            for value in grid:
-                w = replace(best, **{name: value})
-                err = total_errors(items, w)[0]
-                if err < best_err or (err == best_err and _simplicity(w) < _simplicity(best)):
-                    changed = changed or err < best_err or w != best
-                    best, best_err = w, err
+        for move in moves:
+            w = replace(best, **move)
+            err = total_errors(items, w)[0]
+            if err < best_err or (err == best_err and _simplicity(w) < _simplicity(best)):
+                changed = changed or err < best_err or w != best
+                best, best_err = w, err
         if not changed:
             break
     return best, best_err / words
 
 
+def several_systems(items: Sequence[TuneItem]) -> bool:
+    """True when the lists come from several recognisers (some candidate has another's score)."""
+    return any(c.other_am != 0.0 for it in items for seg in it.segments for c in seg)
+
+
 def fit(items: Sequence[TuneItem], features: str, with_lm: bool) -> tuple[Weights, float]:
-    """Tuned weights of one feature set ("basic" or "all") on `items`, and their WER there."""
+    """Tuned weights of one feature set ("basic", "truncation" or "all") on `items`, and their WER."""
     grid = {} if with_lm else {"lm_weights": (0.0,)}
     best, wer, _ = grid_search(items, **grid)
-    if features == "basic":
+    lm_grid = {"lm_weight": LM_WEIGHTS} if with_lm else {}
+    base: dict[str, Sequence[float]] = {
+        **lm_grid,
+        "word_bonus": WORD_BONUSES,
+        "agreement_weight": AGREEMENT_WEIGHTS,
+    }
+    grids: dict[str, Sequence[float]] = dict(SYSTEM_GRIDS) if several_systems(items) else {}
+    if features in ("truncation", "all"):
+        grids.update(TRUNCATION_GRIDS)
+    if features == "all":
+        grids["am_norm_weight"] = NORM_WEIGHTS
+        if with_lm:
+            grids.update(lm_norm_weight=NORM_WEIGHTS, lm_word_weight=NORM_WEIGHTS)
+    if not grids:
         return best, wer
-    grids: dict[str, Sequence[float]] = {"am_norm_weight": NORM_WEIGHTS}
-    if with_lm:
-        grids.update(lm_weight=LM_WEIGHTS, lm_norm_weight=NORM_WEIGHTS, lm_word_weight=NORM_WEIGHTS)
-    grids.update(word_bonus=WORD_BONUSES, agreement_weight=AGREEMENT_WEIGHTS)
-    return refine(items, best, grids)
+    pairs = [("word_bonus", name) for name in TRUNCATION_GRIDS if name in grids]
+    return refine(items, best, {**grids, **base}, pairs=pairs)
+
+
+def held_out_errors(
+    items: Sequence[TuneItem], features: str, with_lm: bool, folds: int = 5
+) -> list[tuple[int, int]]:
+    """(word errors, reference words) of each utterance under weights tuned without its fold
+    (utterance i is in fold i % folds): k-fold cross-validation, kept per utterance so that it can
+    be broken down (by speech style, say)."""
+    out: list[tuple[int, int]] = [(0, 0)] * len(items)
+    for k in range(folds):
+        train = [it for i, it in enumerate(items) if i % folds != k]
+        if not train:
+            continue
+        w, _ = fit(train, features, with_lm)
+        for i, it in enumerate(items):
+            if i % folds == k:
+                out[i] = total_errors([it], w)
+    return out
 
 
 def cross_validate(items: Sequence[TuneItem], features: str, with_lm: bool, folds: int = 5) -> float:
-    """WER on held-out folds (utterance i is in fold i % folds), each tuned on the other folds."""
-    errors = words = 0
-    for k in range(folds):
-        train = [it for i, it in enumerate(items) if i % folds != k]
-        held = [it for i, it in enumerate(items) if i % folds == k]
-        if not train or not held:
-            continue
-        w, _ = fit(train, features, with_lm)
-        e, n = total_errors(held, w)
-        errors, words = errors + e, words + n
-    return errors / max(1, words)
+    """Corpus WER on held-out folds, each tuned on the other folds (see `held_out_errors`)."""
+    pairs = held_out_errors(items, features, with_lm, folds)
+    return sum(e for e, _ in pairs) / max(1, sum(n for _, n in pairs))
 
 
 @dataclass
@@ -188,6 +235,8 @@ class TuneResult:
     #: cross-validated WER of each feature set tried
     cv_wer: dict[str, float]
     am_only_wer: float
+    #: held-out (errors, words) of each utterance under the chosen feature set (empty without folds)
+    held_out: list[tuple[int, int]] = field(default_factory=list)
 
 
 def tune_weights(
@@ -197,11 +246,13 @@ def tune_weights(
     WER; basic on a tie). The chosen set is then tuned on every dev utterance."""
     if features not in FEATURE_SETS:
         raise LlmasrError(f"unknown feature set '{features}': choose one of {', '.join(FEATURE_SETS)}")
-    tried = ("basic", "all") if features == "auto" else (features,)
-    cv = {f: cross_validate(items, f, with_lm, folds) for f in tried} if folds > 1 else {}
+    tried = ("basic", "truncation", "all") if features == "auto" else (features,)
+    held = {f: held_out_errors(items, f, with_lm, folds) for f in tried} if folds > 1 else {}
+    cv = {f: sum(e for e, _ in p) / max(1, sum(n for _, n in p)) for f, p in held.items()}
     chosen = features
     if features == "auto":
-        chosen = "all" if cv["all"] < cv["basic"] else "basic"
+        # the smallest set within rounding of the best (tried is ordered by size)
+        chosen = min(tried, key=lambda f: (round(cv[f], 9), tried.index(f)))
     w, wer = fit(items, chosen, with_lm)
     am_only = total_errors(items, Weights())
-    return TuneResult(w, wer, chosen, cv, am_only[0] / max(1, am_only[1]))
+    return TuneResult(w, wer, chosen, cv, am_only[0] / max(1, am_only[1]), held.get(chosen, []))

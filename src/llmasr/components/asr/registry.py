@@ -68,8 +68,17 @@ RECOGNIZERS: dict[str, Callable[[str, str, LoadSettings, Any], Recognizer]] = {
 def load_recognizer(
     name: str, settings: LoadSettings | None = None, log: Callable[[str], None] | None = None
 ) -> Recognizer:
-    """The recogniser `name` resolves to (see the module doc). Raises ModelError naming it."""
+    """The recogniser `name` resolves to (see the module doc); "A,B" combines recognisers
+    (llmasr.components.asr.combined). Raises ModelError naming the model."""
     from llmasr.models.registry import resolve
+
+    if "," in name:
+        from llmasr.components.asr.combined import CombinedRecognizer
+
+        parts = [p.strip() for p in name.split(",")]
+        if any(not p for p in parts) or len(set(parts)) != len(parts):
+            raise ModelError(f"--asr '{name}': give distinct recognisers separated by commas")
+        return CombinedRecognizer([load_recognizer(p, settings, log) for p in parts])
 
     kind, location = resolve(name, "asr", log=log)
     loader = RECOGNIZERS.get(kind)

@@ -51,6 +51,19 @@ def is_decoder_loop(text: str, seconds: float, tokens: int = 0, max_tokens: int 
     return len(normalize(text).split()) > MAX_WORDS_PER_SECOND * seconds + 2
 
 
+def total_logprob(score: float, ids: Sequence[int]) -> float:
+    """A beam hypothesis's total log-probability (nats) from CTranslate2's score: the sum of its tokens'
+    and the end-of-text's log-probabilities divided by its length without the end-of-text
+    (length_penalty=1; checked against teacher-forced `score_texts`)."""
+    return float(score) * max(1, len(ids))
+
+
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp of a (steps, vocabulary) array, kept as a column."""
+    top = x.max(axis=-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+
+
 class WhisperRecognizer:
     """A CTranslate2 Whisper model (a named one, or any converted folder)."""
 
@@ -161,8 +174,7 @@ class WhisperRecognizer:
             hyps = []
             for ids, score in zip(res.sequences_ids, res.scores):
                 text = self._decode(ids)
-                # CTranslate2's score is sum(logprob) / length (length_penalty=1, EOT counted)
-                hyps.append(Hypothesis(text=text, am_score=float(score) * (len(ids) + 1), tokens=list(ids)))
+                hyps.append(Hypothesis(text=text, am_score=total_logprob(score, ids), tokens=list(ids)))
             best_avg = float(res.scores[0]) if res.scores else 0.0
             if res.no_speech_prob > NO_SPEECH_THRESHOLD and best_avg < LOGPROB_THRESHOLD:
                 out.append([])
@@ -188,9 +200,42 @@ class WhisperRecognizer:
             max_length=MAX_LENGTH,
         )[0]
         return [
-            Hypothesis(text=self._decode(ids), am_score=float(s) * (len(ids) + 1), tokens=list(ids))
+            Hypothesis(text=self._decode(ids), am_score=total_logprob(s, ids), tokens=list(ids))
             for ids, s in zip(res.sequences_ids, res.scores)
         ]
+
+    def score_texts(self, audio: np.ndarray, texts: Sequence[str], prompt: str | None = None) -> list[float]:
+        """Teacher-forced total log-probability (nats) of each text and the end-of-text after it, given
+        a 16 kHz mono segment and the prompt: any text's score, e.g. another recogniser's hypothesis.
+        The text is forced as a decoding prefix and CTranslate2 returns the log-probabilities of each
+        step (`return_logits_vocab`); no token is suppressed, so the end-of-text after a text that stops
+        early is judged too."""
+        import ctranslate2
+
+        if not texts:
+            return []
+        encoded = self._encoded([audio])
+        prompt_ids = self._prompt(prompt)
+        ids = [self.tokenizer.encode(" " + t.strip()) if t.strip() else [] for t in texts]
+        results = self._fw.model.generate(
+            ctranslate2.StorageView.from_array(np.repeat(encoded, len(ids), axis=0)),
+            [prompt_ids + x + [self.tokenizer.eot] for x in ids],
+            beam_size=1,
+            # CTranslate2 returns max_length // 2 steps here (measured): room for every forced token
+            max_length=min(2 * MAX_LENGTH, 2 * (len(prompt_ids) + 2 + max(len(x) for x in ids))),
+            return_logits_vocab=True,
+            suppress_blank=False,
+            suppress_tokens=[],
+        )
+        scores = []
+        for x, res in zip(ids, results):
+            logits = np.asarray(res.logits[0], dtype=np.float64)
+            logp = logits - _logsumexp(logits)
+            targets = x + [self.tokenizer.eot]
+            if logp.shape[0] < len(targets):
+                raise ModelError(f"{self.name}: cannot score a text of {len(x)} tokens")
+            scores.append(float(sum(logp[i, t] for i, t in enumerate(targets))))
+        return scores
 
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
         import ctranslate2

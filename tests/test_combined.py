@@ -1,0 +1,117 @@
+"""Two recognisers as one (components/asr/combined.py): merged lists, cross-scores, agreement."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from llmasr.components.asr.base import Recognizer
+from llmasr.components.asr.combined import CombinedRecognizer, TextScoring, merge_nbest
+from llmasr.core.errors import ModelError
+from llmasr.core.types import Hypothesis, Word
+from llmasr.decoding.rescore import NbestRescorer, Weights, candidates
+
+
+class FakeRecognizer:
+    """Fixed N-best lists; scores any text by a table (unknown texts: -20 nats)."""
+
+    window = 30.0
+    max_nbest = 8
+
+    def __init__(self, name: str, nbest: list[tuple[str, float]], table: dict[str, float],
+                 accepts_prompt: bool = True) -> None:  # fmt: skip
+        self.name = name
+        self._nbest = nbest
+        self.table = table
+        self.accepts_prompt = accepts_prompt
+        self.prompts: list[str | None] = []
+
+    def nbest(
+        self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
+    ) -> list[list[Hypothesis]]:
+        self.prompts.append(prompt)
+        return [[Hypothesis(t, s, tokens=[1, 2]) for t, s in self._nbest[:n]] for _ in segments]
+
+    def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
+        return [Word(w, 0.0, 0.1) for w in hypothesis.text.split()]
+
+    def score_texts(self, audio: np.ndarray, texts: Sequence[str], prompt: str | None = None) -> list[float]:
+        return [self.table.get(t, -20.0) for t in texts]
+
+
+class NoScoring:
+    name = "ps"
+    window = 30.0
+    accepts_prompt = False
+    max_nbest = 1
+
+    def nbest(
+        self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
+    ) -> list[list[Hypothesis]]:
+        return [[] for _ in segments]
+
+    def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
+        return []
+
+
+def test_fakes_follow_the_protocols() -> None:
+    fake = FakeRecognizer("a", [], {})
+    assert isinstance(fake, Recognizer) and isinstance(fake, TextScoring)
+    assert not isinstance(NoScoring(), TextScoring)
+
+
+def test_merge_dedupes_after_normalising_and_keeps_the_first_pick_first() -> None:
+    # "10 of clubs" is "ten of clubs" once normalised (numbers spelled out)
+    a = [Hypothesis("Ten of clubs.", -1.0, tokens=[5]), Hypothesis("Ten of club", -1.2, tokens=[6])]
+    b = [Hypothesis("10 of clubs", -0.5, tokens=[9]), Hypothesis("Tent of clubs.", -2.0, tokens=[8])]
+    merged = merge_nbest([a, b])
+    assert [h.text for h in merged] == ["Ten of clubs.", "Ten of club", "Tent of clubs."]
+    # the second recogniser's token ids mean nothing to the first: dropped
+    assert merged[0].tokens == [5] and merged[2].tokens == []
+    # both first picks say "ten of clubs": cross-system agreement by word
+    assert merged[0].cross_agreement == 1.0
+    assert merged[1].cross_agreement == pytest.approx(2 / 3)  # "club" in neither pick
+    assert merged[2].cross_agreement == pytest.approx(2 / 3)
+    assert merge_nbest([[], []]) == []
+
+
+def test_combined_scores_every_candidate_with_every_recogniser() -> None:
+    tiny = FakeRecognizer(
+        "tiny",
+        [("please call stella", -2.0), ("please call stela", -2.5)],
+        {"please call stella": -2.1, "please call stela": -2.4, "please call stella now": -2.6},
+    )
+    base = FakeRecognizer("base", [("please call stella now", -1.0), ("please call stella", -3.0)],
+                          {"please call stella": -3.0, "please call stela": -9.0,
+                           "please call stella now": -1.0},
+                          accepts_prompt=False)  # fmt: skip
+    combined = CombinedRecognizer([tiny, base])
+    assert (combined.name, combined.accepts_prompt, combined.max_nbest) == ("tiny,base", True, 8)
+    [merged] = combined.nbest([np.zeros(1600, dtype=np.float32)], 2, prompt="Stella")
+    assert tiny.prompts == ["Stella"] and base.prompts == [None]
+    assert [h.text for h in merged] == ["please call stella", "please call stela", "please call stella now"]
+    assert [h.am_score for h in merged] == [-2.1, -2.4, -2.6]  # the first recogniser's score of each text
+    assert [h.other_am for h in merged] == [-3.0, -9.0, -1.0]
+    # the second recogniser's hypothesis wins once its score counts; the features reach the candidates
+    cands = candidates(merged)
+    assert [c.other_am for c in cands] == [-3.0, -9.0, -1.0]
+    assert NbestRescorer(None, Weights()).choose(merged).text == "please call stella"
+    assert NbestRescorer(None, Weights(other_am_weight=1.0)).choose(merged).text == "please call stella now"
+    assert combined.align(np.zeros(10), merged[2])[-1].word == "now"
+
+
+def test_combining_needs_two_recognisers_that_score_text() -> None:
+    with pytest.raises(ModelError, match="at least two"):
+        CombinedRecognizer([FakeRecognizer("a", [], {})])
+    with pytest.raises(ModelError, match="'ps' cannot score"):
+        CombinedRecognizer([FakeRecognizer("a", [], {}), NoScoring()])
+
+
+def test_repeated_or_empty_names_are_refused() -> None:
+    from llmasr.components.asr.registry import load_recognizer
+
+    for name in ("whisper-tiny.en,whisper-tiny.en", "whisper-tiny.en,"):
+        with pytest.raises(ModelError, match="distinct recognisers"):
+            load_recognizer(name)
