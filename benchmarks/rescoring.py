@@ -1,25 +1,27 @@
-"""First pass alone vs first pass + LLM rescoring, on the same audio, side by side in one run.
+"""Cost of each preset beside the recogniser's own first pass, measured side by side in one run.
 
-    python benchmarks/rescoring.py [--manifest M.jsonl] [--asr whisper-tiny.en] [--lm gemma-3-270m]
-                                   [--nbest 8] [--threads 2] [--repeats 3]
+    python benchmarks/rescoring.py [--manifest work-data/real_dev.jsonl] [--limit 40] [--threads 2]
+                                   [--repeats 2] [--presets fast,default,accurate]
 
-Both pipelines share one recogniser; each file is run by both, alternately, `--repeats` times,
-so drift in machine load hits both alike. Prints RTFx (audio seconds / processing seconds,
-model loading excluded and reported apart) and the ratio of processing times.
+"first pass" is whisper-tiny.en's own pick (beam 8, no LM, no re-ranking): the cost every ratio is
+relative to. Each preset is the configuration `llmasr transcribe --preset NAME` runs (its recogniser(s),
+N-best size, LM and tuned weights). Every configuration transcribes every file, the configurations
+taking turns file by file and repeat by repeat, so drift in machine load hits all alike. Models load
+before timing (reported apart); one warm-up file first. Prints seconds, RTFx (audio seconds /
+processing seconds) and the ratio to the first pass: the numbers in docs/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import statistics
 import time
 from pathlib import Path
 
-from llmasr.core.audio import load_audio
+from llmasr.core.audio import load_input
 from llmasr.data.manifest import read_manifest
-from llmasr.decoding.options import resolve_options
-from llmasr.decoding.pipeline import Pipeline, load_recognizer, load_scorer
+from llmasr.decoding.options import PRESETS, resolve_options
+from llmasr.decoding.pipeline import Pipeline
 from llmasr.decoding.rescore import Weights
 
 DEFAULT_AUDIO = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.wav")) + sorted(
@@ -30,60 +32,43 @@ DEFAULT_AUDIO = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.w
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, help="JSONL manifest; default: pocketsphinx-testdata speech")
-    ap.add_argument("--asr", default="whisper-tiny.en")
-    ap.add_argument("--lm", default="gemma-3-270m")
-    ap.add_argument("--nbest", type=int, default=8)
+    ap.add_argument("--limit", type=int, default=40, help="at most this many files")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--lm-dtype", default="auto", help="auto, float32 or bfloat16")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
     args = ap.parse_args()
 
     files = [u.audio for u in read_manifest(args.manifest)] if args.manifest else DEFAULT_AUDIO
-    audios = [load_audio(f) for f in files]
+    audios = [load_input(f)[1].samples for f in files[: args.limit]]
     seconds = sum(len(a) for a in audios) / 16000
 
-    # the recogniser's own pick: no LM, no re-ranking
-    base_opts = resolve_options(
-        asr=args.asr, lm="none", nbest=args.nbest, threads=args.threads, weights=Weights()
-    )
-    lm_opts = resolve_options(
-        asr=args.asr, lm=args.lm, nbest=args.nbest, threads=args.threads, lm_dtype=args.lm_dtype
-    )
-    t = time.perf_counter()
-    recognizer = load_recognizer(args.asr, base_opts)
-    asr_load = time.perf_counter() - t
-    t = time.perf_counter()
-    scorer = load_scorer(args.lm, lm_opts)
-    lm_load = time.perf_counter() - t
-    first = Pipeline(base_opts, recognizer=recognizer)
-    rescored = Pipeline(lm_opts, recognizer=recognizer, scorer=scorer)
-
-    for a in audios[:2]:  # warm-up: first calls allocate and fill caches
-        first.transcribe(a)
-        rescored.transcribe(a)
-    times: dict[str, list[float]] = {"first": [], "rescored": []}
-    lm_share: list[float] = []
+    configs = {"first pass": resolve_options(lm="none", weights=Weights(), threads=args.threads)}
+    for name in args.presets.split(","):
+        configs[name] = resolve_options(preset=name, threads=args.threads)
+    pipes: dict[str, Pipeline] = {}
+    for name, opts in configs.items():
+        t = time.perf_counter()
+        pipes[name] = Pipeline(opts)
+        print(
+            f"load {name:>10}: {time.perf_counter() - t:6.2f} s  ({opts.decoding.asr} + {opts.rescoring.lm})"
+        )
+    for pipe in pipes.values():
+        pipe.transcribe(audios[0])  # warm-up: first calls allocate and fill caches
+    spent = dict.fromkeys(pipes, 0.0)
     for _ in range(args.repeats):
-        for name, pipe in (("first", first), ("rescored", rescored)):
-            t = time.perf_counter()
-            for a in audios:
-                tr = pipe.transcribe(a)
-                if name == "rescored":
-                    lm_share.append(tr.info["seconds"]["rescoring"])
-            times[name].append(time.perf_counter() - t)
-
-    first_s = statistics.median(times["first"])
-    resc_s = statistics.median(times["rescored"])
-    print(f"audio: {len(audios)} files, {seconds:.1f} s; asr={args.asr} lm={args.lm} nbest={args.nbest}")
-    dtype = str(getattr(scorer, "model", scorer).dtype) if hasattr(scorer, "model") else "-"
-    print(
-        f"weights: {vars(lm_opts.weights)}; lm dtype {dtype}; threads={args.threads}; repeats={args.repeats}"
-    )
-    print(f"load: asr {asr_load:.2f} s, lm {lm_load:.2f} s (excluded)")
-    print(f"first pass alone        : {first_s:7.2f} s  RTFx {seconds / first_s:7.2f}")
-    print(f"first pass + rescoring  : {resc_s:7.2f} s  RTFx {seconds / resc_s:7.2f}")
-    print(f"LM scoring per run      : {sum(lm_share) / args.repeats:7.2f} s")
-    print(f"ratio (rescored / first): {resc_s / first_s:.2f}")
+        for audio in audios:
+            for name, pipe in pipes.items():
+                t = time.perf_counter()
+                pipe.transcribe(audio)
+                spent[name] += time.perf_counter() - t
+    print(f"audio: {len(audios)} files, {seconds:.1f} s; threads={args.threads}; repeats={args.repeats}")
+    base = spent["first pass"]
+    for name, s in spent.items():
+        per_run = s / args.repeats
+        print(
+            f"{name:>10}: {per_run:7.2f} s per run  RTFx {seconds / per_run:7.2f}  "
+            f"x{s / base:5.2f} first pass"
+        )
 
 
 if __name__ == "__main__":

@@ -115,3 +115,27 @@ def test_repeated_or_empty_names_are_refused() -> None:
     for name in ("whisper-tiny.en,whisper-tiny.en", "whisper-tiny.en,"):
         with pytest.raises(ModelError, match="distinct recognisers"):
             load_recognizer(name)
+
+
+@pytest.mark.integration
+def test_whisper_scores_any_text_as_its_beam_search_does() -> None:
+    """A Whisper recogniser's teacher-forced score of its own hypotheses matches the beam's totals, and
+    a text that stops early is judged by its end-of-text too."""
+    from pathlib import Path
+
+    from llmasr.components.asr.registry import load_recognizer
+    from llmasr.core.audio import load_input
+    from llmasr.data.real import TESTDATA
+
+    wav = Path(TESTDATA) / "cards" / "001.wav"
+    if not wav.exists():
+        pytest.skip("Debian package pocketsphinx-testdata not installed")
+    audio = load_input(wav)[1].samples
+    whisper = load_recognizer("whisper-tiny.en")
+    nbest = whisper.nbest([audio], 4)[0]
+    scores = whisper.score_texts(audio, [h.text for h in nbest])
+    for h, s in zip(nbest, scores):
+        assert s == pytest.approx(h.am_score, rel=0.1, abs=0.3), h.text
+    cut, full = whisper.score_texts(audio, [nbest[0].text.split()[0], nbest[0].text])
+    assert cut < full - 1.0  # stopping after the first word costs the end-of-text's improbability
+    assert len(whisper.score_texts(audio, ["", "ten"], prompt="Playing cards.")) == 2

@@ -317,3 +317,41 @@ def test_speech_term_retrieval_decodes_once_with_the_retrieved_terms() -> None:
     assert pipe._finder.calls == [(1, terms, 2)]
     assert "Terms: metoprolol, warfarin." in scorer.calls[0][1]
     assert tr.text == "started on metoprolol"
+
+
+def test_both_term_retrievals_interleave_speech_and_text_rankings() -> None:
+    terms = ["metoprolol", "apixaban", "warfarin", "Betelgeuse", "kubectl", "atrial fibrillation"]
+    # first decoding (prompt only) hears "meta pro lol" and "apixaban"; the second has the picked terms
+    rec = FakeRecognizer(
+        [[("started on meta pro lol and apixaban", -2.0)], [("started on metoprolol", -2.0)]]
+    )
+    opts = make_options(
+        lm="fake",
+        nbest=4,
+        max_terms=3,
+        term_retrieval="both",
+        weights=Weights(lm_weight=0.5),
+        prompt="Notes.",
+    )
+    pipe = Pipeline(opts, recognizer=rec, scorer=FakeScorer({}))
+    pipe._finder = FakeFinder([["warfarin", "metoprolol"]])
+    tr = pipe.transcribe(noise(1.0), terms=terms)
+    prompts = [c[2] for c in rec.nbest_calls]
+    # speech's best, text's best, then speech's second (already in) and text's second
+    assert prompts == ["Notes", "Notes. warfarin, apixaban, metoprolol"]
+    assert tr.text == "started on metoprolol"
+
+
+def test_term_weight_prefers_the_listed_spelling() -> None:
+    from llmasr.decoding.rescore import NbestRescorer
+    from llmasr.decoding.terms import interleave, term_hits
+
+    assert (
+        term_hits("started on metoprolol for atrial fibrillation", ["Metoprolol", "atrial fibrillation"]) == 2
+    )
+    assert term_hits("started on metoprololol", ["metoprolol"]) == 0  # whole words only
+    assert interleave([["a", "b"], ["b", "c", "d"]], 3) == ["a", "b", "c"] and interleave([], 3) == []
+    nb = [Hypothesis("started on meta prolol", -1.0), Hypothesis("started on metoprolol", -1.5)]
+    assert NbestRescorer(None, Weights(), terms=["metoprolol"]).choose(nb).text == "started on meta prolol"
+    chosen = NbestRescorer(None, Weights(term_weight=1.0), terms=["metoprolol"]).choose(nb)
+    assert chosen.text == "started on metoprolol"

@@ -311,6 +311,20 @@ def test_speech_llm_is_a_recognizer_in_the_one_pipeline(
     render(tr, "srt")
     report = evaluate(pipe, list(read_manifest(manifest))[:2])
     assert report.summary()["utterances"] == 2 and report.wer is not None
+    # the same pipeline rescores the speech-LLM's N-best with a (tiny) LLM and corrects the choice
+    from llmasr.decoding.rescore import Weights
+
+    opts = make_options(
+        asr=str(out), lm=models["lm"], nbest=3, weights=Weights(lm_weight=0.5, word_bonus=0.1),
+        correct=True, corrector=models["lm"],
+    )  # fmt: skip
+    pipe = Pipeline(opts, recognizer=rec)
+    tr = pipe.transcribe(audio[1], name="u1.wav")
+    assert tr.info["lm"] and tr.info["corrector"] and tr.info["corrections_accepted"] is not None
+    [seg] = tr.segments
+    assert seg.nbest and all(h.lm_score is not None and h.score is not None for h in seg.nbest)
+    chosen = max(seg.nbest, key=lambda h: h.score)
+    assert seg.first_pass_text == seg.nbest[0].text and chosen.text.strip()
 
 
 def test_cli_reports_recipe_errors(tmp_path: Path) -> None:

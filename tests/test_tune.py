@@ -238,3 +238,21 @@ def test_auto_features_choose_truncation_features_when_a_short_pick_wins() -> No
     w = result.weights
     assert w.shortfall_weight or w.coverage_weight or w.dropped_weight
     assert len(result.held_out) == 10 and sum(e for e, _ in result.held_out) == 0
+
+
+def test_first_pass_lists_round_trip(tmp_path) -> None:
+    from llmasr.core.errors import LlmasrError
+    from llmasr.core.types import Hypothesis, Word
+    from llmasr.decoding.tune import Decoded, read_decoded, write_decoded
+
+    lists = [
+        Decoded("u1", "ten of clubs", "cards",
+                [[Hypothesis("10 of clubs", -1.5, [7, 8], [Word("10", 0.0, 0.3, 0.9)], other_am=-2.5,
+                             cross_agreement=0.5)]], [["clubs"]]),
+        Decoded("u2", "", None, [], []),
+    ]  # fmt: skip
+    write_decoded(lists, tmp_path / "lists.jsonl")
+    assert read_decoded(tmp_path / "lists.jsonl") == lists
+    (tmp_path / "bad.jsonl").write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(LlmasrError, match="bad.jsonl: not a file of first-pass lists"):
+        read_decoded(tmp_path / "bad.jsonl")

@@ -352,7 +352,7 @@ def _ray_rows(
         fn_constructor_kwargs={"options": options, "fmt": fmt, "batch_size": batch_size},
         batch_size=batch_size,
         batch_format="pandas",
-        concurrency=max(1, workers),
+        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker,
     )

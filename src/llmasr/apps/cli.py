@@ -433,6 +433,14 @@ def tune(
         list[str] | None,
         typer.Option("--by", help="Also report cross-validated WER by: voice, augmentation, style."),
     ] = None,
+    lists: Annotated[
+        Path | None,
+        typer.Option(
+            "--lists",
+            help="First-pass N-best lists: read from this file when it exists (no decoding), "
+            "written to it otherwise; to tune again (other LMs, features) at the cost of scoring only.",
+        ),
+    ] = None,
     *,
     run_flags: dict[str, Any],
 ) -> None:
@@ -440,7 +448,14 @@ def tune(
     from llmasr.apps.evaluate import first_passes
     from llmasr.components.lm.registry import load_scorer
     from llmasr.decoding.options import write_profile
-    from llmasr.decoding.tune import FEATURE_SETS, featurise, first_pass_wer, tune_weights
+    from llmasr.decoding.tune import (
+        FEATURE_SETS,
+        featurise,
+        first_pass_wer,
+        read_decoded,
+        tune_weights,
+        write_decoded,
+    )
 
     if features not in FEATURE_SETS:
         raise _fail(f"--features '{features}': choose one of {', '.join(FEATURE_SETS)}")
@@ -449,21 +464,30 @@ def tune(
             raise _fail(f"--by takes voice, augmentation or style, not '{key}'", 2)
     utts = _read_manifest(manifest)
     lms = lms or [None]  # None: the default LM
-    decoding = {k: v for k, v in run_flags.items() if k != "lm_dtype"}  # the first pass runs no LM
-    _, pipeline = _pipeline(decoding, lm="none")
     try:
         targets = [options_from_flags(run_flags, lm=lm) for lm in lms]
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
-    with _progress() as progress:
-        task = progress.add_task("first pass", total=len(utts))
+    if lists and lists.is_file():
+        try:
+            decoded = read_decoded(lists)
+        except LlmasrError as exc:
+            raise _fail(str(exc)) from exc
+        _say(err, f"first-pass lists of {len(decoded)} utterances read from {lists}")
+    else:
+        decoding = {k: v for k, v in run_flags.items() if k != "lm_dtype"}  # the first pass runs no LM
+        _, pipeline = _pipeline(decoding, lm="none")
+        with _progress() as progress:
+            task = progress.add_task("first pass", total=len(utts))
 
-        def on_decoded(item: Any, error: str | None) -> None:
-            if error:
-                _error(progress.console, error)
-            progress.advance(task)
+            def on_decoded(item: Any, error: str | None) -> None:
+                if error:
+                    _error(progress.console, error)
+                progress.advance(task)
 
-        decoded = first_passes(pipeline, utts, on_item=on_decoded)
+            decoded = first_passes(pipeline, utts, on_item=on_decoded)
+        if lists and decoded:
+            write_decoded(decoded, lists)
     if not decoded:
         raise _fail("no utterance could be decoded")
     for options in targets:
@@ -514,6 +538,7 @@ def _held_out_by(
     utts: Sequence[Any], items: Sequence[Any], held_out: Sequence[tuple[int, int]], keys: Sequence[str]
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Cross-validated and first-pass WER per value of each manifest field in `keys`."""
+    from llmasr.apps.evaluate import group_label
     from llmasr.core.metrics import word_errors
 
     fields = {u.id: u for u in utts}
@@ -521,7 +546,8 @@ def _held_out_by(
     for key in keys:
         groups: dict[str, list[int]] = {}
         for item, (e, n) in zip(items, held_out):
-            label = str(getattr(fields[item.id], key, None) or "-")
+            utt = fields[item.id]
+            label = group_label(key, getattr(utt, key, None) or utt.extra.get(key))
             fp_e, _ = word_errors(item.reference, item.first_pass)
             g = groups.setdefault(label, [0, 0, 0, 0])
             g[0], g[1], g[2], g[3] = g[0] + e, g[1] + n, g[2] + fp_e, g[3] + 1

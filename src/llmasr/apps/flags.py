@@ -53,10 +53,10 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("max_terms", ("--max-terms",), int | None,
          "Terms per segment; longer lists are narrowed by retrieval (0: all)."),
     Flag("term_retrieval", ("--term-retrieval",), str | None,
-         "How a long --terms list is narrowed per segment: text (from a first decoding) or speech (the "
-         "trained speech-to-entity retriever)."),
+         "How a long --terms list is narrowed per segment: text (from a first decoding), speech (the "
+         "trained speech-to-entity retriever) or both (their rankings interleaved)."),
     Flag("retriever", ("--retriever",), str | None,
-         "With --term-retrieval speech: a retriever (named or folder)."),
+         "With --term-retrieval speech or both: a retriever (named or folder)."),
     Flag("correct", ("--correct/--no-correct",), bool | None,
          "Generative error correction: an instruct LLM rewrites the N-best list (guarded)."),
     Flag("corrector", ("--corrector",), str | None,

@@ -186,6 +186,9 @@ def domain(
     out: Path = typer.Option(..., "--out", help="Output folder."),
     seed: int = typer.Option(0, "--seed"),
     jobs: int = typer.Option(2, "--jobs"),
+    voices: str | None = typer.Option(
+        None, "--voices", help="Voice list as for `llmasr data synth` (default: three flite voices)."
+    ),
 ) -> None:
     """Domain set (medicine, astronomy, software) with prompts and term lists -> domain.jsonl."""
     from llmasr.data.sets import DOMAIN_SENTENCES, build_domain_set
@@ -194,7 +197,7 @@ def domain(
     total = sum(len(v) for v in DOMAIN_SENTENCES.values())
     try:
         with _progress("domain", total) as tick:
-            path = build_domain_set(out, seed=seed, jobs=jobs, on_done=tick)
+            path = build_domain_set(out, seed=seed, jobs=jobs, voices=voices, on_done=tick)
     except LlmasrError as e:
         _fail(str(e))
     _done(path, t0)

@@ -321,13 +321,22 @@ def domain_items(domain: str) -> list[tuple[str, list[str]]]:
 
 
 def build_domain_set(
-    out_dir: Path, seed: int = 0, *, jobs: int = 2, on_done: Callable[[Utterance], None] | None = None
+    out_dir: Path,
+    seed: int = 0,
+    *,
+    jobs: int = 2,
+    voices: str | None = None,
+    on_done: Callable[[Utterance], None] | None = None,
 ) -> Path:
     """Write ``domain.jsonl`` + ``terms_<domain>.txt``: sentences full of rare domain terms.
 
     This is the set where a domain prompt or term list should help, so entities are recorded for
-    an entity error rate beside the WER.
+    an entity error rate beside the WER. `voices`: a voice list as `llmasr data synth --voices` takes
+    (default: three flite voices).
     """
+    from llmasr.data.synth import parse_voice_list
+
+    specs, weights = parse_voice_list(voices) if voices else (DOMAIN_VOICES, None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts: list[tuple[str, str]] = []
@@ -339,7 +348,9 @@ def build_domain_set(
             uid = f"{domain[:3]}-{i:02d}-{_sha(text)[:6]}"
             texts.append((uid, text))
             meta[uid] = (domain, ents)
-    utts = synthesize(texts, out_dir / "domain", DOMAIN_VOICES, seed=seed, jobs=jobs, on_done=on_done)
+    utts = synthesize(
+        texts, out_dir / "domain", specs, seed=seed, jobs=jobs, weights=weights, on_done=on_done
+    )
     for u in utts:
         domain, ents = meta[u.id]
         u.entities = ents

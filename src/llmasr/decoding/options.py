@@ -35,7 +35,7 @@ DEFAULT_ASR = "whisper-tiny.en"
 DEFAULT_LM = "gemma-3-270m"
 DEFAULT_CORRECTOR = "smollm2-135m-corrector"
 DEFAULT_RETRIEVER = "retriever-tiny"
-TERM_RETRIEVALS = ("text", "speech")
+TERM_RETRIEVALS = ("text", "speech", "both")
 LM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: weights for an LM with no tuned profile (a Hugging Face id, a local folder): those tuned for
 #: whisper-tiny.en + gemma-3-270m, a sensible start until `llmasr tune` is run for that pair
@@ -301,8 +301,8 @@ def check_options(opts: Options) -> None:
         idle = [n for n in ("corrector", "correct_max_change") if n in given]
         if idle:
             raise OptionError(f"--{_flag(idle[0])} acts only with --correct")
-    if "retriever" in given and c.term_retrieval != "speech":
-        raise OptionError("--retriever acts only with --term-retrieval speech")
+    if "retriever" in given and c.term_retrieval == "text":
+        raise OptionError("--retriever acts only with --term-retrieval speech or both")
 
 
 def _flag(name: str) -> str:

@@ -28,7 +28,7 @@ from llmasr.core.types import Hypothesis, Segment, Transcript, Word
 from llmasr.decoding.context import build_context
 from llmasr.decoding.options import LM_WEIGHT_NAMES, OptionError, Options, resolve_options
 from llmasr.decoding.rescore import NbestRescorer, candidates
-from llmasr.decoding.terms import TermRetriever
+from llmasr.decoding.terms import TermRetriever, interleave
 from llmasr.models.registry import resolve
 
 
@@ -160,33 +160,32 @@ class Pipeline:
         and term list (see `first_pass` for the narrowing of long term lists)."""
         c = self.options.context
         limit = c.max_terms
-        narrow = bool(terms) and 0 < limit < len(terms) and c.asr_prompt
-        by_speech = narrow and c.term_retrieval == "speech"
         n = nbest or self.options.decoding.nbest
         padded = [vad.pad_edges(audio[s:e], self.recognizer.window) for audio, s, e in chunk]
         pieces = [p for p, _ in padded]
-        if by_speech:
-            found = self.entity_finder().top([audio[s:e] for audio, s, e in chunk], terms, limit)
-            picked = [[r.entity for r in row] for row in found]
+        narrow = bool(terms) and 0 < limit < len(terms) and c.asr_prompt
+        if not narrow:
+            lists = self.recognizer.nbest(pieces, n, prompt=self.asr_prompt(prompt, terms))
+            picked = [list(terms)] * len(pieces)
+        else:
+            # each retrieval ranks the list's terms per segment; "both" interleaves the two rankings
+            rankings: list[list[list[str]]] = []
+            if c.term_retrieval in ("speech", "both"):
+                found = self.entity_finder().top([audio[s:e] for audio, s, e in chunk], terms, limit)
+                rankings.append([[r.entity for r in row] for row in found])
+            first = None
+            if c.term_retrieval in ("text", "both"):
+                first = self.recognizer.nbest(pieces, n, prompt=self.asr_prompt(prompt, None))
+                retriever = TermRetriever(terms)
+                rankings.append([retriever.top([h.text for h in nb], limit) for nb in first])
+            picked = [interleave([r[i] for r in rankings], limit) for i in range(len(pieces))]
+            redecode = getattr(self.recognizer, "accepts_prompt", True)
             lists = [
                 self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
-                for piece, seg_terms in zip(pieces, picked)
+                if first is None or (seg_terms and redecode)
+                else first[i]
+                for i, (piece, seg_terms) in enumerate(zip(pieces, picked))
             ]
-        else:
-            retriever = TermRetriever(terms) if narrow else None
-            redecode = getattr(self.recognizer, "accepts_prompt", True)
-            first = self.recognizer.nbest(
-                pieces, n, prompt=self.asr_prompt(prompt, None if narrow else terms)
-            )
-            picked, lists = [], []
-            for piece, nb in zip(pieces, first):
-                seg_terms = terms
-                if retriever is not None:
-                    seg_terms = retriever.top([h.text for h in nb], limit)
-                    if seg_terms and redecode:
-                        nb = self.recognizer.nbest([piece], n, prompt=self.asr_prompt(prompt, seg_terms))[0]
-                picked.append(list(seg_terms))
-                lists.append(nb)
         return [
             SegmentResult(s / SAMPLE_RATE, e / SAMPLE_RATE, piece, nb, seg_terms, lead)
             for (_, s, e), (piece, lead), nb, seg_terms in zip(chunk, padded, lists, picked)

@@ -4,7 +4,7 @@ recogniser, the LM and simple list features.
 score = am + lm_weight * lm + word_bonus * words + agreement_weight * agreement
       + am_norm_weight * am / am_tokens + lm_norm_weight * lm / lm_tokens + lm_word_weight * lm / words
       - shortfall_weight * shortfall + coverage_weight * coverage - dropped_weight * dropped
-      + other_am_weight * other_am + cross_agreement_weight * cross_agreement
+      + other_am_weight * other_am + cross_agreement_weight * cross_agreement + term_weight * term_hits
 
 `am` is the recogniser's total log-probability, `lm` the scorer's total log-probability of the
 hypothesis given the context, `words` the number of written words (counters the LM's taste for short
@@ -26,6 +26,10 @@ With two recognisers (`--asr A,B`), `am` is the first one's score of the text, `
 the others' scores of the same text (each recogniser scores every merged candidate) and
 `cross_agreement` the share of the recognisers' own first picks that contain each word, averaged
 (ROVER-style voting across systems, Fiscus 1997).
+
+With a term list, `term_hits` counts the segment's terms the hypothesis spells exactly as listed (whole
+words, normalised): a contextual-biasing bonus applied at rescoring time, on top of the terms the LM and
+the recogniser's prompt already see.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from llmasr.components.lm.base import Scorer
 from llmasr.core.metrics import normalize
 from llmasr.core.types import Hypothesis
 from llmasr.decoding.context import build_context, trim_history
+from llmasr.decoding.terms import term_hits
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Weights:
     dropped_weight: float = 0.0
     other_am_weight: float = 0.0
     cross_agreement_weight: float = 0.0
+    term_weight: float = 0.0
 
 
 #: a word is "confident" when its N-best posterior reaches this
@@ -83,6 +89,8 @@ class Candidate:
     other_am: float = 0.0
     #: cross-system agreement in [0, 1] (1 with one recogniser)
     cross_agreement: float = 1.0
+    #: the segment's terms it spells as listed (set by NbestRescorer.featurise)
+    term_hits: int = 0
 
     def without_lm(self, w: Weights) -> float:
         """Every term of the score but the LM's."""
@@ -97,6 +105,7 @@ class Candidate:
             - w.dropped_weight * self.dropped
             + w.other_am_weight * self.other_am
             + w.cross_agreement_weight * self.cross_agreement
+            + w.term_weight * self.term_hits
         )
 
     def lm_coefficient(self, w: Weights) -> float:
@@ -185,6 +194,9 @@ class NbestRescorer:
         The LM runs only when one of its weights is non-zero, unless `with_lm` says otherwise (tuning).
         """
         cands = candidates(nbest)
+        if self.terms:
+            for c in cands:
+                c.term_hits = term_hits(c.norm, self.terms)
         # per-token LM lengths: for tuning (an explicit with_lm) or a weight that reads them
         count = with_lm is not None or self.weights.lm_norm_weight != 0.0
         if with_lm is None:

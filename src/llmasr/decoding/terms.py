@@ -70,3 +70,20 @@ class TermRetriever:
         """Up to k terms, most similar first, that resemble something in the hypotheses."""
         ranked = sorted(zip(self.scores(texts), range(len(self.terms))), key=lambda x: (-x[0], x[1]))
         return [self.terms[i] for s, i in ranked[:k] if s >= min_similarity]
+
+
+def interleave(rankings: Sequence[Sequence[str]], k: int) -> list[str]:
+    """Up to k distinct terms taking turns from each ranking (best first): the union of two retrievals
+    that keeps each one's best."""
+    out: list[str] = []
+    for rank in range(max((len(r) for r in rankings), default=0)):
+        for r in rankings:
+            if rank < len(r) and r[rank] not in out:
+                out.append(r[rank])
+    return out[:k]
+
+
+def term_hits(norm_text: str, terms: Sequence[str]) -> int:
+    """How many of `terms` a normalised text contains, each as whole words (spelled as in the list)."""
+    padded = f" {norm_text} "
+    return sum(1 for t in {normalize(t) for t in terms} if t and f" {t} " in padded)

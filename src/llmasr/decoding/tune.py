@@ -15,13 +15,15 @@ dev set of ~100 utterances is easily overfitted by ten free weights.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from llmasr.components.lm.base import Scorer
 from llmasr.core.errors import LlmasrError
 from llmasr.core.metrics import word_errors
-from llmasr.core.types import Hypothesis
+from llmasr.core.types import Hypothesis, Word
 from llmasr.decoding.rescore import Candidate, NbestRescorer, Weights
 
 LM_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -40,6 +42,8 @@ SYSTEM_GRIDS: dict[str, Sequence[float]] = {
     "other_am_weight": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
     "cross_agreement_weight": (0.0, 1.0, 2.0, 4.0, 8.0),
 }
+#: grid of the term-list bonus (items decoded with terms)
+TERM_GRIDS: dict[str, Sequence[float]] = {"term_weight": (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)}
 FEATURE_SETS = ("basic", "truncation", "all", "auto")
 
 
@@ -66,6 +70,31 @@ class Decoded:
     nbests: list[list[Hypothesis]]
     #: terms each segment was decoded with (retrieval narrows long lists per segment)
     terms: list[list[str]]
+
+
+def write_decoded(decoded: Sequence[Decoded], path: str | Path) -> None:
+    """First-pass lists as JSON lines (what `llmasr tune --lists` keeps to tune again without decoding)."""
+    from llmasr.core.files import atomic_write
+
+    with atomic_write(path) as f:
+        for d in decoded:
+            f.write(json.dumps(asdict(d)) + "\n")
+
+
+def read_decoded(path: str | Path) -> list[Decoded]:
+    """Lists written by `write_decoded`. Raises LlmasrError naming the file when it cannot be read."""
+    out = []
+    try:
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            d = json.loads(line)
+            nbests = [
+                [Hypothesis(**{**h, "words": [Word(**w) for w in h.get("words", [])]}) for h in nb]
+                for nb in d["nbests"]
+            ]
+            out.append(Decoded(d["id"], d["reference"], d["prompt"], nbests, d["terms"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LlmasrError(f"{path}: not a file of first-pass lists ({exc})") from None
+    return out
 
 
 def featurise(
@@ -180,6 +209,11 @@ def several_systems(items: Sequence[TuneItem]) -> bool:
     return any(c.other_am != 0.0 for it in items for seg in it.segments for c in seg)
 
 
+def with_terms(items: Sequence[TuneItem]) -> bool:
+    """True when some candidate spells a term of its segment's list."""
+    return any(c.term_hits for it in items for seg in it.segments for c in seg)
+
+
 def fit(items: Sequence[TuneItem], features: str, with_lm: bool) -> tuple[Weights, float]:
     """Tuned weights of one feature set ("basic", "truncation" or "all") on `items`, and their WER."""
     grid = {} if with_lm else {"lm_weights": (0.0,)}
@@ -191,6 +225,8 @@ def fit(items: Sequence[TuneItem], features: str, with_lm: bool) -> tuple[Weight
         "agreement_weight": AGREEMENT_WEIGHTS,
     }
     grids: dict[str, Sequence[float]] = dict(SYSTEM_GRIDS) if several_systems(items) else {}
+    if with_terms(items):
+        grids.update(TERM_GRIDS)
     if features in ("truncation", "all"):
         grids.update(TRUNCATION_GRIDS)
     if features == "all":

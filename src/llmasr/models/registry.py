@@ -559,10 +559,11 @@ def resolve(name_or_path: str, family: str, log: Callable[[str], None] | None = 
         if family == "asr":
             if (path / "model.bin").exists():
                 return "whisper", str(path)
+            for folder in (path, path / "export"):  # a token CTC head, or a training run of one
+                if (folder / "ctc_head.json").exists():
+                    return "ctc", str(folder)
             if _is_speechllm(path):
                 return "speechllm", str(path)
-            if (path / "retriever.json").exists():
-                return "ctc", str(path)
             return "hf-asr", str(path)
         if family == "embed":
             return "text-embedding", str(path)
