@@ -1,6 +1,6 @@
 """Corpus throughput of `llmasr batch`: one process unbatched, batched, and Ray with 1 and 2 workers.
 
-    python benchmarks/batch.py [--manifest work-data/synth_test.jsonl] [--limit 240] [--lm none]
+    python benchmarks/batch.py [--manifest M.jsonl ...] [--limit 240] [--lm none]
 
 The first `--limit` audio files of the manifest are linked into one folder (the input users give);
 each setting is the command a user runs (so its time includes starting Python, Ray and loading the
@@ -36,20 +36,29 @@ SETTINGS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--manifest", type=Path, default=Path("work-data/synth_test.jsonl"))
+    ap.add_argument(
+        "--manifest", type=Path, action="append",
+        help="JSONL manifest(s), read in turn (default: synth_test + synth_dev, 240 utterances)",
+    )  # fmt: skip
     ap.add_argument("--limit", type=int, default=240)
     ap.add_argument("--lm", default=None, help="rescoring LM (default: the default pipeline's)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names")
     args = ap.parse_args()
 
-    rows = [json.loads(line) for line in args.manifest.read_text(encoding="utf-8").splitlines() if line]
+    manifests = args.manifest or [Path("work-data/synth_test.jsonl"), Path("work-data/synth_dev.jsonl")]
+    rows = []
+    for manifest in manifests:
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                row["audio"] = str((manifest.parent / row["audio"]).resolve())
+                rows.append(row)
     rows = rows[: args.limit]
-    base = args.manifest.parent
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "inputs"
         folder.mkdir()
         for r in rows:
-            audio = (base / r["audio"]).resolve()
+            audio = Path(r["audio"])
             (folder / f"{r['id']}{audio.suffix}").symlink_to(audio)
         seconds = sum(float(r.get("duration") or 0.0) for r in rows)
         print(f"{len(rows)} inputs, {seconds / 60:.1f} min of audio; lm={args.lm or 'default'}")

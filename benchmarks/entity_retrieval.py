@@ -9,8 +9,9 @@ The entity database of a run holds every entity of the manifest plus N distracto
 (the term lists' other terms, then long or capitalised words of a text manifest). For each utterance:
 recall@k of its own entities, by the trained speech retriever (audio only) and by the text-side
 `TermRetriever` over whisper-tiny.en's 8-best (what `--term-retrieval text` does). Then the transcripts:
-the default shallow pipeline with the whole database as its term list, narrowed to 12 terms per
-segment by each retriever, giving WER and entity recall.
+the default pipeline (or `--lm`) with the whole database as its term list, narrowed to 12 terms per
+segment by each `--modes` retrieval (speech, text, both), with each utterance's domain prompt when
+`--prompts` is given, giving WER and entity recall.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ def main() -> None:
     ap.add_argument("--distractors", type=int, action="append", default=None)
     ap.add_argument("--max-terms", type=int, default=12)
     ap.add_argument("--no-transcripts", action="store_true", help="only the retrieval figures")
+    ap.add_argument("--modes", default="speech,text,both", help="term retrievals to transcribe with")
+    ap.add_argument("--prompts", action="store_true", help="also give each utterance's domain prompt")
+    ap.add_argument("--lm", default=None, help="rescoring LM (default: the default pipeline's)")
     ap.add_argument("--out", default="docs/results-entities.json")
     args = ap.parse_args()
     sizes = args.distractors or [100, 1000]
@@ -116,12 +120,12 @@ def main() -> None:
             terms_file.write_text("\n".join(db_list) + "\n", encoding="utf-8")
             run["terms_file"] = str(terms_file)
             run["transcripts"] = {}
-            for mode in ("speech", "text"):
-                opts = resolve_options(terms=db_list, max_terms=args.max_terms, term_retrieval=mode)
+            for mode in args.modes.split(","):
+                lm = {"lm": args.lm} if args.lm else {}
+                opts = resolve_options(terms=db_list, max_terms=args.max_terms, term_retrieval=mode, **lm)
                 pipe = Pipeline(opts)
-                if mode == "speech":
-                    pipe._finder = finder
-                report = evaluate(pipe, utts, use_prompts=False)
+                pipe._finder = finder
+                report = evaluate(pipe, utts, use_prompts=args.prompts)
                 s = report.summary()
                 run["transcripts"][mode] = {k: s[k] for k in ("wer", "entity_recall", "rtfx", "failed")}
                 print(mode, run["transcripts"][mode])
