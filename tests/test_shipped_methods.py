@@ -67,9 +67,14 @@ def test_ctc_recogniser_reads_real_speech(tmp_path: Path) -> None:
     assert all(len(nb) <= 1 for nb in lists) and all(t == t.lower() for t in texts)
     wer = counts([u.text for u in utts], texts).wer
     assert wer < CTC_BOUND, (wer, texts)
-    assert rec.align(load_audio(utts[0].audio), lists[0][0]) == []
+    audio = load_audio(utts[0].audio)
+    words = rec.align(audio, lists[0][0])  # word times from the head's own alignment
+    assert [w.word for w in words] == lists[0][0].text.split()
+    assert all(0 <= w.start <= w.end <= len(audio) / 16000 for w in words)
+    assert all(a.end <= b.start + 1e-6 for a, b in zip(words, words[1:]))
 
 
-#: measured 2026-11-25 on the 12 pocketsphinx-testdata utterances: 61.4% (62 errors in 101 words;
-#: "four queen of clubs" -> "for quenn of clos"); the bound allows ~8 more errors
-CTC_BOUND = 0.70
+#: measured 2026-11-30 with the token head (ctc-head-tiny) on the 12 pocketsphinx-testdata utterances:
+#: 39.6% (40 errors in 101 words; "four queen of clubs" -> "four quarter of close"; the character head
+#: before it: 61.4%); the bound allows ~10 more errors
+CTC_BOUND = 0.50
