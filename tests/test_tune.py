@@ -256,3 +256,21 @@ def test_first_pass_lists_round_trip(tmp_path) -> None:
     (tmp_path / "bad.jsonl").write_text("{not json\n", encoding="utf-8")
     with pytest.raises(LlmasrError, match="bad.jsonl: not a file of first-pass lists"):
         read_decoded(tmp_path / "bad.jsonl")
+
+
+def test_oracle_is_the_best_candidate_per_segment() -> None:
+    from llmasr.decoding.tune import oracle_wer
+
+    one = lm_item()  # best candidate exact: 0 errors of 6
+    two = TuneItem(
+        id="two",
+        reference="call me tomorrow turn the lights off now",
+        segments=[
+            [cand("call me to borrow", -1.0), cand("call me tomorrow", -1.5)],
+            [cand("turn the lights off", -1.0), cand("turn the light off now", -1.8)],
+        ],
+    )  # best: "call me tomorrow" + either second segment, 1 error of 8
+    assert oracle_wer([one]) == 0.0
+    assert oracle_wer([two]) == pytest.approx(1 / 8)
+    assert oracle_wer([one, two]) == pytest.approx(1 / 14)
+    assert oracle_wer([one, two]) <= total_errors([one, two], Weights())[0] / 14

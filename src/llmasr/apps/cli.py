@@ -452,6 +452,7 @@ def tune(
         FEATURE_SETS,
         featurise,
         first_pass_wer,
+        oracle_wer,
         read_decoded,
         tune_weights,
         write_decoded,
@@ -516,6 +517,7 @@ def tune(
             "wer": round(result.wer, 4),
             "am_only_wer": round(result.am_only_wer, 4),
             "first_pass_wer": round(first_pass_wer(items), 4),
+            "oracle_wer": round(oracle_wer(items), 4),
             "features": result.features,
             "cv_wer": {k: round(v, 4) for k, v in result.cv_wer.items()},
         }
@@ -530,7 +532,8 @@ def tune(
             f"({result.features} features) "
             f"WER {100 * result.wer:.2f}% (cross-validated: {cv or '-'}; "
             f"recogniser score alone: {100 * result.am_only_wer:.2f}%, "
-            f"recogniser's pick: {100 * tuned['first_pass_wer']:.2f}%) -> {path}",
+            f"recogniser's pick: {100 * tuned['first_pass_wer']:.2f}%; "
+            f"oracle of the lists: {100 * tuned['oracle_wer']:.2f}%) -> {path}",
         )
 
 

@@ -145,6 +145,32 @@ def first_pass_wer(items: Sequence[TuneItem]) -> float:
     return errors / max(1, words)
 
 
+def oracle_wer(items: Sequence[TuneItem]) -> float:
+    """WER of the best candidates: the ceiling of any rescoring of these lists. One segment: its best
+    candidate; several: each segment's best with the others held, segment by segment (a lower bound on
+    what a per-segment choice reaches, exact for one segment)."""
+    errors = words = 0
+    for item in items:
+        words += word_errors(item.reference, "")[1]
+        if not item.segments:
+            errors += word_errors(item.reference, "")[0]
+            continue
+        if item.errors is not None:
+            errors += min(item.errors)
+            continue
+        picks = [0] * len(item.segments)
+
+        def errors_with(k: int, i: int, item: TuneItem = item, picks: list[int] = picks) -> int:
+            chosen = [*picks[:k], i, *picks[k + 1 :]]
+            text = " ".join(seg[j].hypothesis.text for seg, j in zip(item.segments, chosen))
+            return word_errors(item.reference, text)[0]
+
+        for k, seg in enumerate(item.segments):
+            picks[k] = min(range(len(seg)), key=lambda i, k=k: errors_with(k, i))
+        errors += errors_with(0, picks[0])
+    return errors / max(1, words)
+
+
 def grid_search(
     items: Sequence[TuneItem],
     lm_weights: Sequence[float] = LM_WEIGHTS,
