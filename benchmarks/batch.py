@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import soundfile as sf
+
 SETTINGS = {
     "local, unbatched": ["--engine", "local", "--batch-size", "1", "--threads", "2"],
     "local, batched": ["--engine", "local", "--batch-size", "8", "--threads", "2"],
@@ -60,7 +62,7 @@ def main() -> None:
         for r in rows:
             audio = Path(r["audio"])
             (folder / f"{r['id']}{audio.suffix}").symlink_to(audio)
-        seconds = sum(float(r.get("duration") or 0.0) for r in rows)
+        seconds = sum(float(r.get("duration") or sf.info(r["audio"]).duration) for r in rows)
         print(f"{len(rows)} inputs, {seconds / 60:.1f} min of audio; lm={args.lm or 'default'}")
         results = {}
         for name in args.settings.split(","):
@@ -70,10 +72,13 @@ def main() -> None:
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t
-            done = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
+            log = out / "results.jsonl"
+            done = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.exists() else []
             ok = sum(1 for d in done if d.get("status") == "ok")
             if proc.returncode != 0 or ok != len(rows):
-                print(f"{name}: exit {proc.returncode}, {ok}/{len(rows)} ok\n{proc.stderr[-2000:]}")
+                print(f"{name}: exit {proc.returncode}, {ok}/{len(rows)} ok: left out")
+                print(proc.stderr[-2000:])
+                continue
             results[name] = wall
             first = next(iter(results.values()))
             print(f"{name:18s} {wall:7.1f} s wall  {seconds / wall:6.1f} h audio per hour  "

@@ -3,7 +3,7 @@
     python benchmarks/plot_runs.py runs/ctc-head-tiny runs/speechllm-ctc-tiny --out docs/deep-curves.png
 
 One row of two plots: training loss (each task's own: CTC or next-token; smoothed over 5 log points)
-and dev WER, both against CPU minutes of the run.
+and dev WER, both against the run's wall-clock minutes (its `elapsed` column).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def main() -> None:
         dev = [(m, float(r["dev_wer"]) * 100) for m, r in zip(minutes, rows) if r.get("dev_wer")]
         if dev:
             ax_wer.plot(*zip(*dev), marker="o", label=label)
-    ax_loss.set(xlabel="CPU minutes (2 cores)", ylabel="training loss", yscale="log")
-    ax_wer.set(xlabel="CPU minutes (2 cores)", ylabel="dev WER (%)")
+    ax_loss.set(xlabel="training minutes (wall clock, 2 CPU cores)", ylabel="training loss", yscale="log")
+    ax_wer.set(xlabel="training minutes (wall clock, 2 CPU cores)", ylabel="dev WER (%)")
     for ax in (ax_loss, ax_wer):
         ax.grid(alpha=0.3)
         ax.legend()

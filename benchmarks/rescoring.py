@@ -42,7 +42,9 @@ def main() -> None:
     audios = [load_input(f)[1].samples for f in files[: args.limit]]
     seconds = sum(len(a) for a in audios) / 16000
 
-    configs = {"first pass": resolve_options(lm="none", weights=Weights(), threads=args.threads)}
+    first = resolve_options(lm="none", threads=args.threads)
+    first.rescoring.weights = Weights()  # the recogniser's score alone: its own pick's cost
+    configs = {"first pass": first}
     for name in args.presets.split(","):
         configs[name] = resolve_options(preset=name, threads=args.threads)
     pipes: dict[str, Pipeline] = {}

@@ -251,8 +251,8 @@ def test_first_pass_lists_round_trip(tmp_path) -> None:
                              cross_agreement=0.5)]], [["clubs"]]),
         Decoded("u2", "", None, [], []),
     ]  # fmt: skip
-    write_decoded(lists, tmp_path / "lists.jsonl")
-    assert read_decoded(tmp_path / "lists.jsonl") == lists
+    write_decoded(lists, tmp_path / "lists.jsonl", {"asr": "whisper-tiny.en", "nbest": 8})
+    assert read_decoded(tmp_path / "lists.jsonl") == ({"asr": "whisper-tiny.en", "nbest": 8}, lists)
     (tmp_path / "bad.jsonl").write_text("{not json\n", encoding="utf-8")
     with pytest.raises(LlmasrError, match="bad.jsonl: not a file of first-pass lists"):
         read_decoded(tmp_path / "bad.jsonl")
@@ -274,3 +274,43 @@ def test_oracle_is_the_best_candidate_per_segment() -> None:
     assert oracle_wer([two]) == pytest.approx(1 / 8)
     assert oracle_wer([one, two]) == pytest.approx(1 / 14)
     assert oracle_wer([one, two]) <= total_errors([one, two], Weights())[0] / 14
+
+
+def test_tune_from_kept_lists_checks_their_settings(tmp_path) -> None:
+    """`llmasr tune --lists` tunes from a kept file without decoding, and refuses one decoded with other
+    settings or holding utterances the manifest lacks."""
+    import json
+    import subprocess
+    import sys
+
+    from llmasr.core.types import Hypothesis
+    from llmasr.decoding.tune import Decoded, write_decoded
+
+    refs = {f"u{i}": "turn the lights off now" for i in range(6)}
+    manifest = tmp_path / "dev.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": k, "audio": f"{k}.wav", "text": t}) + "\n" for k, t in refs.items()),
+        encoding="utf-8",
+    )
+    decoded = [
+        Decoded(k, t, None, [[Hypothesis("turn the lights off", -1.0), Hypothesis(t, -1.8)]], [[]])
+        for k, t in refs.items()
+    ]
+    settings = {"asr": "whisper-tiny.en", "nbest": 8, "prompt": None, "terms": [], "asr_prompt": True,
+                "max_terms": 12, "term_retrieval": "text"}  # fmt: skip
+    lists = tmp_path / "lists.jsonl"
+    write_decoded(decoded, lists, settings)
+
+    def tune(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "llmasr", "tune", str(manifest), "--lm", "none", "--lists", str(lists)]
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+
+    ok = tune("--out", str(tmp_path / "p.yaml"), "--folds", "3")
+    assert ok.returncode == 0, ok.stderr
+    assert "word_bonus=1" in ok.stdout and "oracle of the lists: 0.00%" in ok.stdout
+    other = tune("--out", str(tmp_path / "q.yaml"), "--asr", "whisper-base")
+    assert other.returncode == 1 and "decoded with other settings: asr 'whisper-tiny.en'" in other.stderr
+    assert "Traceback" not in other.stderr and not (tmp_path / "q.yaml").exists()
+    write_decoded([*decoded, Decoded("stranger", "x", None, [], [])], lists, settings)
+    stranger = tune("--out", str(tmp_path / "r.yaml"))
+    assert stranger.returncode == 1 and "1 utterance(s) not in" in stranger.stderr

@@ -463,19 +463,34 @@ def tune(
     for key in by or []:
         if key not in ("voice", "augmentation", "style"):
             raise _fail(f"--by takes voice, augmentation or style, not '{key}'", 2)
+    if folds < 2 and (features == "auto" or by):
+        raise _fail(f"--folds {folds}: --features auto and --by cross-validate, which needs 2 or more", 2)
     utts = _read_manifest(manifest)
     lms = lms or [None]  # None: the default LM
     try:
         targets = [options_from_flags(run_flags, lm=lm) for lm in lms]
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
+    # what shapes the lists: a file decoded otherwise must not be tuned as if decoded now
+    d0, c0 = targets[0].decoding, targets[0].context
+    settings = {"asr": d0.asr, "nbest": d0.nbest, "prompt": c0.prompt, "terms": c0.terms,
+                "asr_prompt": c0.asr_prompt, "max_terms": c0.max_terms,
+                "term_retrieval": c0.term_retrieval}  # fmt: skip
     if lists and lists.is_file():
         try:
-            decoded = read_decoded(lists)
+            kept, decoded = read_decoded(lists)
         except LlmasrError as exc:
             raise _fail(str(exc)) from exc
+        differ = [f"{k} {kept[k]!r} (now {v!r})" for k, v in settings.items() if k in kept and kept[k] != v]
+        if differ:
+            raise _fail(f"{lists}: decoded with other settings: {'; '.join(differ)}; give another --lists")
+        unknown = sorted({d.id for d in decoded} - {u.id for u in utts})
+        if unknown:
+            raise _fail(f"{lists}: {len(unknown)} utterance(s) not in {manifest}, e.g. '{unknown[0]}'")
         _say(err, f"first-pass lists of {len(decoded)} utterances read from {lists}")
     else:
+        if lists and (lists.is_dir() or not os.access(lists.parent if str(lists.parent) else ".", os.W_OK)):
+            raise _fail(f"--lists {lists}: cannot write a file there", 2)
         decoding = {k: v for k, v in run_flags.items() if k != "lm_dtype"}  # the first pass runs no LM
         _, pipeline = _pipeline(decoding, lm="none")
         with _progress() as progress:
@@ -488,7 +503,10 @@ def tune(
 
             decoded = first_passes(pipeline, utts, on_item=on_decoded)
         if lists and decoded:
-            write_decoded(decoded, lists)
+            try:
+                write_decoded(decoded, lists, settings)
+            except OSError as exc:
+                _error(err, f"--lists {lists}: not written ({exc.strerror or exc})")
     if not decoded:
         raise _fail("no utterance could be decoded")
     for options in targets:

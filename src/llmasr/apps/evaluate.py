@@ -13,7 +13,7 @@ from typing import Any
 
 from llmasr.core.audio import load_input
 from llmasr.core.errors import LlmasrError, internal_error
-from llmasr.core.metrics import entity_recall, normalize, word_errors
+from llmasr.core.metrics import entity_recall, greedy_oracle, normalize, word_errors
 from llmasr.core.types import Transcript
 from llmasr.data.manifest import Utterance, utterance_prompt
 from llmasr.decoding.pipeline import Pipeline
@@ -120,16 +120,8 @@ def group_label(key: str, value: object) -> str:
 
 
 def oracle_text(transcript: Transcript, reference: str) -> str:
-    """Best text reachable by picking one hypothesis per segment (greedy, segment by segment)."""
-    chosen = [s.first_pass_text for s in transcript.segments]
-    for i, seg in enumerate(transcript.segments):
-        options = [h.text for h in seg.nbest] or [seg.text]
-
-        def errs(text: str, i: int = i) -> int:
-            return word_errors(reference, " ".join([*chosen[:i], text, *chosen[i + 1 :]]))[0]
-
-        chosen[i] = min(options, key=errs)
-    return " ".join(chosen)
+    """Best text reachable by picking one hypothesis per segment (`greedy_oracle`)."""
+    return greedy_oracle(reference, [[h.text for h in s.nbest] or [s.text] for s in transcript.segments])
 
 
 def evaluate(

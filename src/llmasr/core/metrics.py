@@ -223,6 +223,22 @@ def entity_recall(entities: list[str], hyp: str) -> tuple[int, int]:
     return found, total
 
 
+def greedy_oracle(reference: str, segments: Sequence[Sequence[str]]) -> str:
+    """Best text reachable by picking one hypothesis per segment, chosen greedily segment by segment
+    (each segment's best with the others held, starting from every segment's first option). Exact for
+    one segment; with several, a text the lists can reach, so its WER bounds the true oracle from above.
+    An empty segment contributes nothing."""
+    chosen = [opts[0] if opts else "" for opts in segments]
+    for i, opts in enumerate(segments):
+
+        def errs(text: str, i: int = i) -> int:
+            return word_errors(reference, " ".join([*chosen[:i], text, *chosen[i + 1 :]]))[0]
+
+        if opts:
+            chosen[i] = min(opts, key=errs)
+    return " ".join(t for t in chosen if t)
+
+
 def oracle_wer(refs: list[str], nbests: list[list[str]]) -> float:
     """WER if each utterance's best N-best entry were chosen: the ceiling for any rescoring.
 

@@ -104,8 +104,8 @@ class ContextOptions:
     asr_prompt: bool = True
     #: terms per segment; a longer list is narrowed per segment by term retrieval (0: the whole list)
     max_terms: int = 12
-    #: how that narrowing picks terms: "text" (from a first decoding's words) or "speech" (the trained
-    #: speech-to-entity retriever reads the audio; one decoding instead of two)
+    #: how that narrowing picks terms: "text" (from a first decoding's words), "speech" (the trained
+    #: speech-to-entity retriever reads the audio; one decoding instead of two) or "both" (interleaved)
     term_retrieval: str = "text"
     retriever: str = DEFAULT_RETRIEVER
 

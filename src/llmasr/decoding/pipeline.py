@@ -141,7 +141,7 @@ class Pipeline:
         tokens, too few for a long list). `term_retrieval: text`: a first decoding with the domain prompt
         alone, `TermRetriever` picks the terms its N-best resembles, and the segment is decoded again with
         those. `speech`: the trained speech-to-entity retriever picks them from the audio, and the segment
-        is decoded once.
+        is decoded once. `both`: the two rankings interleaved (`terms.interleave`), decoded twice.
         """
         spans = vad.split(audio, max_seconds=self.recognizer.window)
         batch = max(1, self.options.decoding.batch_size)
@@ -166,7 +166,7 @@ class Pipeline:
         narrow = bool(terms) and 0 < limit < len(terms) and c.asr_prompt
         if not narrow:
             lists = self.recognizer.nbest(pieces, n, prompt=self.asr_prompt(prompt, terms))
-            picked = [list(terms)] * len(pieces)
+            picked = [list(terms) for _ in pieces]
         else:
             # each retrieval ranks the list's terms per segment; "both" interleaves the two rankings
             rankings: list[list[list[str]]] = []

@@ -79,7 +79,7 @@ class Candidate:
     am_tokens: int = 0
     #: LM tokens of the hypothesis (set with `lm`)
     lm_tokens: int = 0
-    #: share of the expected length it lacks, in [0, 1)
+    #: share of the expected length it lacks, in [0, 1] (1: an empty hypothesis)
     shortfall: float = 0.0
     #: share of the list's confident words it contains, in [0, 1]
     coverage: float = 1.0

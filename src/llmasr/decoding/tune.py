@@ -19,10 +19,11 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from llmasr.components.lm.base import Scorer
 from llmasr.core.errors import LlmasrError
-from llmasr.core.metrics import word_errors
+from llmasr.core.metrics import greedy_oracle, word_errors
 from llmasr.core.types import Hypothesis, Word
 from llmasr.decoding.rescore import Candidate, NbestRescorer, Weights
 
@@ -72,21 +73,30 @@ class Decoded:
     terms: list[list[str]]
 
 
-def write_decoded(decoded: Sequence[Decoded], path: str | Path) -> None:
-    """First-pass lists as JSON lines (what `llmasr tune --lists` keeps to tune again without decoding)."""
+def write_decoded(
+    decoded: Sequence[Decoded], path: str | Path, settings: dict[str, Any] | None = None
+) -> None:
+    """First-pass lists as JSON lines (what `llmasr tune --lists` keeps to tune again without decoding);
+    the first line holds the `settings` they were decoded with, so that a later run can check its own."""
     from llmasr.core.files import atomic_write
 
     with atomic_write(path) as f:
+        f.write(json.dumps({"settings": settings or {}}) + "\n")
         for d in decoded:
             f.write(json.dumps(asdict(d)) + "\n")
 
 
-def read_decoded(path: str | Path) -> list[Decoded]:
-    """Lists written by `write_decoded`. Raises LlmasrError naming the file when it cannot be read."""
+def read_decoded(path: str | Path) -> tuple[dict[str, Any], list[Decoded]]:
+    """(settings, lists) written by `write_decoded` (settings {} for a file without them). Raises
+    LlmasrError naming the file when it cannot be read."""
     out = []
+    settings: dict[str, Any] = {}
     try:
         for line in Path(path).read_text(encoding="utf-8").splitlines():
             d = json.loads(line)
+            if "settings" in d:
+                settings = dict(d["settings"])
+                continue
             nbests = [
                 [Hypothesis(**{**h, "words": [Word(**w) for w in h.get("words", [])]}) for h in nb]
                 for nb in d["nbests"]
@@ -94,7 +104,7 @@ def read_decoded(path: str | Path) -> list[Decoded]:
             out.append(Decoded(d["id"], d["reference"], d["prompt"], nbests, d["terms"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LlmasrError(f"{path}: not a file of first-pass lists ({exc})") from None
-    return out
+    return settings, out
 
 
 def featurise(
@@ -146,28 +156,16 @@ def first_pass_wer(items: Sequence[TuneItem]) -> float:
 
 
 def oracle_wer(items: Sequence[TuneItem]) -> float:
-    """WER of the best candidates: the ceiling of any rescoring of these lists. One segment: its best
-    candidate; several: each segment's best with the others held, segment by segment (a lower bound on
-    what a per-segment choice reaches, exact for one segment)."""
+    """WER of the best candidates of the lists (`core.metrics.greedy_oracle`: exact for one segment, an
+    upper bound of the true oracle for several): the ceiling any re-ranking of these lists could reach."""
     errors = words = 0
     for item in items:
         words += word_errors(item.reference, "")[1]
-        if not item.segments:
-            errors += word_errors(item.reference, "")[0]
-            continue
         if item.errors is not None:
             errors += min(item.errors)
             continue
-        picks = [0] * len(item.segments)
-
-        def errors_with(k: int, i: int, item: TuneItem = item, picks: list[int] = picks) -> int:
-            chosen = [*picks[:k], i, *picks[k + 1 :]]
-            text = " ".join(seg[j].hypothesis.text for seg, j in zip(item.segments, chosen))
-            return word_errors(item.reference, text)[0]
-
-        for k, seg in enumerate(item.segments):
-            picks[k] = min(range(len(seg)), key=lambda i, k=k: errors_with(k, i))
-        errors += errors_with(0, picks[0])
+        texts = [[c.hypothesis.text for c in seg] for seg in item.segments]
+        errors += word_errors(item.reference, greedy_oracle(item.reference, texts))[0]
     return errors / max(1, words)
 
 
@@ -195,6 +193,7 @@ def _simplicity(w: Weights) -> tuple[float, ...]:
     return (
         abs(w.am_norm_weight) + abs(w.lm_norm_weight) + abs(w.lm_word_weight),
         abs(w.shortfall_weight) + abs(w.coverage_weight) + abs(w.dropped_weight),
+        abs(w.other_am_weight) + abs(w.cross_agreement_weight) + abs(w.term_weight),
         abs(w.lm_weight),
         abs(w.word_bonus),
         w.agreement_weight,
@@ -272,7 +271,7 @@ def held_out_errors(
     (utterance i is in fold i % folds): k-fold cross-validation, kept per utterance so that it can
     be broken down (by speech style, say)."""
     out: list[tuple[int, int]] = [(0, 0)] * len(items)
-    for k in range(folds):
+    for k in range(min(folds, len(items))):  # a fold without utterances holds nothing out
         train = [it for i, it in enumerate(items) if i % folds != k]
         if not train:
             continue
@@ -281,12 +280,6 @@ def held_out_errors(
             if i % folds == k:
                 out[i] = total_errors([it], w)
     return out
-
-
-def cross_validate(items: Sequence[TuneItem], features: str, with_lm: bool, folds: int = 5) -> float:
-    """Corpus WER on held-out folds, each tuned on the other folds (see `held_out_errors`)."""
-    pairs = held_out_errors(items, features, with_lm, folds)
-    return sum(e for e, _ in pairs) / max(1, sum(n for _, n in pairs))
 
 
 @dataclass
@@ -308,6 +301,8 @@ def tune_weights(
     WER; basic on a tie). The chosen set is then tuned on every dev utterance."""
     if features not in FEATURE_SETS:
         raise LlmasrError(f"unknown feature set '{features}': choose one of {', '.join(FEATURE_SETS)}")
+    if features == "auto" and folds < 2:
+        raise LlmasrError("features 'auto' chooses by cross-validation: it needs at least 2 folds")
     tried = ("basic", "truncation", "all") if features == "auto" else (features,)
     held = {f: held_out_errors(items, f, with_lm, folds) for f in tried} if folds > 1 else {}
     cv = {f: sum(e for e, _ in p) / max(1, sum(n for _, n in p)) for f, p in held.items()}

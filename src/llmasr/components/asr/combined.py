@@ -47,6 +47,7 @@ class CombinedRecognizer:
         self.name = ",".join(r.name for r in recognizers)
         self.window = min(r.window for r in recognizers)
         self.accepts_prompt = any(r.accepts_prompt for r in recognizers)
+        #: hypotheses asked of each recogniser; the merged list holds up to len(recognizers) times this
         self.max_nbest = min(r.max_nbest for r in recognizers)
 
     def nbest(
@@ -79,7 +80,9 @@ def merge_nbest(lists: Sequence[Sequence[Hypothesis]]) -> list[Hypothesis]:
     """One list from several recognisers' N-best lists of one segment: distinct normalised texts, the
     first list's in its order, then each further list's new texts; each candidate's `cross_agreement`
     is set (see the module doc). Tokens are kept only for the first recogniser's hypotheses (another
-    tokenizer's ids would mean nothing to it). Scores are left for the caller to fill in."""
+    tokenizer's ids would mean nothing to it; the rescorer then counts words + 1 as their length).
+    When the first list is empty (it heard no speech), the next list's pick leads. Scores are left for
+    the caller to fill in."""
     picks = [set(normalize(lst[0].text).split()) for lst in lists if lst]
     out: list[Hypothesis] = []
     seen: set[str] = set()

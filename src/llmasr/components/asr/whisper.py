@@ -6,6 +6,7 @@ we call CTranslate2's `generate` ourselves because faster-whisper returns only o
 
 from __future__ import annotations
 
+import math
 import threading
 import zlib
 from collections.abc import Sequence
@@ -232,9 +233,11 @@ class WhisperRecognizer:
             logits = np.asarray(res.logits[0], dtype=np.float64)
             logp = logits - _logsumexp(logits)
             targets = x + [self.tokenizer.eot]
-            if logp.shape[0] < len(targets):
-                raise ModelError(f"{self.name}: cannot score a text of {len(x)} tokens")
-            scores.append(float(sum(logp[i, t] for i, t in enumerate(targets))))
+            # tokens past the decoder's reach (a text longer than it can emit) score as a uniform guess
+            # (-log V each), so that one overlong text gets a low, finite score instead of failing the input
+            steps = min(logp.shape[0], len(targets))
+            missing = (len(targets) - steps) * math.log(logp.shape[1])
+            scores.append(float(sum(logp[i, t] for i, t in enumerate(targets[:steps]))) - missing)
         return scores
 
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
