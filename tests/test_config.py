@@ -72,7 +72,7 @@ def test_untuned_lm_gets_generic_weights(shipped) -> None:
 
 def test_shipped_profile_layer(shipped) -> None:
     shipped.data = {"nbest": 5, "weights": {"lm_weight": 0.3, "word_bonus": 1.0}, "tuned": {"wer": 0.1}}
-    opts = resolve_options()
+    opts = resolve_options(lm="gemma-3-270m")
     assert opts.decoding.nbest == 5
     assert opts.rescoring.weights == Weights(lm_weight=0.3, word_bonus=1.0, agreement_weight=0.0)
     assert opts.profile == str(shipped.path)
@@ -81,7 +81,10 @@ def test_shipped_profile_layer(shipped) -> None:
 
 def test_user_profile_beats_shipped_and_weights_merge(shipped, tmp_path: Path) -> None:
     shipped.data = {"nbest": 5, "context_tokens": 32, "weights": {"lm_weight": 0.3, "word_bonus": 1.0}}
-    user = write(tmp_path / "user.yaml", {"nbest": 4, "weights": {"word_bonus": 2.0}, "tuned": {"x": 1}})
+    user = write(
+        tmp_path / "user.yaml",
+        {"lm": "gemma-3-270m", "nbest": 4, "weights": {"word_bonus": 2.0}, "tuned": {"x": 1}},
+    )
     opts = resolve_options(str(user))
     assert opts.decoding.nbest == 4
     assert opts.rescoring.context_tokens == 32
@@ -91,7 +94,10 @@ def test_user_profile_beats_shipped_and_weights_merge(shipped, tmp_path: Path) -
 
 def test_explicit_overrides_beat_everything(shipped, tmp_path: Path) -> None:
     shipped.data = {"nbest": 5, "weights": {"lm_weight": 0.3, "word_bonus": 1.0}}
-    user = write(tmp_path / "user.yaml", {"nbest": 4, "prompt": "from user", "weights": {"word_bonus": 2.0}})
+    user = write(
+        tmp_path / "user.yaml",
+        {"lm": "gemma-3-270m", "nbest": 4, "prompt": "from user", "weights": {"word_bonus": 2.0}},
+    )
     opts = resolve_options(
         str(user), nbest=3, weights={"agreement_weight": 4.0}, prompt=None, terms=["Foo"], threads=None
     )
@@ -104,7 +110,7 @@ def test_explicit_overrides_beat_everything(shipped, tmp_path: Path) -> None:
 
 def test_explicit_weights_object_replaces_profile_weights(shipped) -> None:
     shipped.data = {"weights": {"lm_weight": 0.3, "word_bonus": 1.0}}
-    opts = resolve_options(weights=Weights(agreement_weight=2.0))
+    opts = resolve_options(lm="gemma-3-270m", weights=Weights(agreement_weight=2.0))
     assert opts.rescoring.weights == Weights(lm_weight=0.0, word_bonus=0.0, agreement_weight=2.0)
 
 
@@ -126,7 +132,7 @@ def test_lm_none_turns_the_lm_off(shipped, lm: str) -> None:
     assert opts.rescoring.weights.lm_weight == 0.0
     assert opts.rescoring.weights.word_bonus == 1.0
     assert shipped.asked == [(DEFAULT_ASR, None)]
-    with pytest.raises(LlmasrError, match="--lm-weight has no effect with --lm none"):
+    with pytest.raises(LlmasrError, match="--lm-weight has no effect without an LM"):
         resolve_options(lm=lm, weights={"lm_weight": 0.9})  # asked for explicitly: an error, not ignored
 
 
@@ -193,8 +199,8 @@ def test_bad_option_names(shipped) -> None:
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({"lm": "none", "lm_weight": 0.4}, "--lm-weight has no effect with --lm none"),
-        ({"lm": "none", "lm_dtype": "bfloat16"}, "--lm-dtype has no effect with --lm none"),
+        ({"lm": "none", "lm_weight": 0.4}, "--lm-weight has no effect without an LM"),
+        ({"lm": "none", "lm_dtype": "bfloat16"}, "--lm-dtype has no effect without an LM"),
         ({"corrector": "smollm2-135m-instruct"}, "--corrector acts only with --correct"),
         ({"correct_max_change": 0.2}, "--correct-max-change acts only with --correct"),
         ({"retriever": "retriever-tiny"}, "--retriever acts only with --term-retrieval speech"),
@@ -248,7 +254,11 @@ def test_real_shipped_profile_lookup() -> None:
     assert config._profile_name("whisper-tiny.en", "gemma-3-270m") == "whisper-tiny.en+gemma-3-270m.yaml"
     assert config.shipped_profile("no-such-asr", "no-such-lm") is None
     found = config.shipped_profile(DEFAULT_ASR, DEFAULT_LM)
-    assert found is None or (found.is_file() and found.name == "whisper-tiny.en+gemma-3-270m.yaml")
+    assert found is not None and found.is_file() and found.name == "whisper-tiny.en+none.yaml"
+    for name, preset in config.PRESETS.items():  # every preset runs with weights tuned for its pair
+        opts = resolve_options(preset=name)
+        assert opts.profile is not None, name
+        assert all(opts.flat()[k] == v for k, v in preset.items()), name  # a profile does not undo it
 
 
 def test_to_dict() -> None:

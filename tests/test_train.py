@@ -367,7 +367,7 @@ def test_cli_transcribes_and_evaluates_with_a_speech_llm(
     # options that cannot act where they are given are errors that say why, not silently dropped
     for args, message in (
         (["--correct-max-change", "0.3"], "--correct-max-change acts only with --correct"),
-        (["--lm-weight", "0.5"], "--lm-weight has no effect with --lm none"),
+        (["--lm-weight", "0.5"], "--lm-weight has no effect without an LM"),
         (["--nbest", "40"], "gives at most 32"),
     ):
         res = runner.invoke(app, ["transcribe", str(wav), "--asr", str(out), "--lm", "none", *args])

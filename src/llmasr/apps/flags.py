@@ -35,13 +35,14 @@ class Flag:
 RUN_FLAGS: tuple[Flag, ...] = (
     Flag("asr", ("--asr",), str | None, "Recogniser: a named model (llmasr models list), a CTranslate2 "
          "Whisper folder, a HF Whisper id, or a trained speech-LLM (folder or name)."),
-    Flag("lm", ("--lm",), str | None, "Rescoring LM: a named model, a HF id, a local folder, or 'none'."),
+    Flag("lm", ("--lm",), str | None, "Rescoring LM: a named model (e.g. gemma-3-270m), a HF id, a local "
+         "folder, or 'none' (the default: re-ranking by the recogniser's score and a word bonus)."),
     Flag("nbest", ("--nbest",), int | None, "Hypotheses per segment (default 8)."),
     Flag("prompt", ("--prompt",), str | None, "Domain description; conditions the LLM (and the recogniser)."),
     Flag("terms", ("--terms",), Path | None, f"Term list file. {TERMS_FORMAT}."),
     Flag("profile", ("--profile",), Path | None, "Tuned profile (YAML) from `llmasr tune`."),
-    Flag("preset", ("--preset",), str | None, "A named configuration: fast (no LM), default, or accurate "
-         "(two recognisers and the trained rescorer; about 4x the first pass's cost)."),
+    Flag("preset", ("--preset",), str | None, "A named configuration: fast (the recogniser's own pick), "
+         "default (its 8-best re-ranked), or accurate (whisper-tiny.en and whisper-base combined)."),
     Flag("lm_weight", ("--lm-weight",), float | None, "Weight of the LM score."),
     Flag("word_bonus", ("--word-bonus",), float | None, "Score added per word."),
     Flag("agreement_weight", ("--agreement-weight",), float | None, "Weight of N-best word agreement."),

@@ -7,8 +7,8 @@
       correction  CorrectionOptions  generative error correction after rescoring
 
 Users name options flat (`--lm-weight`, `nbest:` in a profile, `llmasr.transcribe(nbest=4)`); FLAT says
-which record holds each name. Layers: record defaults < a preset (PRESETS: --preset fast|default|accurate)
-< the shipped profile of the (asr, lm) pair < a user profile < explicit values (`resolve_options`). An
+which record holds each name. Layers: record defaults < the shipped profile of the (asr, lm) pair < a
+preset (PRESETS: --preset fast|default|accurate) < a user profile < explicit values (`resolve_options`). An
 explicit option that cannot act in the chosen configuration is an error that says why (`check_options`,
 and `Pipeline` for what depends on the recogniser), so nothing a user asks for is silently dropped.
 
@@ -32,7 +32,11 @@ from llmasr.decoding.correct import MAX_CHANGE
 from llmasr.decoding.rescore import Weights
 
 DEFAULT_ASR = "whisper-tiny.en"
-DEFAULT_LM = "gemma-3-270m"
+#: no LM by default: on the 110 real dev utterances, re-ranking whisper-tiny.en's 8-best by its own
+#: score and a word bonus (cross-validated WER 5.20%, first pass 5.78%) beat every LM tried (gemma-3-270m
+#: 5.39%, the trained rescorer 10.00%) at no extra cost; an LM pays with a domain prompt or term list
+#: (docs/results.md, "Choosing the default on real speech")
+DEFAULT_LM: str | None = None
 DEFAULT_CORRECTOR = "smollm2-135m-corrector"
 DEFAULT_RETRIEVER = "retriever-tiny"
 TERM_RETRIEVALS = ("text", "speech", "both")
@@ -43,11 +47,12 @@ UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1
 
 
 #: named configurations (flat names), chosen by cross-validated WER on real dev speech within a cost
-#: budget relative to the recogniser's own first pass (docs/results.md, benchmarks/rescoring.py)
+#: budget relative to the recogniser's own first pass (docs/results.md, benchmarks/rescoring.py):
+#: fast = the recogniser's own pick; default = the best within 2x; accurate = the best within 4x
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {"lm": None},
+    "fast": {"lm": None, "nbest": 1},
     "default": {},
-    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": "gemma-3-270m-rescorer"},
+    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": None},
 }
 
 
@@ -222,7 +227,8 @@ def write_profile(options: Options, path: str | Path, tuned: dict[str, Any] | No
 
 
 def resolve_options(profile: str | None = None, preset: str | None = None, **overrides: Any) -> Options:
-    """Record defaults < preset < shipped profile for the (asr, lm) pair < user profile < explicit values.
+    """Record defaults < shipped profile for the (asr, lm) pair < preset < user profile < explicit values
+    (the preset, user profile and explicit values choose the pair).
 
     `overrides` are flat names (FLAT, or single weights such as lm_weight); None means "not given".
     Raises OptionError for bad values, an unknown preset, and for explicit options that cannot act (see
@@ -248,7 +254,9 @@ def resolve_options(profile: str | None = None, preset: str | None = None, **ove
         shipped = {"weights": dict(UNTUNED_LM_WEIGHTS)}
     merged: dict[str, Any] = {}
     weights: dict[str, float] = {}
-    for layer in (base, shipped, user, {**given, "weights": weights_given}):
+    # the preset picks the pair, then the pair's profile gives its tuned weights; what the preset sets
+    # itself (e.g. nbest 1) is not undone by the profile
+    for layer in (shipped, base, user, {**given, "weights": weights_given}):
         for key, value in layer.items():
             if key == "tuned":
                 continue
@@ -295,7 +303,8 @@ def check_options(opts: Options) -> None:
         idle = [n for n in ("lm_dtype", "context_tokens", *LM_WEIGHT_NAMES) if n in given]
         if idle:
             raise OptionError(
-                f"--{_flag(idle[0])} has no effect with --lm none: there is no LM to weigh or run"
+                f"--{_flag(idle[0])} has no effect without an LM (--lm none, the default): "
+                "name one with --lm, e.g. --lm gemma-3-270m"
             )
     if not k.enabled:
         idle = [n for n in ("corrector", "correct_max_change") if n in given]
