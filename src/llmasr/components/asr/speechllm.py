@@ -22,10 +22,13 @@ import torch
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
 from llmasr.core.metrics import normalize
+from llmasr.core.text import max_spoken_words
 from llmasr.core.types import Hypothesis, Word
 
 WEIGHTS = "model.safetensors"
 RECIPE = "recipe.yaml"
+#: LLM tokens per spoken word allowed (smollm2 spends ~1.3 on English text with punctuation)
+TOKENS_PER_WORD = 2.0
 #: weights of a training checkpoint (llmasr.train.loop), with the run's recipe.yaml one folder up
 CHECKPOINT_WEIGHTS = "weights.safetensors"
 
@@ -44,6 +47,12 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
     if (p / CHECKPOINT_WEIGHTS).is_file() and (p.parent.parent / RECIPE).is_file():
         return p / CHECKPOINT_WEIGHTS, p.parent.parent / RECIPE
     raise ModelError(f"{p}: no speech-LLM here (expected {WEIGHTS} + {RECIPE}, or a run of `llmasr train`)")
+
+
+def _cut(text: str, words: int) -> str:
+    """The first `words` words of a text (a decoder loop cut to what the audio can hold)."""
+    parts = text.split()
+    return text if len(parts) <= words else " ".join(parts[:words])
 
 
 def is_speechllm(path: str | Path) -> bool:
@@ -102,18 +111,27 @@ class SpeechLlmRecognizer:
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
-        """Beam search with `n` beams; each hypothesis's `am_score` is its total log-probability."""
+        """Beam search with `n` beams; each hypothesis's `am_score` is its total log-probability.
+
+        Loop guard: generation stops at TOKENS_PER_WORD tokens for each word the longest segment can
+        hold (`core.text.max_spoken_words`), and a hypothesis is cut to the words its own segment can
+        hold, so a decoder loop ("five five" -> "Five years ago, a young man, a young woman, ...")
+        cannot run on to `max_new_tokens`."""
         if not segments:
             return []
         features, lengths = self._inputs(segments)
+        limits = [max_spoken_words(len(a) / SAMPLE_RATE) for a in segments]
         lists = self.model.generate_nbest(
             features,
             lengths,
             max(1, n),
             prompt if self.accepts_prompt else None,
-            max_new_tokens=self.max_new_tokens,
+            max_new_tokens=min(self.max_new_tokens, int(TOKENS_PER_WORD * max(limits)) + 1),
         )
-        return [[Hypothesis(text=t, am_score=s, tokens=ids) for t, s, ids in hyps if t] for hyps in lists]
+        return [
+            [Hypothesis(text=_cut(t, limit), am_score=s, tokens=ids) for t, s, ids in hyps if t]
+            for hyps, limit in zip(lists, limits)
+        ]
 
     @torch.no_grad()
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:

@@ -15,15 +15,13 @@ import numpy as np
 
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
+from llmasr.core.text import max_spoken_words
 from llmasr.core.types import Hypothesis, Word
 
 #: faster-whisper's defaults for "this window holds no speech" and "this text repeats itself"
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 COMPRESSION_RATIO_THRESHOLD = 2.4
-#: a repetitive text is a decoder loop only if it says more than speech can in the audio's time: natural
-#: speech stays under ~5 words a second over a segment; a speaker repeating a phrase six times does not
-MAX_WORDS_PER_SECOND = 6.0
 MAX_LENGTH = 448
 #: Whisper attends to at most 223 prompt tokens (half its 448-token context)
 MAX_PROMPT_TOKENS = 223
@@ -40,7 +38,7 @@ def compression_ratio(text: str) -> float:
 def is_decoder_loop(text: str, seconds: float, tokens: int = 0, max_tokens: int = MAX_LENGTH) -> bool:
     """True when a hypothesis is a decoder loop rather than speech that repeats itself: it is repetitive
     (zlib compression ratio over COMPRESSION_RATIO_THRESHOLD, faster-whisper's test) AND longer than the
-    audio can hold (more spoken words than MAX_WORDS_PER_SECOND * seconds + 2, numbers counted as spoken
+    audio can hold (more spoken words than `core.text.max_spoken_words(seconds)`, numbers counted as spoken
     words), or it ran into the decoder's length limit. Genuine repetition ("no, no, no ..." twelve times
     in 6 s, a chant, a counting drill) passes; "montreal forced aligner" forty times in 5 s does not."""
     from llmasr.core.metrics import normalize
@@ -49,7 +47,7 @@ def is_decoder_loop(text: str, seconds: float, tokens: int = 0, max_tokens: int 
         return True
     if compression_ratio(text) <= COMPRESSION_RATIO_THRESHOLD:
         return False
-    return len(normalize(text).split()) > MAX_WORDS_PER_SECOND * seconds + 2
+    return len(normalize(text).split()) > max_spoken_words(seconds)
 
 
 def total_logprob(score: float, ids: Sequence[int]) -> float:
