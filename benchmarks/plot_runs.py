@@ -36,7 +36,7 @@ def main() -> None:
     fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(11, 4))
     for run in args.runs:
         rows = read_log(run)
-        label = run.resolve().name
+        label = run.name
         minutes = [float(r["elapsed"]) / 60 for r in rows]
         loss = [float(r["loss"]) for r in rows]
         windows = [loss[max(0, i - 4) : i + 1] for i in range(len(loss))]

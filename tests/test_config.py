@@ -203,7 +203,7 @@ def test_bad_option_names(shipped) -> None:
         ({"lm": "none", "lm_dtype": "bfloat16"}, "--lm-dtype has no effect without an LM"),
         ({"corrector": "smollm2-135m-instruct"}, "--corrector acts only with --correct"),
         ({"correct_max_change": 0.2}, "--correct-max-change acts only with --correct"),
-        ({"retriever": "retriever-tiny"}, "--retriever acts only with --term-retrieval speech"),
+        ({"retriever": "x", "term_retrieval": "text"}, "--retriever acts only with --term-retrieval"),
         ({"lm_dtype": "int4"}, "--lm-dtype 'int4': choose one of"),
         ({"raw_format": "s16le:8k"}, "--raw-format"),
     ],
@@ -275,15 +275,25 @@ def test_correction_and_retrieval_options(shipped, tmp_path: Path) -> None:
     assert (opts.correction.enabled, opts.correction.corrector, opts.context.term_retrieval) == (
         False,
         config.DEFAULT_CORRECTOR,
-        "text",
+        "speech",
     )
     profile = tmp_path / "p.yaml"
-    profile.write_text("correct: true\nterm_retrieval: speech\ncorrect_max_change: 0.2\n", encoding="utf-8")
+    profile.write_text("correct: true\nterm_retrieval: text\ncorrect_max_change: 0.2\n", encoding="utf-8")
     opts = resolve_options(profile=str(profile))
     assert (
         opts.correction.enabled
-        and opts.context.term_retrieval == "speech"
+        and opts.context.term_retrieval == "text"
         and opts.correction.max_change == 0.2
     )
     with pytest.raises(LlmasrError, match="term retrieval 'audio': choose one of text, speech"):
         resolve_options(term_retrieval="audio")
+
+
+def test_default_lm_only_with_context(shipped) -> None:
+    """No LM by default; the context LM when a prompt or term list is given and no LM is named."""
+    assert resolve_options().rescoring.lm is None
+    assert resolve_options(terms=["apixaban"]).rescoring.lm == config.DEFAULT_CONTEXT_LM
+    assert resolve_options(prompt="A cardiology clinic.").rescoring.lm == config.DEFAULT_CONTEXT_LM
+    assert resolve_options(prompt="A cardiology clinic.", lm="none").rescoring.lm is None
+    assert resolve_options(terms=["apixaban"], preset="fast").rescoring.lm is None
+    assert resolve_options(terms=[]).rescoring.lm is None

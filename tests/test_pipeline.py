@@ -226,7 +226,8 @@ def test_without_scorer_keeps_am_best_and_never_loads_an_lm() -> None:
 
 
 def test_long_term_list_is_narrowed_per_segment() -> None:
-    """A list longer than max_terms: decode with the prompt alone, retrieve, decode again with few terms."""
+    """Text retrieval: a list longer than max_terms is decoded with the prompt alone, the terms are
+    retrieved from that decoding, and the segment is decoded again with few terms."""
     terms = ["metoprolol", "apixaban", "warfarin", "Betelgeuse", "kubectl", "atrial fibrillation"]
     rec = FakeRecognizer(
         [
@@ -236,8 +237,9 @@ def test_long_term_list_is_narrowed_per_segment() -> None:
     )
     scorer = FakeScorer({})
     opts = make_options(
-        lm="fake", nbest=4, max_terms=3, prompt="Clinical notes", weights=Weights(lm_weight=0.5)
-    )
+        lm="fake", nbest=4, max_terms=3, prompt="Clinical notes", weights=Weights(lm_weight=0.5),
+        term_retrieval="text",
+    )  # fmt: skip
     tr = Pipeline(opts, recognizer=rec, scorer=scorer).transcribe(noise(1.0), terms=terms)
     first, second = (c[2] for c in rec.nbest_calls)
     assert first == "Clinical notes"

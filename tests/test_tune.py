@@ -297,7 +297,7 @@ def test_tune_from_kept_lists_checks_their_settings(tmp_path) -> None:
         for k, t in refs.items()
     ]
     settings = {"asr": "whisper-tiny.en", "nbest": 8, "prompt": None, "terms": [], "asr_prompt": True,
-                "max_terms": 12, "term_retrieval": "text"}  # fmt: skip
+                "max_terms": 12, "term_retrieval": "speech"}  # fmt: skip
     lists = tmp_path / "lists.jsonl"
     write_decoded(decoded, lists, settings)
 

@@ -35,8 +35,9 @@ class Flag:
 RUN_FLAGS: tuple[Flag, ...] = (
     Flag("asr", ("--asr",), str | None, "Recogniser: a named model (llmasr models list), a CTranslate2 "
          "Whisper folder, a HF Whisper id, or a trained speech-LLM (folder or name)."),
-    Flag("lm", ("--lm",), str | None, "Rescoring LM: a named model (e.g. gemma-3-270m), a HF id, a local "
-         "folder, or 'none' (the default: re-ranking by the recogniser's score and a word bonus)."),
+    Flag("lm", ("--lm",), str | None, "Rescoring LM: a named model, a HF id, a local folder, or 'none'. "
+         "Default: none (re-ranking by the recogniser's score and a word bonus); gemma-3-270m when "
+         "--prompt or --terms is given."),
     Flag("nbest", ("--nbest",), int | None, "Hypotheses per segment (default 8)."),
     Flag("prompt", ("--prompt",), str | None, "Domain description; conditions the LLM (and the recogniser)."),
     Flag("terms", ("--terms",), Path | None, f"Term list file. {TERMS_FORMAT}."),
@@ -54,8 +55,8 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("max_terms", ("--max-terms",), int | None,
          "Terms per segment; longer lists are narrowed by retrieval (0: all)."),
     Flag("term_retrieval", ("--term-retrieval",), str | None,
-         "How a long --terms list is narrowed per segment: text (from a first decoding), speech (the "
-         "trained speech-to-entity retriever) or both (their rankings interleaved)."),
+         "How a long --terms list is narrowed per segment: speech (the trained speech-to-entity "
+         "retriever; the default), text (from a first decoding) or both (their rankings interleaved)."),
     Flag("retriever", ("--retriever",), str | None,
          "With --term-retrieval speech or both: a retriever (named or folder)."),
     Flag("correct", ("--correct/--no-correct",), bool | None,

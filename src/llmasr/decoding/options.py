@@ -37,6 +37,10 @@ DEFAULT_ASR = "whisper-tiny.en"
 #: 5.39%, the trained rescorer 10.00%) at no extra cost; an LM pays with a domain prompt or term list
 #: (docs/results.md, "Choosing the default on real speech")
 DEFAULT_LM: str | None = None
+#: the LM when a domain prompt or term list is given (and no LM named): on the domain set with a prompt
+#: and a 226-term list, gemma-3-270m + speech term retrieval gives WER 7.90% / entity recall 0.881
+#: against 8.62% / 0.841 without an LM
+DEFAULT_CONTEXT_LM = "gemma-3-270m"
 DEFAULT_CORRECTOR = "smollm2-135m-corrector"
 DEFAULT_RETRIEVER = "retriever-tiny"
 TERM_RETRIEVALS = ("text", "speech", "both")
@@ -109,9 +113,10 @@ class ContextOptions:
     asr_prompt: bool = True
     #: terms per segment; a longer list is narrowed per segment by term retrieval (0: the whole list)
     max_terms: int = 12
-    #: how that narrowing picks terms: "text" (from a first decoding's words), "speech" (the trained
-    #: speech-to-entity retriever reads the audio; one decoding instead of two) or "both" (interleaved)
-    term_retrieval: str = "text"
+    #: how that narrowing picks terms: "speech" (the trained speech-to-entity retriever reads the audio;
+    #: one decoding; on the domain sets entity recall 0.88 against 0.71 for "text"), "text" (from a first
+    #: decoding's words) or "both" (the two rankings interleaved; two decodings)
+    term_retrieval: str = "speech"
     retriever: str = DEFAULT_RETRIEVER
 
 
@@ -245,7 +250,9 @@ def resolve_options(profile: str | None = None, preset: str | None = None, **ove
             weights_given[name] = given.pop(name)
     user = read_profile(profile) if profile else {}
     asr = given.get("asr", user.get("asr", base.get("asr", DEFAULT_ASR)))
-    lm = given.get("lm", user.get("lm", base.get("lm", DEFAULT_LM)))
+    # no LM unless asked, except with a domain prompt or term list: there the LLM pays (DEFAULT_CONTEXT_LM)
+    with_context = any(given.get(k) or user.get(k) for k in ("prompt", "terms"))
+    lm = given.get("lm", user.get("lm", base.get("lm", DEFAULT_CONTEXT_LM if with_context else DEFAULT_LM)))
     if isinstance(lm, str) and lm.lower() == "none":
         lm = None
     shipped_path = shipped_profile(asr, lm)
