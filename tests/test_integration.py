@@ -1,4 +1,5 @@
-"""The default pipeline (bundled Whisper tiny.en + gemma-3-270m rescoring) on real human speech.
+"""The default pipeline (bundled Whisper tiny.en, 8-best re-ranked by weights tuned on real speech)
+on real human speech.
 
 The WER bounds were measured on this machine (docs/results.md) and leave a small margin:
 they catch a broken model path, a broken rescorer or a regression in the normaliser, not noise.

@@ -102,5 +102,7 @@ def test_speechllm_reads_real_speech(tmp_path: Path) -> None:
     assert [w.word for w in words] == lists[0][0].text.split() and words[-1].end <= len(audio[0]) / 16000
 
 
-#: measured 2026-11-30 on the 12 pocketsphinx-testdata utterances: SPEECHLLM_MEASURED
-SPEECHLLM_BOUND = 0.99
+#: measured 2026-11-30 on the 12 pocketsphinx-testdata utterances: 67.3% (68 errors in 101 words; "ten of
+#: clubs" reads right, "five five" -> "Five years ago, I was a young man, ..." cut by the loop guard at the
+#: words its audio can hold); the bound allows ~13 more errors
+SPEECHLLM_BOUND = 0.80
