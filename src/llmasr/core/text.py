@@ -6,7 +6,6 @@ from pathlib import Path
 
 from llmasr.core.errors import LlmasrError
 
-#: the term-list file format, as `--terms` help and docs/inputs.md state it
 #: natural speech stays under ~5 words a second over a segment; more than this in the audio's time is a
 #: decoder loop, not a speaker repeating a phrase (the guard of every recogniser)
 MAX_WORDS_PER_SECOND = 6.0
@@ -17,6 +16,7 @@ def max_spoken_words(seconds: float) -> int:
     return int(MAX_WORDS_PER_SECOND * max(0.0, seconds) + 2)
 
 
+#: the term-list file format, as `--terms` help and docs/inputs.md state it
 TERMS_FORMAT = (
     "UTF-8 text (a byte-order mark is ignored), one term per line, LF or CRLF line ends; surrounding "
     "spaces are trimmed, blank lines skipped, repeated terms kept once; a line starting with '# ' "
