@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmasr.components.speech.ctc_head import CtcHeadConfig, TokenCtcHead, ctc_targets
-from tests.tiny import save_tiny_lm
+from tests.tiny import save_tiny_lm, save_tiny_whisper
 
 torch.set_num_threads(1)
 
@@ -109,31 +109,11 @@ def test_head_learns_to_emit_the_right_tokens_from_made_up_states(lm) -> None:
 
 def test_cached_states_and_on_the_fly_training_give_the_same_loss(tmp_path) -> None:
     """A speech-LLM's loss is the same whether its encoder runs in the step or its states come cached."""
-    from transformers import WhisperConfig, WhisperModel
-
     from llmasr.components.speech.encoders import encode_utterances, load_encoder
     from llmasr.components.speech.speechllm import SpeechBatch, SpeechLlmConfig, build_speechllm
 
     save_tiny_lm(tmp_path / "llm", WORDS, lowercase=True)
-    WhisperModel(
-        WhisperConfig(
-            vocab_size=64,
-            num_mel_bins=80,
-            d_model=16,
-            encoder_layers=1,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=32,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            decoder_ffn_dim=32,
-            max_source_positions=1500,
-            max_target_positions=32,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            decoder_start_token_id=1,
-        )  # fmt: skip
-    ).save_pretrained(tmp_path / "whisper")
+    save_tiny_whisper(tmp_path / "whisper")
     config = SpeechLlmConfig(
         encoder=str(tmp_path / "whisper"), lm=str(tmp_path / "llm"), adapter_kw={"stack": 4}
     )

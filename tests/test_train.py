@@ -16,7 +16,7 @@ import torch
 from llmasr.train.config import RecipeError, dump_recipe, load_recipe
 from llmasr.train.loop import fit, latest_checkpoint
 from llmasr.train.speechllm import Recipe, SpeechLlmTask
-from tests.tiny import save_tiny_lm
+from tests.tiny import save_tiny_lm, save_tiny_whisper
 
 torch.set_num_threads(1)
 
@@ -38,30 +38,9 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A tiny random Llama (+ word-level tokenizer) and a tiny random Whisper, saved as folders."""
-    from transformers import WhisperConfig, WhisperModel
-
     root = tmp_path_factory.mktemp("tiny-models")
     save_tiny_lm(root / "llm", WORDS, lowercase=True)
-    whisper = WhisperModel(
-        WhisperConfig(
-            vocab_size=64,
-            num_mel_bins=80,
-            d_model=16,
-            encoder_layers=1,
-            encoder_attention_heads=2,
-            encoder_ffn_dim=32,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            decoder_ffn_dim=32,
-            max_source_positions=1500,
-            max_target_positions=32,
-            pad_token_id=0,
-            bos_token_id=1,
-            eos_token_id=2,
-            decoder_start_token_id=1,
-        )
-    )
-    whisper.save_pretrained(root / "whisper")
+    save_tiny_whisper(root / "whisper")
     return {"lm": str(root / "llm"), "encoder": str(root / "whisper")}
 
 

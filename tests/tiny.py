@@ -63,6 +63,32 @@ def save_tiny_lm(
     return folder
 
 
+def save_tiny_whisper(folder: Path) -> Path:
+    """A tiny random Whisper (1 encoder layer, width 16, 80 mel bins) saved as a transformers folder."""
+    from transformers import WhisperConfig, WhisperModel
+
+    WhisperModel(
+        WhisperConfig(
+            vocab_size=64,
+            num_mel_bins=80,
+            d_model=16,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=32,
+            max_source_positions=1500,
+            max_target_positions=32,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )  # fmt: skip
+    ).save_pretrained(folder)
+    return folder
+
+
 def write_nbest(path: Path, rows: Sequence[tuple[str, Sequence[str]]]) -> Path:
     """An N-best JSONL (the `llmasr data nbest` format): (reference, hypotheses), AM scores falling."""
     import json

@@ -9,6 +9,7 @@ joined without spaces.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -83,7 +84,13 @@ def interleave(rankings: Sequence[Sequence[str]], k: int) -> list[str]:
     return out[:k]
 
 
+@functools.lru_cache(maxsize=8192)
+def _normalized_term(term: str) -> str:
+    return normalize(term)
+
+
 def term_hits(norm_text: str, terms: Sequence[str]) -> int:
-    """How many of `terms` a normalised text contains, each as whole words (spelled as in the list)."""
+    """How many of `terms` a normalised text contains, each as whole words (spelled as in the list).
+    Called for every candidate of every segment with the same list: each term is normalised once."""
     padded = f" {norm_text} "
-    return sum(1 for t in {normalize(t) for t in terms} if t and f" {t} " in padded)
+    return sum(1 for t in {_normalized_term(t) for t in terms} if t and f" {t} " in padded)
