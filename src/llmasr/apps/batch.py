@@ -224,9 +224,8 @@ def run_batch(
         on_start(len(items), summary.skipped)
     started = time.perf_counter()
     if todo:
-        rows = engine_rows(
-            todo, options, fmt, engine, workers, cpus_per_worker, gpus_per_worker, address, batch_size
-        )
+        settings = EngineSettings(engine, workers, cpus_per_worker, gpus_per_worker, address, batch_size)
+        rows = engine_rows(todo, options, fmt, settings)
         with open(log, "a", encoding="utf-8") as fh:
             for row in rows:
                 record = _record(row, out)
@@ -280,46 +279,37 @@ def _records(log: Path) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass
+class EngineSettings:
+    """Where and how the inputs are decoded (`llmasr batch --engine --workers ...`)."""
+
+    engine: str = "ray"
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    address: str | None = None
+    batch_size: int = 8
+
+
 def engine_rows(
-    items: Sequence[BatchItem],
-    options: Any,
-    fmt: str,
-    engine: str,
-    workers: int,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
-    address: str | None,
-    batch_size: int,
+    items: Sequence[BatchItem], options: Any, fmt: str, settings: EngineSettings
 ) -> Iterator[dict[str, Any]]:
     """Result rows (the Transcriber's columns, plus `audio`) as they finish, from the chosen engine."""
-    columns = _columns(items)
-    if engine == "local":
-        transcriber = Transcriber(options, fmt, batch_size)
-        for start in range(0, len(items), batch_size):
-            part = {k: v[start : start + batch_size] for k, v in columns.items()}
-            result = transcriber(part)
-            for i, values in enumerate(zip(*result.values())):
-                yield {**dict(zip(result, values)), "audio": part["audio"][i]}
-        return
-    yield from _ray_rows(
-        columns, options, fmt, workers, cpus_per_worker, gpus_per_worker, address, batch_size
-    )
-
-
-def _columns(items: Sequence[BatchItem]) -> dict[str, list[Any]]:
     rows = [asdict(item) for item in items]
-    return {k: [r[k] for r in rows] for k in rows[0]}
+    if settings.engine == "ray":
+        yield from _ray_rows(rows, options, fmt, settings)
+        return
+    n = settings.batch_size
+    transcriber = Transcriber(options, fmt, n)
+    for start in range(0, len(rows), n):
+        part = {k: [r[k] for r in rows[start : start + n]] for k in rows[0]}
+        result = transcriber(part)
+        for i, values in enumerate(zip(*result.values())):
+            yield {**dict(zip(result, values)), "audio": part["audio"][i]}
 
 
 def _ray_rows(
-    columns: dict[str, list[Any]],
-    options: Any,
-    fmt: str,
-    workers: int,
-    cpus_per_worker: float,
-    gpus_per_worker: float,
-    address: str | None,
-    batch_size: int,
+    rows: list[dict[str, Any]], options: Any, fmt: str, settings: EngineSettings
 ) -> Iterator[dict[str, Any]]:
     try:
         import ray
@@ -333,7 +323,7 @@ def _ray_rows(
         logging.getLogger(name).setLevel(logging.WARNING)
     if not ray.is_initialized():
         ray.init(
-            address=address or os.environ.get("RAY_ADDRESS") or None,
+            address=settings.address or os.environ.get("RAY_ADDRESS") or None,
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
@@ -342,19 +332,19 @@ def _ray_rows(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
-    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
     for row in rows:  # Arrow wants one type per column: an absent term list is an empty one
         row["terms"] = list(row["terms"] or [])
         row["prompt"] = row["prompt"] or ""
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * max(1, workers))))
+    workers = max(1, settings.workers)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * workers)))
     results = ds.map_batches(
         Transcriber,
-        fn_constructor_kwargs={"options": options, "fmt": fmt, "batch_size": batch_size},
-        batch_size=batch_size,
+        fn_constructor_kwargs={"options": options, "fmt": fmt, "batch_size": settings.batch_size},
+        batch_size=settings.batch_size,
         batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=max(1, workers)),
-        num_cpus=cpus_per_worker,
-        num_gpus=gpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=settings.cpus_per_worker,
+        num_gpus=settings.gpus_per_worker,
     )
     audio_of = {row["id"]: row["audio"] for row in rows}
     for row in results.iter_rows():
