@@ -95,6 +95,7 @@ class Pipeline:
                 resolve(lm, "lm", log=log)
         self.scorer = scorer
         self._finder: Any = None
+        self._term_retriever: tuple[tuple[str, ...], TermRetriever] | None = None
         self.corrector = corrector
         if corrector is None and o.correction.enabled:
             self.corrector = load_corrector(o, log=log)
@@ -118,6 +119,15 @@ class Pipeline:
             return None
         parts = [p.strip().rstrip(".") for p in [prompt, ", ".join(terms or [])] if p and p.strip()]
         return ". ".join(parts) or None
+
+    def term_retriever(self, terms: list[str]) -> TermRetriever:
+        """The text-side retriever of a term list, built once per list (every batch of segments of an
+        input, and every request with the same list, share it)."""
+        key = tuple(terms)
+        cached = self._term_retriever  # one read: concurrent requests may replace it
+        if cached is None or cached[0] != key:
+            cached = self._term_retriever = (key, TermRetriever(terms))
+        return cached[1]
 
     def entity_finder(self) -> Any:
         """The speech-to-entity retriever, loaded on first use."""
@@ -176,7 +186,7 @@ class Pipeline:
             first = None
             if c.term_retrieval in ("text", "both"):
                 first = self.recognizer.nbest(pieces, n, prompt=self.asr_prompt(prompt, None))
-                retriever = TermRetriever(terms)
+                retriever = self.term_retriever(terms)
                 rankings.append([retriever.top([h.text for h in nb], limit) for nb in first])
             picked = [interleave([r[i] for r in rankings], limit) for i in range(len(pieces))]
             redecode = getattr(self.recognizer, "accepts_prompt", True)
