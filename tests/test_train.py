@@ -306,6 +306,25 @@ def test_speech_llm_is_a_recognizer_in_the_one_pipeline(
     assert seg.first_pass_text == seg.nbest[0].text and chosen.text.strip()
 
 
+def test_trimmed_speech_llm_reads_a_segment_the_same_alone_or_in_a_batch(
+    models: dict[str, str], manifest: Path, tmp_path: Path
+) -> None:
+    """With a trimmed encoder window, a short segment batched with a long one is not read over the
+    long one's padding: the N-best is the same as when it is decoded alone."""
+    from llmasr.components.asr.speechllm import SpeechLlmRecognizer
+    from llmasr.core.audio import load_audio
+
+    out = tmp_path / "run"
+    fit(SpeechLlmTask(_recipe(models, manifest, out, "stages.0.steps=2", "model.trim_tail=0.2")))
+    rec = SpeechLlmRecognizer.load(out)
+    audio = [load_audio(manifest.parent / f"u{i}.wav") for i in (0, 5)]
+    batched = rec.nbest(audio, 2)
+    for a, together in zip(audio, batched):
+        [alone] = rec.nbest([a], 2)
+        assert [h.text for h in together] == [h.text for h in alone]
+        assert [h.am_score for h in together] == pytest.approx([h.am_score for h in alone], abs=1e-4)
+
+
 def test_cli_reports_recipe_errors(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner

@@ -350,6 +350,14 @@ class WaveformSpeechEncoder(SpeechEncoder):
 
 
 @torch.no_grad()
+def padding_changes_states(encoder: torch.nn.Module) -> bool:
+    """Whether an input's encoder states depend on the batch it is in: a trimmed Whisper window
+    (`trim_tail`) runs over the batch's longest input, and Whisper's attention has no mask, so a short
+    input would also attend over the others' padding (unlike its cached training states, encoded in
+    length-sorted batches). Recognisers then read segments one at a time."""
+    return getattr(encoder, "trim_tail", None) is not None
+
+
 def encode_utterances(
     encoder: torch.nn.Module, audio: Sequence[np.ndarray], dtype: torch.dtype = torch.float16
 ) -> list[np.ndarray]:
