@@ -325,6 +325,25 @@ def test_trimmed_speech_llm_reads_a_segment_the_same_alone_or_in_a_batch(
         assert [h.am_score for h in together] == pytest.approx([h.am_score for h in alone], abs=1e-4)
 
 
+def test_loaded_speech_llm_decodes_with_lora_merged_and_the_same_words(
+    models: dict[str, str], manifest: Path, tmp_path: Path
+) -> None:
+    """A recogniser folds its LoRA into the LLM's weights; the N-best is the one of the unmerged model."""
+    from llmasr.components.asr.speechllm import SpeechLlmRecognizer
+    from llmasr.core.audio import load_audio
+
+    out = tmp_path / "run"
+    fit(SpeechLlmTask(_recipe(models, manifest, out, stages="two")))
+    rec = SpeechLlmRecognizer.load(out)
+    assert rec.model.llm.base_model.model.model.layers[0].self_attn.q_proj.merged
+    audio = [load_audio(manifest.parent / f"u{i}.wav") for i in (1, 3)]
+    merged = rec.nbest(audio, 2)
+    rec.model.llm.unmerge_adapter()
+    for a, b in zip(merged, rec.nbest(audio, 2)):
+        assert [h.text for h in a] == [h.text for h in b]
+        assert [h.am_score for h in a] == pytest.approx([h.am_score for h in b], abs=1e-4)
+
+
 def test_cli_reports_recipe_errors(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner

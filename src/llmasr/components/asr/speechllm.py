@@ -97,6 +97,7 @@ class SpeechLlmRecognizer:
             raise ModelError(f"{recipe_path}: {exc}") from None
         model = build_speechllm(config, device=device)
         model.load_trainable(load_file(str(weights)), strict=False)
+        model.merge_lora()  # a recogniser only decodes
         data = recipe.get("data", {})
         accepts_prompt = bool(data.get("use_prompts", True)) and not data.get("states")
         return cls(
