@@ -18,6 +18,7 @@ from ctranslate2.converters.transformers import WhisperLoader  # noqa: E402
 from llmasr.components.speech.encoders import (  # noqa: E402
     WaveformSpeechEncoder,
     WhisperSpeechEncoder,
+    encode_utterances,
     load_encoder,
     load_hf_encoder,
     load_whisper_encoder,
@@ -172,6 +173,10 @@ def test_load_encoder_on_a_ct2_folder(converted):
     assert enc.output_lengths(torch.tensor([16000, 40 * 16000, 321])).tolist() == [50, 1500, 2]
     with pytest.raises(AudioError, match="30 s"):
         enc.features([np.zeros(31 * 16000, dtype=np.float32)])
+    # cached states need no grad mode: an encoder whose weights train still gives arrays
+    enc.requires_grad_(True)
+    states = encode_utterances(enc, audio)
+    assert [s.shape for s in states] == [(50, 32), (25, 32)] and states[0].dtype == np.float16
 
 
 # ------------------------------------------------------------------------ the bundled models vs CTranslate2

@@ -358,6 +358,7 @@ def padding_changes_states(encoder: torch.nn.Module) -> bool:
     return getattr(encoder, "trim_tail", None) is not None
 
 
+@torch.no_grad()
 def encode_utterances(
     encoder: torch.nn.Module, audio: Sequence[np.ndarray], dtype: torch.dtype = torch.float16
 ) -> list[np.ndarray]:
