@@ -141,3 +141,54 @@ def test_cached_states_and_on_the_fly_training_give_the_same_loss(tmp_path) -> N
             SpeechBatch(features=padded, feature_lengths=torch.tensor([len(s) for s in states]), texts=texts)
         )
     assert float(a.loss) == pytest.approx(float(b.loss), abs=1e-5)
+
+
+def test_head_training_can_start_from_a_trained_head(lm, tmp_path) -> None:
+    """`init` fine-tunes a trained head (e.g. on new voices): the model starts as that head, keeps what
+    it could emit, and a head of other sizes is refused by name."""
+    import json
+
+    from llmasr.train.config import RecipeError, RunRecipe, StageRecipe
+    from llmasr.train.ctc_head import CtcHeadRecipe, CtcHeadTask, StatesDataRecipe
+    from llmasr.train.loop import fit
+
+    embeddings, tokenizer = lm
+    save_tiny_lm(tmp_path / "llm", WORDS, lowercase=True)
+    states = tmp_path / "states"
+    states.mkdir()
+    rng = np.random.default_rng(0)
+    texts = {f"u{i}": " ".join(rng.choice(WORDS, 3)) for i in range(8)}
+    frames = [rng.standard_normal((40, 8)).astype(np.float16) for _ in texts]
+    np.savez(
+        states / "states-00000.npz",
+        frames=np.concatenate(frames),
+        offsets=np.cumsum([0] + [len(f) for f in frames]),
+        ids=np.array(list(texts)),
+    )
+    (states / "texts.json").write_text(json.dumps({k: {"text": t, "entities": []} for k, t in texts.items()}))
+    (states / "encoder.json").write_text(json.dumps({"encoder": None, "trim_tail": None}))
+
+    def recipe(out: str, init: str | None = None, dim: int = 32) -> CtcHeadRecipe:
+        model = CtcHeadConfig(lm=str(tmp_path / "llm"), trim_tail=None, input_dim=8, stack=2, dim=dim,
+                              layers=1, heads=2, ffn_dim=64)  # fmt: skip
+        return CtcHeadRecipe(
+            model=model,
+            data=StatesDataRecipe(train=[str(states)], dev=[str(states)], batch_frames=200),
+            stages=[StageRecipe(name="ctc", steps=2, lr=1e-3, train=["head"])],
+            init=init,
+            run=RunRecipe(output_dir=str(tmp_path / out), eval_every=0, save_every=0, log_every=1),
+        )
+
+    first = fit(CtcHeadTask(recipe("first")))
+    trained = TokenCtcHead.load(first.export, embeddings)
+    trained.allowed[WORDS_ID_EXTRA] = True  # as if the first head had also learned another token
+    trained.save(tmp_path / "wider")
+    start = CtcHeadTask(recipe("second", init=str(tmp_path / "wider"))).build(torch.device("cpu"))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(start.state_dict()[name], value), name
+    with pytest.raises(RecipeError, match="init .*wider.*sizes"):
+        CtcHeadTask(recipe("third", init=str(tmp_path / "wider"), dim=16)).build(torch.device("cpu"))
+
+
+#: a token id of the tiny LM's vocabulary that no training transcript above uses (the unknown token)
+WORDS_ID_EXTRA = 0

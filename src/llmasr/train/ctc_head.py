@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmasr.components.speech.ctc_head import CtcHeadConfig, TokenCtcHead, ctc_targets, lm_vocabulary
+from llmasr.components.speech.ctc_head import (
+    CtcHeadConfig,
+    TokenCtcHead,
+    ctc_targets,
+    lm_vocabulary,
+    load_head,
+)
 from llmasr.data.states import encoder_setup, read_states
 from llmasr.train.config import OptimRecipe, RecipeError, RunRecipe, StageRecipe
 from llmasr.train.loop import length_batches
@@ -55,6 +61,9 @@ class CtcHeadRecipe:
         default_factory=lambda: [StageRecipe(name="ctc", epochs=6, lr=1e-3, train=["head"], warmup=200)]
     )
     optim: OptimRecipe = field(default_factory=OptimRecipe)
+    #: start from a trained head (its folder, a run of one, or a shipped name such as ctc-head-tiny)
+    #: instead of random weights: fine-tuning, e.g. on new voices; `model` must describe the same sizes
+    init: str | None = None
     run: RunRecipe = field(
         default_factory=lambda: RunRecipe(
             output_dir="runs/ctc_head", log_every=25, eval_every=500, save_every=250
@@ -147,8 +156,17 @@ class CtcHeadTask:
         self.vocabulary = np.array(sorted(counts), dtype=np.int64)
 
     def build(self, device: torch.device) -> nn.Module:
-        head = TokenCtcHead(self.recipe.model, self.embeddings).to(device)
-        head.allow(self.vocabulary.tolist())
+        head = TokenCtcHead(self.recipe.model, self.embeddings)
+        allowed = self.vocabulary.tolist()
+        if self.recipe.init:
+            start = load_head(self.recipe.init, self.embeddings)
+            try:
+                head.load_state_dict(start.state_dict())
+            except RuntimeError as exc:
+                raise RecipeError(f"init '{self.recipe.init}': not a head of model's sizes ({exc})") from None
+            allowed += torch.nonzero(start.allowed).flatten().tolist()  # keep what it could emit
+        head = head.to(device)
+        head.allow(allowed)
         head.requires_grad_(False)
         return head
 
