@@ -305,17 +305,17 @@ REGISTRY: dict[str, ModelSpec] = {
             for name, size, description in (
                 (
                     "speechllm-ctc-tiny",
-                    7,
+                    4,
                     "speech-LLM: whisper-tiny.en -> CTC-compressed LLM embeddings -> smollm2 + LoRA",
                 ),
                 (
                     "speechllm-stack-tiny",
-                    7,
+                    5,
                     "speech-LLM: whisper-tiny.en -> 4 stacked frames -> smollm2 + LoRA",
                 ),
                 (
                     "speechllm-xattn-tiny",
-                    14,
+                    20,
                     "speech-LLM: whisper-tiny.en -> gated cross-attention in smollm2 + LoRA",
                 ),
             )
