@@ -37,11 +37,13 @@ def main() -> None:
     for run in args.runs:
         rows = read_log(run)
         label = run.name
-        minutes = [float(r["elapsed"]) / 60 for r in rows]
-        loss = [float(r["loss"]) for r in rows]
+        # a dev evaluation before training (eval_before) is a row with no loss, at minute 0
+        minutes = [float(r["elapsed"] or 0) / 60 for r in rows]
+        trained = [(m, float(r["loss"])) for m, r in zip(minutes, rows) if r.get("loss")]
+        loss = [x for _, x in trained]
         windows = [loss[max(0, i - 4) : i + 1] for i in range(len(loss))]
         smooth = [sum(w) / len(w) for w in windows]
-        ax_loss.plot(minutes, smooth, label=label)
+        ax_loss.plot([m for m, _ in trained], smooth, label=label)
         dev = [(m, float(r["dev_wer"]) * 100) for m, r in zip(minutes, rows) if r.get("dev_wer")]
         if dev:
             ax_wer.plot(*zip(*dev), marker="o", label=label)
