@@ -160,6 +160,14 @@ class CtcHeadTask:
         allowed = self.vocabulary.tolist()
         if self.recipe.init:
             start = load_head(self.recipe.init, self.embeddings)
+            mine, theirs = asdict(self.recipe.model), asdict(start.config)
+            differ = [k for k in mine if k not in ("input_dim", "dropout") and mine[k] != theirs.get(k)]
+            if differ:
+                raise RecipeError(
+                    f"init '{self.recipe.init}': a head of another setup than `model` ("
+                    + ", ".join(f"{k}: {theirs.get(k)} vs {mine[k]}" for k in differ)
+                    + ")"
+                )
             try:
                 head.load_state_dict(start.state_dict())
             except RuntimeError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmasr.components.speech.encoders import padding_changes_states
+from llmasr.components.speech.encoders import reads_segments_alone
 from llmasr.core.types import Hypothesis, Word
 
 
@@ -67,7 +67,7 @@ class CtcRecognizer:
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
         """One hypothesis per segment (greedy CTC has no list); `prompt` is not used by CTC."""
-        if len(segments) > 1 and padding_changes_states(self.encoder):
+        if len(segments) > 1 and reads_segments_alone(self.encoder):
             return [self.nbest([a], n, prompt)[0] for a in segments]
         out = []
         for path in self._paths(segments) if len(segments) else []:

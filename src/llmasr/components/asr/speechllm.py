@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmasr.components.speech.encoders import padding_changes_states
+from llmasr.components.speech.encoders import reads_segments_alone
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
 from llmasr.core.metrics import normalize
@@ -121,7 +121,7 @@ class SpeechLlmRecognizer:
         cannot run on to `max_new_tokens`."""
         if not segments:
             return []
-        if len(segments) > 1 and padding_changes_states(self.model.encoder):
+        if len(segments) > 1 and reads_segments_alone(self.model.encoder):
             return [self.nbest([a], n, prompt)[0] for a in segments]
         features, lengths = self._inputs(segments)
         limits = [max_spoken_words(len(a) / SAMPLE_RATE) for a in segments]

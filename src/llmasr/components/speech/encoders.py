@@ -349,12 +349,12 @@ class WaveformSpeechEncoder(SpeechEncoder):
         return self.model._get_feat_extract_output_lengths(torch.as_tensor(num_samples))
 
 
-@torch.no_grad()
-def padding_changes_states(encoder: torch.nn.Module) -> bool:
-    """Whether an input's encoder states depend on the batch it is in: a trimmed Whisper window
-    (`trim_tail`) runs over the batch's longest input, and Whisper's attention has no mask, so a short
-    input would also attend over the others' padding (unlike its cached training states, encoded in
-    length-sorted batches). Recognisers then read segments one at a time."""
+def reads_segments_alone(encoder: torch.nn.Module) -> bool:
+    """Whether a recogniser on `encoder` must read its segments one at a time: a trimmed Whisper
+    window (`trim_tail`) runs over a batch's longest input and Whisper's attention has no mask, so a
+    short input batched with a long one would attend over the long one's padding, far more than its
+    cached training states saw (encoded in length-sorted batches), and batching would change the words.
+    Batching them would need each segment encoded alone and the states padded (not done yet)."""
     return getattr(encoder, "trim_tail", None) is not None
 
 
