@@ -62,7 +62,7 @@ class CtcHeadRecipe:
     )
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     #: start from a trained head (its folder, a run of one, or a shipped name such as ctc-head-tiny)
-    #: instead of random weights: fine-tuning, e.g. on new voices; `model` must describe the same sizes
+    #: instead of random weights: fine-tuning, e.g. on new voices; `model` must describe the same head
     init: str | None = None
     run: RunRecipe = field(
         default_factory=lambda: RunRecipe(
@@ -161,17 +161,15 @@ class CtcHeadTask:
         if self.recipe.init:
             start = load_head(self.recipe.init, self.embeddings)
             mine, theirs = asdict(self.recipe.model), asdict(start.config)
-            differ = [k for k in mine if k not in ("input_dim", "dropout") and mine[k] != theirs.get(k)]
+            # every field but dropout fixes the weights' shapes or meaning (input_dim: the states' width)
+            differ = [k for k in mine if k != "dropout" and mine[k] != theirs.get(k)]
             if differ:
                 raise RecipeError(
                     f"init '{self.recipe.init}': a head of another setup than `model` ("
                     + ", ".join(f"{k}: {theirs.get(k)} vs {mine[k]}" for k in differ)
                     + ")"
                 )
-            try:
-                head.load_state_dict(start.state_dict())
-            except RuntimeError as exc:
-                raise RecipeError(f"init '{self.recipe.init}': not a head of model's sizes ({exc})") from None
+            head.load_state_dict(start.state_dict())
             allowed += torch.nonzero(start.allowed).flatten().tolist()  # keep what it could emit
         head = head.to(device)
         head.allow(allowed)
