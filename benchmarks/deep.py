@@ -11,8 +11,8 @@ RTFx = audio seconds / processing seconds of `Recognizer.nbest(segments, 1)` (mo
 one warm-up batch first). Every recogniser sees the same segments (at most 30 s, from VAD). With
 several batch sizes the segment list is repeated until the largest batch is filled twice, so each size
 runs full batches. whisper-tiny.en (CTranslate2 int8, beam 8) runs first as the reference unless
---no-whisper. Recognisers on a trimmed encoder window (the CTC head, the shipped speech-LLMs) read a
-batch's segments one at a time (`reads_segments_alone`), so for them the batch size changes nothing yet.
+--no-whisper. Recognisers on a trimmed encoder window (the CTC head, the shipped speech-LLMs) read each
+segment of a batch over its own window, so a batch reads as its segments alone.
 """
 
 from __future__ import annotations

@@ -179,6 +179,30 @@ def test_load_encoder_on_a_ct2_folder(converted):
     assert [s.shape for s in states] == [(50, 32), (25, 32)] and states[0].dtype == np.float16
 
 
+def test_trimmed_window_reads_each_input_as_if_alone(converted):
+    """A trimmed Whisper window batched with a longer input: given the sample counts, each input's
+    frames are those it gets alone (its own audio + tail); without them it is read over the long one's
+    padding and its frames change (what made batching change a recogniser's words)."""
+    enc = load_encoder(str(converted[None]), trim_tail=0.2)
+    rng = np.random.default_rng(1)
+    audio = [0.1 * rng.standard_normal(n).astype(np.float32) for n in (4000, 24000, 9000)]
+    num_samples = torch.tensor([len(a) for a in audio])
+    feats = enc.features(audio)
+    assert feats.shape[-1] == enc.trimmed_frames(24000) == 2 * 85  # 1.5 s + 0.2 s, in 10 ms frames
+    with torch.no_grad():
+        batched = enc(feats, num_samples)
+        hidden, lengths = enc.encode(audio)
+        unmasked = enc(feats)
+        for i, a in enumerate(audio):
+            alone = enc(enc.features([a]), num_samples[i : i + 1])[0]
+            assert alone.shape[0] == enc.trimmed_frames(len(a)) // 2
+            assert torch.allclose(batched[i, : alone.shape[0]], alone, atol=1e-5)
+            assert torch.allclose(hidden[i, : lengths[i]], alone[: lengths[i]], atol=1e-5)
+    short = enc.trimmed_frames(4000) // 2
+    assert (unmasked[0, :short] - batched[0, :short]).abs().max() > 1e-3
+    assert [s.shape[0] for s in encode_utterances(enc, audio)] == lengths
+
+
 # ------------------------------------------------------------------------ the bundled models vs CTranslate2
 
 
@@ -280,6 +304,22 @@ def test_hf_waveform_encoders(tmp_path, config_cls, model_cls):
     assert lengths == [enc.output_lengths(1600), enc.output_lengths(800)] and lengths[1] < lengths[0]
     assert lengths[0] == 1600 // 10 - 1  # conv arithmetic: (1600 - 10) // 5 + 1 = 319, (319 - 3) // 2 + 1
     assert torch.allclose(alone, direct)
+
+    # a layer-norm model (trained with attention masks) gets one from the sample counts: the short
+    # input reads the same batched as alone; group-norm models get none (as transformers advises)
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(
+        **TINY_WAVEFORM, feat_extract_norm="layer", do_stable_layer_norm=True
+    )
+    layer_model = getattr(transformers, model_cls)(config).eval()
+    layer_model.save_pretrained(tmp_path / "layer")
+    enc = load_encoder(str(tmp_path / "layer"))
+    with torch.no_grad():
+        batched, lengths = enc.encode(audio)
+        alone, _ = enc.encode(audio[1:])
+        unmasked = enc(enc.features(audio))
+    assert torch.allclose(batched[1, : lengths[1]], alone[0, : lengths[1]], atol=1e-4)
+    assert (unmasked[1, : lengths[1]] - alone[0, : lengths[1]]).abs().max() > 1e-3
 
 
 def test_hf_whisper_encoder(tmp_path, tiny_whisper):

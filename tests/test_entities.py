@@ -106,7 +106,7 @@ def test_retriever_learns_to_find_entities(tmp_path: Path, monkeypatch: pytest.M
             self.i += len(audio)
             return torch.from_numpy(np.stack(batch).astype(np.float32))
 
-        def forward(self, features: torch.Tensor) -> torch.Tensor:
+        def forward(self, features: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
             return features
 
         def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:

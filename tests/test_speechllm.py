@@ -50,7 +50,7 @@ class TinyEncoder(nn.Module):
         if not with_lengths:
             self.output_lengths = None  # exercise the proportional fallback
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
         return torch.tanh(self.conv(features.transpose(1, 2)).transpose(1, 2))
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -264,6 +264,26 @@ def test_generate_batched_equals_alone(llama_dir: Path) -> None:
     assert len(prompted) == 2
     beams = model.generate(feats, max_new_tokens=4, num_beams=2)
     assert len(beams) == 3 and all(isinstance(t, str) for t in beams)
+
+
+def test_generate_nbest_cuts_each_example_to_its_own_limit(llama_dir: Path) -> None:
+    """Per-example token limits: a batch generates to the largest and cuts each example to its own,
+    so each reads (text, ids, score) as it does alone with that limit."""
+    model = _model(llama_dir)
+    _train(model, _batch([12, 8], TEXTS[:2]), steps=20)
+    feats = [torch.randn(n, MELS, generator=torch.Generator().manual_seed(n)) for n in (12, 5, 9)]
+    padded = nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    lengths = torch.tensor([len(f) for f in feats])
+    limits = [2, 6, 4]
+    together = model.generate_nbest(padded, lengths, 1, max_new_tokens=limits)
+    for i, f in enumerate(feats):
+        [alone] = model.generate_nbest(f[None], lengths[i : i + 1], 1, max_new_tokens=limits[i])
+        assert [(t, ids) for t, _, ids in together[i]] == [(t, ids) for t, _, ids in alone]
+        assert together[i][0][1] == pytest.approx(alone[0][1], abs=1e-4)
+        assert len(together[i][0][2]) <= limits[i]
+    assert len(together[0][0][2]) == 2  # the shortest limit binds: without the cut it would read on
+    with pytest.raises(ValueError, match="2 limits for 3 examples"):
+        model.generate_nbest(padded, lengths, 1, max_new_tokens=[2, 3])
 
 
 def test_generate_keeps_training_mode(llama_dir: Path) -> None:

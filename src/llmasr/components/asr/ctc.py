@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmasr.components.speech.encoders import reads_segments_alone
 from llmasr.core.types import Hypothesis, Word
 
 
@@ -57,9 +56,10 @@ class CtcRecognizer:
     @torch.no_grad()
     def _paths(self, segments: Sequence[np.ndarray]) -> list[list[tuple[int, int, float]]]:
         pieces = [np.asarray(a, dtype=np.float32) for a in segments]
+        num_samples = torch.tensor([len(a) for a in pieces])
         features = self.encoder.features(pieces)
-        hidden = self.encoder(features.to(self.head.embeddings.device))
-        lengths = self.encoder.output_lengths(torch.tensor([len(a) for a in pieces])).to(hidden.device)
+        hidden = self.encoder(features.to(self.head.embeddings.device), num_samples)
+        lengths = self.encoder.output_lengths(num_samples).to(hidden.device)
         logits, head_lengths = self.head(hidden, lengths)
         return self.head.greedy(logits, head_lengths)
 
@@ -67,8 +67,6 @@ class CtcRecognizer:
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
         """One hypothesis per segment (greedy CTC has no list); `prompt` is not used by CTC."""
-        if len(segments) > 1 and reads_segments_alone(self.encoder):
-            return [self.nbest([a], n, prompt)[0] for a in segments]
         out = []
         for path in self._paths(segments) if len(segments) else []:
             ids = [tok for tok, _, _ in path]

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmasr.components.speech.encoders import reads_segments_alone
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
 from llmasr.core.metrics import normalize
@@ -115,14 +114,13 @@ class SpeechLlmRecognizer:
     ) -> list[list[Hypothesis]]:
         """Beam search with `n` beams; each hypothesis's `am_score` is its total log-probability.
 
-        Loop guard: generation stops at TOKENS_PER_WORD tokens for each word the longest segment can
-        hold (`core.text.max_spoken_words`), and a hypothesis is cut to the words its own segment can
-        hold, so a decoder loop ("five five" -> "Five years ago, a young man, a young woman, ...")
-        cannot run on to `max_new_tokens`."""
+        Segments are decoded as one batch; each reads as it would alone (greedy: the same words).
+        Loop guard: each segment's generation stops at TOKENS_PER_WORD tokens for each word it can hold
+        (`core.text.max_spoken_words`), and its hypotheses are cut to that many words, so a decoder loop
+        ("five five" -> "Five years ago, a young man, a young woman, ...") cannot run on to
+        `max_new_tokens`."""
         if not segments:
             return []
-        if len(segments) > 1 and reads_segments_alone(self.model.encoder):
-            return [self.nbest([a], n, prompt)[0] for a in segments]
         features, lengths = self._inputs(segments)
         limits = [max_spoken_words(len(a) / SAMPLE_RATE) for a in segments]
         lists = self.model.generate_nbest(
@@ -130,7 +128,7 @@ class SpeechLlmRecognizer:
             lengths,
             max(1, n),
             prompt if self.accepts_prompt else None,
-            max_new_tokens=min(self.max_new_tokens, int(TOKENS_PER_WORD * max(limits)) + 1),
+            max_new_tokens=[min(self.max_new_tokens, int(TOKENS_PER_WORD * w) + 1) for w in limits],
         )
         return [
             [Hypothesis(text=_cut(t, limit), am_score=s, tokens=ids) for t, s, ids in hyps if t]
@@ -147,7 +145,7 @@ class SpeechLlmRecognizer:
         if head is None or not words:
             return []
         features, lengths = self._inputs([audio])
-        hidden = self.model.encoder(features.to(self.model.device))
+        hidden = self.model.encoder(features.to(self.model.device), lengths)
         n_frames = self.model.encoder.output_lengths(lengths)
         logits, head_lengths = head(hidden, n_frames.to(hidden.device))
         path = head.greedy(logits, head_lengths)[0]

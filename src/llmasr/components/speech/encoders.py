@@ -214,8 +214,9 @@ class EncoderInfo:
 class SpeechEncoder(torch.nn.Module):
     """Audio in, hidden frames out: what deep fusion needs, whichever encoder is behind it.
 
-    `features(audio)` turns 16 kHz mono float arrays into the encoder's input batch; `forward`
-    maps that batch to (B, frames, dim); `output_lengths(num_samples)` says how many leading frames
+    `features(audio)` turns 16 kHz mono float arrays into the encoder's input batch;
+    `forward(features, num_samples)` maps that batch to (B, frames, dim), each input read as if it were
+    alone when its sample counts are given; `output_lengths(num_samples)` says how many leading frames
     of an utterance hold real audio, so the adapter can drop the padding.
     """
 
@@ -232,14 +233,20 @@ class SpeechEncoder(torch.nn.Module):
     def features(self, audio: Sequence[np.ndarray]) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward(self, features: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, ...) input batch -> (B, frames, dim). `num_samples` (B,): each input's audio samples, so
+        that an input's frames do not depend on the others in its batch (None: the batch as it is)."""
+        raise NotImplementedError
+
     def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Output frames holding real audio, per example, from the audio's sample counts."""
         raise NotImplementedError
 
     def encode(self, audio: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
         """Features, forward and real lengths in one call (convenience for inference)."""
-        hidden = self(self.features(audio).to(self._device()))
-        return hidden, self.output_lengths(torch.tensor([len(a) for a in audio])).tolist()
+        num_samples = torch.tensor([len(a) for a in audio])
+        hidden = self(self.features(audio).to(self._device()), num_samples)
+        return hidden, self.output_lengths(num_samples).tolist()
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -250,7 +257,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     def __init__(self, encoder: torch.nn.Module, info: EncoderInfo, trim_tail: float | None = None) -> None:
         """`trim_tail`: None encodes the full 30 s window, as Whisper was trained; a number of seconds
-        encodes only the batch's longest audio plus that much silence (see `features`)."""
+        encodes each input's audio plus that much silence (see `features` and `forward`)."""
         super().__init__(info)
         self.encoder = encoder
         self.n_mels = info.n_mels or 80
@@ -289,25 +296,54 @@ class WhisperSpeechEncoder(SpeechEncoder):
             out.append(pad_or_trim(self._extractor(a), frames))
         batch = torch.from_numpy(np.stack(out).astype(np.float32))
         if self.trim_tail is not None and len(audio):
-            longest = max(len(np.asarray(a).reshape(-1)) for a in audio) / SAMPLE_RATE
-            keep = min(frames, int(math.ceil((longest + self.trim_tail) * SAMPLE_RATE / WHISPER_HOP)))
-            batch = batch[:, :, : keep + keep % 2]  # an even count: the encoder halves it
+            longest = max(len(np.asarray(a).reshape(-1)) for a in audio)
+            batch = batch[:, :, : self.trimmed_frames(longest)]
         return batch
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def trimmed_frames(self, num_samples: int) -> int:
+        """Log-mel frames a trimmed window keeps for an input of `num_samples` samples: its audio plus
+        `trim_tail` seconds, an even count (the encoder halves it), at most the 30 s window."""
+        assert self.trim_tail is not None
+        keep = int(math.ceil((num_samples / SAMPLE_RATE + self.trim_tail) * SAMPLE_RATE / WHISPER_HOP))
+        keep = min(2 * self.max_frames, keep)
+        return keep + keep % 2
+
+    def forward(self, features: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_mels, F) log-mels -> (B, F / 2, dim). F is 3000 (30 s), or shorter with `trim_tail`:
         then the layers run on the real frames only (transformers' WhisperEncoder insists on 3000), so an
         utterance of a few seconds costs a fraction of the full window. Trimmed states differ a little
         from full-window ones (cosine ~0.95-0.99 with >= 1 s of tail); train and infer with the same mode.
+
+        With `num_samples` (B,) and a trimmed window, each input is read over its own window only (its
+        audio plus `trim_tail`), as if alone: the log-mels and first convolution past it are zeroed, as
+        a shorter input's convolution padding would be, and attention never sees those frames. Whisper's
+        attention has no mask of its own, so without this a short input batched with a long one would
+        be read over the long one's padding, and batching would change the words.
         """
         if features.shape[-1] == 2 * self.max_frames:
             return self.encoder(input_features=features).last_hidden_state
         enc = self.encoder
-        x = torch.nn.functional.gelu(enc.conv1(features.to(enc.conv1.weight.dtype)))
+        dtype = enc.conv1.weight.dtype
+        features = features.to(dtype)
+        frames = features.shape[-1]
+        keep = None
+        if num_samples is not None and self.trim_tail is not None:
+            own = [min(frames, self.trimmed_frames(int(n))) for n in num_samples]
+            if min(own) < frames:
+                keep = torch.tensor(own, device=features.device)
+        if keep is None:
+            x = torch.nn.functional.gelu(enc.conv1(features))
+            mask = None
+        else:
+            inside = (torch.arange(frames, device=features.device)[None, :] < keep[:, None]).unsqueeze(1)
+            x = torch.nn.functional.gelu(enc.conv1(features * inside)) * inside
+            keys = torch.arange(frames // 2, device=features.device)[None, :] < (keep // 2)[:, None]
+            mask = torch.zeros(keys.shape, dtype=dtype, device=features.device)
+            mask = mask.masked_fill(~keys, torch.finfo(dtype).min)[:, None, None, :]  # (B, 1, 1, F / 2)
         x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         for layer in enc.layers:
-            out = layer(x, None)
+            out = layer(x, mask)
             x = out[0] if isinstance(out, tuple) else out
         return enc.layer_norm(x)
 
@@ -339,23 +375,20 @@ class WaveformSpeechEncoder(SpeechEncoder):
             batch[i, : len(a)] = a
         return torch.from_numpy(batch)
 
-    def forward(self, features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, samples) -> (B, frames, dim). Pass `attention_mask` only to models trained with one
-        (feat_extract_norm == "layer"); group-norm models (e.g. wav2vec2-base) expect none."""
-        return self.model(features, attention_mask=attention_mask).last_hidden_state
+    def forward(self, features: torch.Tensor, num_samples: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, samples) -> (B, frames, dim). With `num_samples`, models trained with an attention mask
+        (feat_extract_norm == "layer", e.g. wav2vec2-large-lv60) get one, so an input is read over its own
+        samples only; group-norm models (e.g. wav2vec2-base) expect none and get none (transformers'
+        advice: they were trained on zero-padded batches)."""
+        mask = None
+        if num_samples is not None and getattr(self.model.config, "feat_extract_norm", "group") == "layer":
+            positions = torch.arange(features.shape[1], device=features.device)
+            mask = (positions[None, :] < torch.as_tensor(num_samples, device=features.device)[:, None]).long()
+        return self.model(features, attention_mask=mask).last_hidden_state
 
     def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         """Frames the conv front end makes from `num_samples` samples (exact conv arithmetic)."""
         return self.model._get_feat_extract_output_lengths(torch.as_tensor(num_samples))
-
-
-def reads_segments_alone(encoder: torch.nn.Module) -> bool:
-    """Whether a recogniser on `encoder` must read its segments one at a time: a trimmed Whisper
-    window (`trim_tail`) runs over a batch's longest input and Whisper's attention has no mask, so a
-    short input batched with a long one would attend over the long one's padding, far more than its
-    cached training states saw (encoded in length-sorted batches), and batching would change the words.
-    Batching them would need each segment encoded alone and the states padded (not done yet)."""
-    return getattr(encoder, "trim_tail", None) is not None
 
 
 @torch.no_grad()
@@ -363,9 +396,9 @@ def encode_utterances(
     encoder: torch.nn.Module, audio: Sequence[np.ndarray], dtype: torch.dtype = torch.float16
 ) -> list[np.ndarray]:
     """The audio-holding encoder frames of each input, (T_i, D) in `dtype` (float16 halves a cache)."""
-    features = encoder.features(list(audio))  # type: ignore[operator]
-    hidden = encoder(features)
-    lengths = encoder.output_lengths(torch.tensor([len(a) for a in audio]))  # type: ignore[operator]
+    num_samples = torch.tensor([len(a) for a in audio])
+    hidden = encoder(encoder.features(list(audio)), num_samples)  # type: ignore[operator]
+    lengths = encoder.output_lengths(num_samples)  # type: ignore[operator]
     return [hidden[i, : int(n)].to(dtype).numpy() for i, n in enumerate(lengths)]
 
 

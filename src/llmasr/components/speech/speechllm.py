@@ -319,8 +319,10 @@ class SpeechLLM(nn.Module):
     # ---- inputs ------------------------------------------------------------------------------
 
     def encode(self, features: torch.Tensor, lengths: torch.Tensor | None = None) -> AdapterOutput:
-        """Encoder then adapter; a fully frozen encoder runs without building a graph. Without an
-        encoder, `features` are encoder states (B, T, D) and `lengths` their frame counts."""
+        """Encoder then adapter; a fully frozen encoder runs without building a graph. `lengths` (B,)
+        are the inputs' audio samples: the encoder reads each input over its own length (see
+        `SpeechEncoder.forward`) and its real output frames are kept. Without an encoder, `features`
+        are encoder states (B, T, D) and `lengths` their frame counts."""
         features = features.to(self.device)
         if self.encoder is None:
             hidden = features
@@ -332,7 +334,7 @@ class SpeechLLM(nn.Module):
         else:
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.encoder.parameters())
             with torch.set_grad_enabled(grad):
-                hidden = self.encoder(features)
+                hidden = self.encoder(features, lengths)
             if lengths is None:  # no lengths given: every output frame is real
                 out_lengths = torch.full(
                     (hidden.shape[0],), hidden.shape[1], dtype=torch.long, device=hidden.device
@@ -523,11 +525,17 @@ class SpeechLLM(nn.Module):
         n: int,
         prompt: str | None = None,
         *,
-        max_new_tokens: int = 128,
+        max_new_tokens: int | Sequence[int] = 128,
     ) -> list[list[tuple[str, float, list[int]]]]:
         """Beam search (`n` beams, `n` results; greedy for n=1): per example, (text, total log-probability
-        in nats of its tokens and EOS, token ids), best first. The LLM's `generate` keeps the KV cache."""
+        in nats of its tokens and EOS, token ids), best first. The LLM's `generate` keeps the KV cache.
+
+        `max_new_tokens`: one limit, or one per example (B,): the batch generates to the largest and
+        each example is cut to its own, so a greedy example reads the same batched as alone."""
         rows = features.shape[0]
+        limits = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != rows:
+            raise ValueError(f"max_new_tokens: {len(limits)} limits for {rows} examples")
         was_training = self.training
         self.eval()
         try:
@@ -537,7 +545,7 @@ class SpeechLLM(nn.Module):
             out = self.causal_lm.generate(
                 inputs_embeds=inputs.inputs_embeds,
                 attention_mask=inputs.attention_mask,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max(limits),
                 num_beams=n,
                 num_return_sequences=n,
                 do_sample=False,
@@ -555,8 +563,8 @@ class SpeechLLM(nn.Module):
         for row in range(rows):
             hyps = []
             for k in range(n):
-                seq = out.sequences[row * n + k].tolist()
-                logp = step_logp[row * n + k]
+                seq = out.sequences[row * n + k].tolist()[: limits[row]]
+                logp = step_logp[row * n + k][: limits[row]]
                 keep = [i for i, t in enumerate(seq) if t != self._pad or i == 0]
                 ids = [t for t in seq if t not in (self._pad, self._eos)]
                 total = float(logp[[i for i in keep if i < len(logp)]].float().clamp(min=-1e4).sum())
