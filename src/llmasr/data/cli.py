@@ -324,7 +324,7 @@ def states(
     trim_tail: float | None = typer.Option(
         None,
         "--trim-tail",
-        help="Whisper: encode each batch's audio plus this many seconds of silence instead of the full "
+        help="Whisper: encode each utterance's audio plus this many seconds of silence instead of the full "
         "30 s window (~3-5x faster on short utterances; the speech-LLM recipes use 1.0).",
     ),
 ) -> None:

@@ -4,8 +4,10 @@ Models that train on top of a frozen encoder (the CTC head, the entity retriever
 for the encoder on every step; on a CPU that is most of the cost (whisper-tiny.en: ~0.3 s per
 utterance on one core, since Whisper always encodes a 30 s window). Only the frames that hold audio
 are kept, as float16, in shards of `shard_size` utterances (`states-NNNNN.npz`: `frames` (sum T, D),
-`offsets`, `ids`; `texts.json` beside them). A finished shard is never recomputed, so an interrupted
-run resumes where it stopped.
+`offsets`, `ids`; `texts.json` beside them). A finished shard that holds exactly its utterances is never
+recomputed, so an interrupted run resumes where it stopped, and a manifest that grew (a synthesis that
+resumed) fills its last, partial shard and the new ones. A shard with an unreadable utterance is
+recomputed on every run (the utterance is reported again).
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def encoder_setup(folder: str | Path) -> dict[str, object]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _shard_ids(path: Path) -> set[str]:
+    """The utterance ids a finished shard holds (empty when it cannot be read)."""
+    try:
+        with np.load(path) as shard:
+            return {str(i) for i in shard["ids"]}
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
 def _shard_path(folder: Path, index: int) -> Path:
     return folder / f"states-{index:05d}.npz"
 
@@ -77,7 +88,7 @@ def cache_states(
         # similar lengths together: a trimmed encoder pads each batch only to its longest utterance
         chunk = sorted(utts[start : start + shard_size], key=lambda u: float(u.duration or 0.0))
         path = _shard_path(out, index)
-        if path.is_file():
+        if path.is_file() and _shard_ids(path) == {u.id for u in chunk}:
             if progress:
                 progress(len(chunk))
             continue
