@@ -201,6 +201,17 @@ def test_trimmed_window_reads_each_input_as_if_alone(converted):
     short = enc.trimmed_frames(4000) // 2
     assert (unmasked[0, :short] - batched[0, :short]).abs().max() > 1e-3
     assert [s.shape[0] for s in encode_utterances(enc, audio)] == lengths
+    # beside an input that fills the 30 s window (features of 3000 frames), too
+    enc = load_encoder(str(converted[None]), trim_tail=1.0)
+    audio = [audio[0], 0.1 * rng.standard_normal(int(29.5 * 16000)).astype(np.float32)]
+    feats = enc.features(audio)
+    assert feats.shape[-1] == 3000
+    with torch.no_grad():
+        batched = enc(feats, torch.tensor([len(a) for a in audio]))
+        alone = enc(enc.features(audio[:1]), torch.tensor([len(audio[0])]))[0]
+        full = enc(feats)
+    assert torch.allclose(batched[0, : alone.shape[0]], alone, atol=1e-5)
+    assert (full[0, : alone.shape[0]] - alone).abs().max() > 1e-3
 
 
 # ------------------------------------------------------------------------ the bundled models vs CTranslate2

@@ -282,6 +282,11 @@ def test_generate_nbest_cuts_each_example_to_its_own_limit(llama_dir: Path) -> N
         assert together[i][0][1] == pytest.approx(alone[0][1], abs=1e-4)
         assert len(together[i][0][2]) <= limits[i]
     assert len(together[0][0][2]) == 2  # the shortest limit binds: without the cut it would read on
+    beams = model.generate_nbest(padded, lengths, 3, max_new_tokens=limits)  # beam search, too
+    for i, f in enumerate(feats):
+        alone = model.generate_nbest(f[None], lengths[i : i + 1], 3, max_new_tokens=limits[i])[0]
+        assert [(t, ids) for t, _, ids in beams[i]] == [(t, ids) for t, _, ids in alone]
+        assert len({tuple(ids) for _, _, ids in beams[i]}) == 3  # distinct hypotheses
     with pytest.raises(ValueError, match="2 limits for 3 examples"):
         model.generate_nbest(padded, lengths, 1, max_new_tokens=[2, 3])
 

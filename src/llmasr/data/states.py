@@ -13,6 +13,7 @@ recomputed on every run (the utterance is reported again).
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +52,7 @@ def _shard_ids(path: Path) -> set[str]:
     try:
         with np.load(path) as shard:
             return {str(i) for i in shard["ids"]}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return set()
 
 

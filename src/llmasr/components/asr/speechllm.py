@@ -114,7 +114,8 @@ class SpeechLlmRecognizer:
     ) -> list[list[Hypothesis]]:
         """Beam search with `n` beams; each hypothesis's `am_score` is its total log-probability.
 
-        Segments are decoded as one batch; each reads as it would alone (greedy: the same words).
+        Segments are decoded as a batch (beam search: one batch per token limit below); each reads as
+        it would alone.
         Loop guard: each segment's generation stops at TOKENS_PER_WORD tokens for each word it can hold
         (`core.text.max_spoken_words`), and its hypotheses are cut to that many words, so a decoder loop
         ("five five" -> "Five years ago, a young man, a young woman, ...") cannot run on to

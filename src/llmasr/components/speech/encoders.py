@@ -315,31 +315,33 @@ class WhisperSpeechEncoder(SpeechEncoder):
         from full-window ones (cosine ~0.95-0.99 with >= 1 s of tail); train and infer with the same mode.
 
         With `num_samples` (B,) and a trimmed window, each input is read over its own window only (its
-        audio plus `trim_tail`), as if alone: the log-mels and first convolution past it are zeroed, as
-        a shorter input's convolution padding would be, and attention never sees those frames. Whisper's
-        attention has no mask of its own, so without this a short input batched with a long one would
-        be read over the long one's padding, and batching would change the words.
+        audio plus `trim_tail`), as if alone, even beside an input that fills the 30 s window: the
+        log-mels past it are zeroed, as a shorter input's convolution padding would be, and attention
+        never sees the frames past it. Whisper's attention has no mask of its own, so without this a
+        short input batched with a long one would be read over the long one's padding, and batching
+        would change the words.
         """
-        if features.shape[-1] == 2 * self.max_frames:
-            return self.encoder(input_features=features).last_hidden_state
-        enc = self.encoder
-        dtype = enc.conv1.weight.dtype
-        features = features.to(dtype)
         frames = features.shape[-1]
         keep = None
         if num_samples is not None and self.trim_tail is not None:
             own = [min(frames, self.trimmed_frames(int(n))) for n in num_samples]
-            if min(own) < frames:
+            if min(own) < frames:  # (also when the longest input fills the 30 s window)
                 keep = torch.tensor(own, device=features.device)
-        if keep is None:
-            x = torch.nn.functional.gelu(enc.conv1(features))
-            mask = None
-        else:
-            inside = (torch.arange(frames, device=features.device)[None, :] < keep[:, None]).unsqueeze(1)
-            x = torch.nn.functional.gelu(enc.conv1(features * inside)) * inside
+        if keep is None and frames == 2 * self.max_frames:
+            return self.encoder(input_features=features).last_hidden_state
+        enc = self.encoder
+        dtype = enc.conv1.weight.dtype
+        features = features.to(dtype)
+        mask = None
+        if keep is not None:
+            # log-mels past an input's window are zeroed, as its own shorter window's convolution padding
+            # would be; the second convolution reads no further than the window for the frames kept
+            inside = torch.arange(frames, device=features.device)[None, :] < keep[:, None]
+            features = features * inside.unsqueeze(1)
             keys = torch.arange(frames // 2, device=features.device)[None, :] < (keep // 2)[:, None]
             mask = torch.zeros(keys.shape, dtype=dtype, device=features.device)
             mask = mask.masked_fill(~keys, torch.finfo(dtype).min)[:, None, None, :]  # (B, 1, 1, F / 2)
+        x = torch.nn.functional.gelu(enc.conv1(features))
         x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.embed_positions.weight[: x.shape[1]]
         for layer in enc.layers:

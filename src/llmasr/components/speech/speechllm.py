@@ -530,12 +530,29 @@ class SpeechLLM(nn.Module):
         """Beam search (`n` beams, `n` results; greedy for n=1): per example, (text, total log-probability
         in nats of its tokens and EOS, token ids), best first. The LLM's `generate` keeps the KV cache.
 
-        `max_new_tokens`: one limit, or one per example (B,): the batch generates to the largest and
-        each example is cut to its own, so a greedy example reads the same batched as alone."""
+        `max_new_tokens`: one limit, or one per example (B,). Greedy: the batch generates to the largest
+        and each example is cut to its own; beam search: the examples of each limit decode as a batch of
+        their own. Either way an example reads the same batched as alone."""
         rows = features.shape[0]
         limits = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(limits) != rows:
             raise ValueError(f"max_new_tokens: {len(limits)} limits for {rows} examples")
+        if n > 1 and len(set(limits)) > 1:
+            # a beam cut after the fact is not the beam search of the shorter limit (beams that would
+            # have ended live on, cut to the same prefix): each limit decodes as its own batch
+            grouped: list[list[tuple[str, float, list[int]]]] = [[] for _ in range(rows)]
+            for limit in sorted(set(limits)):
+                rows_of = [i for i, lim in enumerate(limits) if lim == limit]
+                part = self.generate_nbest(
+                    features[rows_of],
+                    lengths[rows_of] if lengths is not None else None,
+                    n,
+                    prompt,
+                    max_new_tokens=limit,
+                )
+                for i, hyps in zip(rows_of, part):
+                    grouped[i] = hyps
+            return grouped
         was_training = self.training
         self.eval()
         try:
