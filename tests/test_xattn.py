@@ -86,3 +86,35 @@ def test_recipe_checks_xattn(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="model.fusion"):
         load_recipe(path, ["model.fusion=cross"])
     assert load_recipe(Path("recipes/d1_xattn_gemma.yaml")).model.xattn_every == 6
+
+
+def test_gate_lr_scale_moves_tanh_gates_faster() -> None:
+    """AdamW moves a scalar by about lr per update: with gate_lr_scale the `*_gate` parameters get a
+    group of their own at lr * scale (no weight decay); unscaled, the optimizer's layout is unchanged."""
+    from llmasr.train.config import OptimRecipe, StageRecipe
+    from llmasr.train.loop import make_optimizer
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+            self.attn_gate = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.attn_gate) * self.proj(x)
+
+    def one_update(scale: float) -> tuple[float, int]:
+        torch.manual_seed(0)
+        block = Block()
+        opt = make_optimizer(block, StageRecipe(lr=1e-3, gate_lr_scale=scale), OptimRecipe())
+        block.attn_gate.data.fill_(0.1)  # off zero, so the gate has a gradient
+        (block(torch.ones(2, 4)) ** 2).sum().backward()
+        opt.step()
+        return abs(float(block.attn_gate) - 0.1), len(opt.param_groups)
+
+    moved, groups = one_update(1.0)
+    assert groups == 2 and moved == pytest.approx(1e-3, rel=0.05)  # with the other scalars (biases)
+    moved, groups = one_update(20.0)
+    assert groups == 3 and moved == pytest.approx(20e-3, rel=0.05)
+    with pytest.raises(RecipeError, match="gate_lr_scale"):
+        make_optimizer(Block(), StageRecipe(gate_lr_scale=0.0), OptimRecipe())

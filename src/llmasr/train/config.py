@@ -52,6 +52,10 @@ class StageRecipe:
     schedule: str = "cosine"
     #: the schedule decays to lr * min_lr_ratio
     min_lr_ratio: float = 0.1
+    #: tanh gates (parameters named `*_gate`, e.g. gated cross-attention's) learn at lr * this. AdamW
+    #: moves a scalar by about lr per update whatever its gradient, so at lr 5e-4 a gate that starts at
+    #: 0 cannot pass ~0.1 in a few hundred updates, and the speech barely reaches the LLM
+    gate_lr_scale: float = 1.0
 
 
 @dataclass

@@ -132,13 +132,22 @@ def stage_steps(stage: StageRecipe, batches_per_epoch: int, grad_accum: int) -> 
 
 
 def make_optimizer(model: nn.Module, stage: StageRecipe, optim: OptimRecipe) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; no weight decay on biases, norms and scalars (< 2-D)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """AdamW over the trainable parameters; no weight decay on biases, norms and scalars (< 2-D);
+    tanh gates (`*_gate`) at `stage.lr * stage.gate_lr_scale`, without weight decay."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise RecipeError(f"stage {stage.name}: nothing to train ({stage.train})")
+    if stage.gate_lr_scale <= 0:
+        raise RecipeError(f"stage {stage.name}: gate_lr_scale must be positive, not {stage.gate_lr_scale}")
+    # gates get a group of their own only when scaled (an unscaled stage keeps the optimizer's layout,
+    # so checkpoints written before gate_lr_scale existed still resume)
+    scaled = stage.gate_lr_scale != 1.0
+    gates = [p for n, p in named if scaled and n.endswith("_gate")]
+    rest = [p for n, p in named if not (scaled and n.endswith("_gate"))]
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        {"params": gates, "weight_decay": 0.0, "lr": stage.lr * stage.gate_lr_scale},
     ]
     betas = tuple(optim.betas)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=stage.lr, betas=betas)  # type: ignore[arg-type]
