@@ -139,3 +139,39 @@ def test_whisper_scores_any_text_as_its_beam_search_does() -> None:
     cut, full = whisper.score_texts(audio, [nbest[0].text.split()[0], nbest[0].text])
     assert cut < full - 1.0  # stopping after the first word costs the end-of-text's improbability
     assert len(whisper.score_texts(audio, ["", "ten"], prompt="Playing cards.")) == 2
+
+
+def test_other_recognisers_score_only_when_their_score_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With other_am_weight 0 (the accurate preset's tuned profile) a pipeline's recogniser combination
+    teacher-forces with the first recogniser only: the same choice, one model's scoring less. Tuning
+    (all_features) and a non-zero weight score with both."""
+    import llmasr.decoding.pipeline as pipeline_mod
+    from llmasr.decoding.options import make_options
+    from llmasr.decoding.pipeline import Pipeline
+    from tests.test_pipeline import noise
+
+    calls: list[str] = []
+
+    class Counting(FakeRecognizer):
+        def score_texts(
+            self, audio: np.ndarray, texts: Sequence[str], prompt: str | None = None
+        ) -> list[float]:
+            calls.append(self.name)
+            return super().score_texts(audio, texts, prompt)
+
+    def fakes(*args: object, **kwargs: object) -> CombinedRecognizer:
+        table = {"please call stella": -2.0, "please call stella now": -2.5}
+        return CombinedRecognizer([Counting("tiny", [("please call stella", -2.0)], table),
+                                   Counting("base", [("please call stella now", -1.0)], table)])  # fmt: skip
+
+    monkeypatch.setattr(pipeline_mod, "load_recognizer", fakes)
+    picks = {}
+    for label, weight, tuning in (("zero", 0.0, False), ("tuning", 0.0, True), ("weighted", 0.5, False)):
+        calls.clear()
+        opts = make_options(asr="tiny,base", lm=None, nbest=2, weights=Weights(other_am_weight=weight))
+        pipe = Pipeline(opts, all_features=tuning)
+        [seg] = pipe.transcribe(noise(1.0)).segments
+        picks[label] = seg.text
+        assert sorted(set(calls)) == (["tiny"] if label == "zero" else ["base", "tiny"]), label
+        assert any(h.other_am != 0.0 for h in seg.nbest) == (label != "zero")
+    assert picks["zero"] == picks["tuning"]  # other_am weighted 0: the same choice either way

@@ -110,7 +110,7 @@ def test_gate_lr_scale_moves_tanh_gates_faster() -> None:
         block.attn_gate.data.fill_(0.1)  # off zero, so the gate has a gradient
         (block(torch.ones(2, 4)) ** 2).sum().backward()
         opt.step()
-        return abs(float(block.attn_gate) - 0.1), len(opt.param_groups)
+        return abs(block.attn_gate.item() - 0.1), len(opt.param_groups)
 
     moved, groups = one_update(1.0)
     assert groups == 2 and moved == pytest.approx(1e-3, rel=0.05)  # with the other scalars (biases)

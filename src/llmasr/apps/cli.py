@@ -70,14 +70,15 @@ def _progress() -> Progress:
 
 
 # the recognition flags are declared once (llmasr.apps.flags) and shared by transcribe, eval, tune, serve
-def _pipeline(run_flags: dict[str, Any], **extra: Any) -> tuple[Any, Any]:
+def _pipeline(run_flags: dict[str, Any], *, all_features: bool = False, **extra: Any) -> tuple[Any, Any]:
     """Options from the shared recognition flags and the Pipeline they describe (any recogniser:
-    Whisper, pocketsphinx, CTC, a trained speech-LLM); errors are one line and exit 1."""
+    Whisper, pocketsphinx, CTC, a trained speech-LLM); errors are one line and exit 1.
+    `all_features`: every rescoring feature is computed (what tuning needs)."""
     from llmasr.decoding.pipeline import Pipeline
 
     try:
         options = options_from_flags(run_flags, **extra)
-        return options, Pipeline(options, log=lambda m: _say(err, m))
+        return options, Pipeline(options, log=lambda m: _say(err, m), all_features=all_features)
     except LlmasrError as exc:
         raise _fail(str(exc)) from exc
 
@@ -492,7 +493,7 @@ def tune(
         if lists and (lists.is_dir() or not os.access(lists.parent if str(lists.parent) else ".", os.W_OK)):
             raise _fail(f"--lists {lists}: cannot write a file there", 2)
         decoding = {k: v for k, v in run_flags.items() if k != "lm_dtype"}  # the first pass runs no LM
-        _, pipeline = _pipeline(decoding, lm="none")
+        _, pipeline = _pipeline(decoding, all_features=True, lm="none")
         with _progress() as progress:
             task = progress.add_task("first pass", total=len(utts))
 

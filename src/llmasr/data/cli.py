@@ -280,7 +280,7 @@ def nbest(
     try:
         options = resolve_options(asr=asr, lm="none", nbest=n, batch_size=batch_size, threads=threads)
         with _err.status(f"loading {asr}..."):
-            pipeline = Pipeline(options)
+            pipeline = Pipeline(options, all_features=True)  # a corpus to train on: every score
         with Progress(
             TextColumn("n-best"),
             BarColumn(),

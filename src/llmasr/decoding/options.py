@@ -52,7 +52,7 @@ UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1
 
 #: named configurations (flat names), chosen by cross-validated WER on real dev speech within a cost
 #: budget relative to the recogniser's own first pass (docs/results.md, benchmarks/rescoring.py):
-#: fast = the recogniser's own pick; default = the best within 2x; accurate = the best found (4.3x measured)
+#: fast = the recogniser's own pick; default = the best within 2x; accurate = the best within 4x (3.2x)
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"lm": None, "nbest": 1},
     "default": {},

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from llmasr.components.asr.base import Recognizer
+from llmasr.components.asr.combined import CombinedRecognizer
 from llmasr.components.asr.registry import LoadSettings, load_recognizer
 from llmasr.components.lm.base import Scorer
 from llmasr.components.lm.registry import load_scorer
@@ -77,13 +78,21 @@ class Pipeline:
         scorer: Scorer | None = None,
         corrector: Any = None,
         log: Callable[[str], None] | None = None,
+        all_features: bool = False,
     ) -> None:
+        """`all_features`: compute every rescoring feature, also those weighted 0 (for tuning); by
+        default a recogniser combination this pipeline loads scores with the further recognisers
+        only when their score (`other_am_weight`) counts."""
         self.options = options or resolve_options()
         o = self.options
         d = o.decoding
-        self.recognizer = recognizer or load_recognizer(
-            d.asr, LoadSettings(device=d.device, threads=d.threads, workers=d.asr_workers), log=log
-        )
+        if recognizer is None:
+            recognizer = load_recognizer(
+                d.asr, LoadSettings(device=d.device, threads=d.threads, workers=d.asr_workers), log=log
+            )
+            if isinstance(recognizer, CombinedRecognizer):
+                recognizer.score_with_all = all_features or o.rescoring.weights.other_am_weight != 0.0
+        self.recognizer = recognizer
         self._check_recognizer()
         lm = o.rescoring.lm
         if scorer is None and lm:

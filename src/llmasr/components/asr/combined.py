@@ -34,7 +34,10 @@ class TextScoring(Protocol):
 class CombinedRecognizer:
     """Recognisers decoding the same segments; see the module doc."""
 
-    def __init__(self, recognizers: Sequence[Recognizer]) -> None:
+    def __init__(self, recognizers: Sequence[Recognizer], score_with_all: bool = True) -> None:
+        """`score_with_all`: teacher-force every merged text with every recogniser; False: with the
+        first only (`other_am` stays 0), all that a choice with `other_am_weight` 0 reads: the same
+        choice without the other models' scoring (the pipeline decides, `Pipeline(all_features=)`)."""
         if len(recognizers) < 2:
             raise ModelError("combining recognisers needs at least two")
         for r in recognizers:
@@ -44,6 +47,7 @@ class CombinedRecognizer:
                     "(--asr A,B takes Whisper models)"
                 )
         self.recognizers = list(recognizers)
+        self.score_with_all = score_with_all
         self.name = ",".join(r.name for r in recognizers)
         self.window = min(r.window for r in recognizers)
         self.accepts_prompt = any(r.accepts_prompt for r in recognizers)
@@ -63,9 +67,10 @@ class CombinedRecognizer:
         if not merged:
             return []
         texts = [h.text for h in merged]
+        scorers = self.recognizers if self.score_with_all else self.recognizers[:1]
         scores = [
             r.score_texts(audio, texts, prompt if r.accepts_prompt else None)  # type: ignore[attr-defined]
-            for r in self.recognizers
+            for r in scorers
         ]
         for j, h in enumerate(merged):
             h.am_score = scores[0][j]
