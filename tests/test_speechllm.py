@@ -296,3 +296,14 @@ def test_generate_keeps_training_mode(llama_dir: Path) -> None:
     model.generate([torch.randn(6, MELS)], max_new_tokens=2)
     assert model.training and model.adapter.training
     assert not model.encoder.training and not model.llm.training  # frozen parts stay in eval
+
+
+def test_adding_lora_raises_no_library_deprecation_warning(llama_dir: Path) -> None:
+    """peft's use of transformers' deprecated `is_gradient_checkpointing` is not shown to users (every
+    speech-LLM load printed it)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _model(llama_dir, lora=True)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
