@@ -34,10 +34,12 @@ class TextScoring(Protocol):
 class CombinedRecognizer:
     """Recognisers decoding the same segments; see the module doc."""
 
-    def __init__(self, recognizers: Sequence[Recognizer], score_with_all: bool = True) -> None:
-        """`score_with_all`: teacher-force every merged text with every recogniser; False: with the
-        first only (`other_am` stays 0), all that a choice with `other_am_weight` 0 reads: the same
-        choice without the other models' scoring (the pipeline decides, `Pipeline(all_features=)`)."""
+    #: teacher-force every merged text with every recogniser; False: with the first only (`other_am`
+    #: stays 0), all that a choice with `other_am_weight` 0 reads: the same choice without the other
+    #: models' scoring (a Pipeline sets it from its weights, `Pipeline(all_features=)`)
+    score_with_all: bool = True
+
+    def __init__(self, recognizers: Sequence[Recognizer]) -> None:
         if len(recognizers) < 2:
             raise ModelError("combining recognisers needs at least two")
         for r in recognizers:
@@ -47,7 +49,6 @@ class CombinedRecognizer:
                     "(--asr A,B takes Whisper models)"
                 )
         self.recognizers = list(recognizers)
-        self.score_with_all = score_with_all
         self.name = ",".join(r.name for r in recognizers)
         self.window = min(r.window for r in recognizers)
         self.accepts_prompt = any(r.accepts_prompt for r in recognizers)

@@ -55,12 +55,8 @@ class CtcRecognizer:
 
     @torch.no_grad()
     def _paths(self, segments: Sequence[np.ndarray]) -> list[list[tuple[int, int, float]]]:
-        pieces = [np.asarray(a, dtype=np.float32) for a in segments]
-        num_samples = torch.tensor([len(a) for a in pieces])
-        features = self.encoder.features(pieces)
-        hidden = self.encoder(features.to(self.head.embeddings.device), num_samples)
-        lengths = self.encoder.output_lengths(num_samples).to(hidden.device)
-        logits, head_lengths = self.head(hidden, lengths)
+        hidden, lengths = self.encoder.encode([np.asarray(a, dtype=np.float32) for a in segments])
+        logits, head_lengths = self.head(hidden, torch.tensor(lengths, device=hidden.device))
         return self.head.greedy(logits, head_lengths)
 
     def nbest(

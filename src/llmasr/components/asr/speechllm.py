@@ -145,10 +145,8 @@ class SpeechLlmRecognizer:
         words = hypothesis.text.split()
         if head is None or not words:
             return []
-        features, lengths = self._inputs([audio])
-        hidden = self.model.encoder(features.to(self.model.device), lengths)
-        n_frames = self.model.encoder.output_lengths(lengths)
-        logits, head_lengths = head(hidden, n_frames.to(hidden.device))
+        hidden, n_frames = self.model.encoder.encode([np.asarray(audio, dtype=np.float32)])
+        logits, head_lengths = head(hidden, torch.tensor(n_frames, device=hidden.device))
         path = head.greedy(logits, head_lengths)[0]
         step = head.frame_seconds(self.model.encoder.frames_per_second)
         spoken = head_words(self.model.tokenizer, path, step)
