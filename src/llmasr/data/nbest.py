@@ -5,6 +5,10 @@ One JSON object per line::
     {"id", "audio", "reference", "nbest": [{"text", "am_score", "tokens"}], "first_pass",
      "duration", "voice", "augmentation", "asr"}
 
+With several recognisers (`--asr A,B`) the list is their merged one, whole (it can hold more than
+`--nbest` texts), and each hypothesis also has "other_am" (the other recognisers' log-probability of
+the text, nats) and "cross_agreement" (0-1), the features a merged list is rescored with.
+
 Such a corpus trains and evaluates LLM correction/rescoring without re-running the recogniser.
 Building it is slow (a recogniser per utterance), so it is resumable: ids already in the output are
 skipped, each record is appended and flushed as it is made, and a half-written last line left by a
@@ -41,13 +45,20 @@ def _combine(lists: list[list[Hypothesis]], n: int) -> list[dict[str, Any]]:
     lists = [nb for nb in lists if nb]
     if not lists:
         return []
+    n = max(n, *(len(nb) for nb in lists))  # a merged list (several recognisers) is kept whole
     if len(lists) == 1:
         return [_hyp(h) for h in lists[0][:n]]
     out = []
     for i in range(min(n, max(len(nb) for nb in lists))):
         picks = [nb[min(i, len(nb) - 1)] for nb in lists]
         text = " ".join(h.text.strip() for h in picks if h.text.strip())
-        out.append({"text": text, "am_score": round(sum(h.am_score for h in picks), 4)})
+        joined = Hypothesis(
+            text,
+            sum(h.am_score for h in picks),
+            other_am=sum(h.other_am for h in picks),
+            cross_agreement=sum(h.cross_agreement for h in picks) / len(picks),
+        )
+        out.append(_hyp(joined))
     return out
 
 
@@ -55,6 +66,9 @@ def _hyp(h: Hypothesis) -> dict[str, Any]:
     d: dict[str, Any] = {"text": h.text.strip(), "am_score": round(float(h.am_score), 4)}
     if h.tokens:
         d["tokens"] = [int(t) for t in h.tokens]
+    if h.other_am != 0.0 or h.cross_agreement != 1.0:  # several recognisers
+        d["other_am"] = round(float(h.other_am), 4)
+        d["cross_agreement"] = round(float(h.cross_agreement), 4)
     return d
 
 
@@ -62,7 +76,11 @@ def record_hypotheses(record: dict[str, Any]) -> list[Hypothesis]:
     """The hypotheses of one record, as `_hyp` wrote them (KeyError/TypeError/ValueError if malformed)."""
     return [
         Hypothesis(
-            text=str(h["text"]), am_score=float(h["am_score"]), tokens=[int(t) for t in h.get("tokens", [])]
+            text=str(h["text"]),
+            am_score=float(h["am_score"]),
+            tokens=[int(t) for t in h.get("tokens", [])],
+            other_am=float(h.get("other_am", 0.0)),
+            cross_agreement=float(h.get("cross_agreement", 1.0)),
         )
         for h in record["nbest"]
     ]
