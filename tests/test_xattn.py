@@ -118,3 +118,32 @@ def test_gate_lr_scale_moves_tanh_gates_faster() -> None:
     assert groups == 3 and moved == pytest.approx(20e-3, rel=0.05)
     with pytest.raises(RecipeError, match="gate_lr_scale"):
         make_optimizer(Block(), StageRecipe(gate_lr_scale=0.0), OptimRecipe())
+
+
+def test_lm_init_blocks_attend_as_the_next_layer_does() -> None:
+    """init="lm": each block computes the following layer's own attention (grouped key/value heads
+    repeated, no rotary positions) of its stream over the speech, and the zero gates keep the bare LLM."""
+    llm = tiny_llama(40).eval()
+    ids = torch.randint(4, 40, (2, 7))
+    with torch.no_grad():
+        bare = llm(input_ids=ids).logits
+        fusion = XAttnFusion(llm, every=1, heads=4, init="lm")
+        fusion.set_memory(torch.randn(2, 5, 32), torch.tensor([5, 5]))
+        assert torch.equal(llm(input_ids=ids).logits, bare)
+        layer = llm.model.layers[1]  # the block after layer 0 starts from layer 1
+        block = fusion.blocks[0]
+        x, mem = torch.randn(2, 7, 32), torch.randn(2, 5, 32)
+        got, _ = block.attn(block.norm(x), block.memory_norm(mem), block.memory_norm(mem), need_weights=False)
+        a = layer.self_attn
+        q = a.q_proj(layer.input_layernorm(x)).view(2, 7, 4, 8).transpose(1, 2)
+        k = a.k_proj(layer.input_layernorm(mem)).view(2, 5, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+        v = a.v_proj(layer.input_layernorm(mem)).view(2, 5, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+        want = a.o_proj(
+            torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1).matmul(v).transpose(1, 2).reshape(2, 7, 32)
+        )
+        assert torch.allclose(got, want, atol=1e-5)
+        fusion.remove()
+    with pytest.raises(ValueError, match="heads"):
+        XAttnFusion(tiny_llama(40), every=1, heads=8, init="lm")
+    with pytest.raises(ValueError, match="init"):
+        XAttnFusion(tiny_llama(40), every=1, heads=4, init="copy")

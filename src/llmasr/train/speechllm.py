@@ -35,6 +35,7 @@ from llmasr.components.speech.speechllm import (
     checkpoint_state,
     set_trainable,
 )
+from llmasr.components.speech.xattn import XATTN_INITS
 from llmasr.core.audio import load_audio
 from llmasr.data.manifest import (
     Utterance,
@@ -147,6 +148,8 @@ class Recipe:
             raise RecipeError(f"model.fusion '{m.fusion}': choose prefix or xattn")
         if m.xattn_every < 1:
             raise RecipeError("model.xattn_every must be at least 1")
+        if m.xattn_init not in XATTN_INITS:
+            raise RecipeError(f"model.xattn_init '{m.xattn_init}': choose {' or '.join(XATTN_INITS)}")
         return self
 
 

@@ -69,6 +69,8 @@ class SpeechLlmConfig:
     #: xattn: a cross-attention block after every k-th decoder layer, with this many heads
     xattn_every: int = 4
     xattn_heads: int = 8
+    #: xattn: blocks start "random" or from the attention of the LLM layer after them ("lm")
+    xattn_init: str = "random"
 
 
 @dataclass
@@ -177,6 +179,7 @@ class SpeechLLM(nn.Module):
         fusion: str = "prefix",
         xattn_every: int = 4,
         xattn_heads: int = 8,
+        xattn_init: str = "random",
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "example"):
@@ -206,7 +209,9 @@ class SpeechLLM(nn.Module):
         self._softcap = getattr(core.config, "final_logit_softcapping", None)
         self._prompt_cache: dict[tuple[str | None, tuple[str, ...]], tuple[list[int], list[int]]] = {}
         #: xattn: the speech reaches the LLM through gated cross-attention, not as prompt embeddings
-        self.xattn = XAttnFusion(core, xattn_every, xattn_heads) if fusion == "xattn" else None
+        self.xattn = (
+            XAttnFusion(core, xattn_every, xattn_heads, init=xattn_init) if fusion == "xattn" else None
+        )
         self.freeze(encoder=freeze_encoder, llm=True)
 
     @classmethod
@@ -652,6 +657,7 @@ def build_speechllm(
         fusion=config.fusion,
         xattn_every=config.xattn_every,
         xattn_heads=config.xattn_heads,
+        xattn_init=config.xattn_init,
     )
     set_trainable(model, ())
     return model

@@ -8,10 +8,17 @@ the untrained model is exactly the bare LLM, and training opens the gates as far
 The blocks are attached with forward hooks, so the LLM's own modules, parameter names and LoRA targets
 stay as they are, and `generate` with its KV cache works unchanged: each new token attends to the
 speech, which does not change during decoding.
+
+`init="lm"` starts each block's attention from the LLM's own: the query, key, value and output
+projections and the input norm of the decoder layer that reads the block's output (grouped key/value
+heads repeated to every query head), and that norm also on the speech. The keys are LLM embeddings, as
+the layer's own keys are computed from a stream that carries them, so the block starts attending by
+content instead of at random. The gates still start at 0: the untrained model is the bare LLM either way.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +26,9 @@ import torch
 from torch import nn
 
 from llmasr.core.errors import ModelError
+
+#: how blocks start: random projections, or the attention of the LLM layer after them
+XATTN_INITS = ("random", "lm")
 
 
 class GatedXAttnBlock(nn.Module):
@@ -34,15 +44,54 @@ class GatedXAttnBlock(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim))
         self.ffn_gate = nn.Parameter(torch.zeros(1))
+        #: the speech's own norm (identity unless the block starts from an LLM layer)
+        self.memory_norm: nn.Module = nn.Identity()
+
+    def init_from_layer(self, layer: nn.Module) -> None:
+        """Start from a transformers decoder layer's attention (`self_attn.{q,k,v,o}_proj`, no biases)
+        and its `input_layernorm` (used on the queries and on the speech). Raises ValueError when the
+        layer's heads or widths differ from this block's."""
+        attn = layer.self_attn
+        weight = [
+            getattr(m, "base_layer", m).weight for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
+        ]
+        dim, heads = self.attn.embed_dim, self.attn.num_heads
+        head_dim = dim // heads
+        own = getattr(attn, "head_dim", head_dim)
+        if own != head_dim:
+            raise ValueError(f"{heads} heads of {head_dim}: the LLM's attention heads are {own} wide")
+        if weight[0].shape != (dim, dim) or weight[3].shape != (dim, dim) or weight[1].shape[0] % head_dim:
+            raise ValueError(
+                f"layer attention {tuple(weight[0].shape)} does not fit a {heads}-head block of {dim}"
+            )
+        kv_heads = weight[1].shape[0] // head_dim
+        if heads % kv_heads:
+            raise ValueError(f"{heads} heads cannot share {kv_heads} key/value heads")
+
+        def widen(w: torch.Tensor) -> torch.Tensor:  # (kv_heads*head_dim, dim) -> (dim, dim)
+            return (
+                w.reshape(kv_heads, head_dim, dim).repeat_interleave(heads // kv_heads, 0).reshape(dim, dim)
+            )
+
+        with torch.no_grad():
+            self.attn.in_proj_weight.copy_(torch.cat([weight[0], widen(weight[1]), widen(weight[2])]).float())
+            self.attn.in_proj_bias.zero_()
+            self.attn.out_proj.weight.copy_(weight[3].float())
+            self.attn.out_proj.bias.zero_()
+        norm = copy.deepcopy(layer.input_layernorm).float()
+        for q in norm.parameters():
+            q.requires_grad_(True)
+        self.norm, self.memory_norm = norm, copy.deepcopy(norm)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
         """`x` (B, L, D) in the LLM's dtype; `memory` (B, T, D); `memory_mask` (B, T) True where valid."""
         dtype = self.attn_gate.dtype
         h = x.to(dtype)
+        mem = self.memory_norm(memory.to(dtype))
         attended, _ = self.attn(
             self.norm(h),
-            memory.to(dtype),
-            memory.to(dtype),
+            mem,
+            mem,
             key_padding_mask=~memory_mask,
             need_weights=False,
         )
@@ -62,15 +111,24 @@ def decoder_layers(causal_lm: nn.Module) -> Sequence[nn.Module]:
 class XAttnFusion(nn.Module):
     """The blocks of one LLM, the hooks that run them, and the speech they attend to."""
 
-    def __init__(self, causal_lm: nn.Module, every: int = 4, heads: int = 8, ffn_mult: int = 2) -> None:
+    def __init__(
+        self, causal_lm: nn.Module, every: int = 4, heads: int = 8, ffn_mult: int = 2, init: str = "random"
+    ) -> None:
+        """Blocks after every `every`-th layer of `causal_lm`; `init` "random" or "lm" (module doc).
+        Raises ValueError for a bad `every`/`init` or, with "lm", heads that do not fit the LLM's."""
         super().__init__()
         if every < 1:
             raise ValueError("xattn every must be at least 1")
+        if init not in XATTN_INITS:
+            raise ValueError(f"xattn init must be one of {', '.join(XATTN_INITS)}, got '{init}'")
         layers = decoder_layers(causal_lm)
         dim = int(causal_lm.get_input_embeddings().embedding_dim)
         #: after layers every-1, 2*every-1, ...: the last layer always gets one when every divides the depth
         self.positions = [i for i in range(len(layers)) if (i + 1) % every == 0] or [len(layers) - 1]
         self.blocks = nn.ModuleList(GatedXAttnBlock(dim, heads, ffn_mult) for _ in self.positions)
+        if init == "lm":
+            for i, block in zip(self.positions, self.blocks):
+                block.init_from_layer(layers[min(i + 1, len(layers) - 1)])  # the layer that reads its output
         self._memory: tuple[torch.Tensor, torch.Tensor] | None = None
         self._handles = [
             layers[i].register_forward_hook(self._hook(block))
