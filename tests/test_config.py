@@ -254,7 +254,9 @@ def test_real_shipped_profile_lookup() -> None:
     assert config._profile_name("whisper-tiny.en", "gemma-3-270m") == "whisper-tiny.en+gemma-3-270m.yaml"
     assert config.shipped_profile("no-such-asr", "no-such-lm") is None
     found = config.shipped_profile(DEFAULT_ASR, DEFAULT_LM)
-    assert found is not None and found.is_file() and found.name == "whisper-tiny.en+none.yaml"
+    assert (
+        found is not None and found.is_file() and found.name == "whisper-tiny.en+gemma-3-270m-rescorer.yaml"
+    )
     for name, preset in config.PRESETS.items():  # every preset runs with weights tuned for its pair
         opts = resolve_options(preset=name)
         assert opts.profile is not None, name
@@ -290,10 +292,12 @@ def test_correction_and_retrieval_options(shipped, tmp_path: Path) -> None:
 
 
 def test_default_lm_only_with_context(shipped) -> None:
-    """No LM by default; the context LM when a prompt or term list is given and no LM is named."""
-    assert resolve_options().rescoring.lm is None
+    """The trained rescorer by default; the context LM when a prompt or term list is given and no LM is
+    named; none with --lm none or the fast preset."""
+    assert resolve_options().rescoring.lm == config.DEFAULT_LM == "gemma-3-270m-rescorer"
+    assert resolve_options(lm="none").rescoring.lm is None
     assert resolve_options(terms=["apixaban"]).rescoring.lm == config.DEFAULT_CONTEXT_LM
     assert resolve_options(prompt="A cardiology clinic.").rescoring.lm == config.DEFAULT_CONTEXT_LM
     assert resolve_options(prompt="A cardiology clinic.", lm="none").rescoring.lm is None
     assert resolve_options(terms=["apixaban"], preset="fast").rescoring.lm is None
-    assert resolve_options(terms=[]).rescoring.lm is None
+    assert resolve_options(terms=[]).rescoring.lm == config.DEFAULT_LM

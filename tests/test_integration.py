@@ -39,8 +39,8 @@ def utterances(tmp_path_factory: pytest.TempPathFactory) -> list:
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
     options = resolve_options(threads=2)
-    assert options.rescoring.lm is None and options.rescoring.weights.word_bonus > 0, (
-        "the default re-ranks the 8-best with the weights tuned on real dev speech"
+    assert options.rescoring.lm == "gemma-3-270m-rescorer" and options.rescoring.weights.lm_weight > 0, (
+        "the default rescores the 8-best with the trained rescorer, weights tuned on real dev speech"
     )
     return Pipeline(options)
 

@@ -36,14 +36,15 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("asr", ("--asr",), str | None, "Recogniser: a named model (llmasr models list), a CTranslate2 "
          "Whisper folder, a HF Whisper id, or a trained speech-LLM (folder or name)."),
     Flag("lm", ("--lm",), str | None, "Rescoring LM: a named model, a HF id, a local folder, or 'none'. "
-         "Default: none (re-ranking by the recogniser's score and a word bonus); gemma-3-270m when "
-         "--prompt or --terms is given."),
+         "Default: gemma-3-270m-rescorer (trained); gemma-3-270m when --prompt or --terms is given; "
+         "none: re-ranking by the recogniser's score and a word bonus only."),
     Flag("nbest", ("--nbest",), int | None, "Hypotheses per segment (default 8)."),
     Flag("prompt", ("--prompt",), str | None, "Domain description; conditions the LLM (and the recogniser)."),
     Flag("terms", ("--terms",), Path | None, f"Term list file. {TERMS_FORMAT}."),
     Flag("profile", ("--profile",), Path | None, "Tuned profile (YAML) from `llmasr tune`."),
     Flag("preset", ("--preset",), str | None, "A named configuration: fast (the recogniser's own pick), "
-         "default (its 8-best re-ranked), or accurate (whisper-tiny.en and whisper-base combined)."),
+         "default (its 8-best rescored by the trained rescorer), or accurate (whisper-tiny.en and "
+         "whisper-base combined, then rescored)."),
     Flag("lm_weight", ("--lm-weight",), float | None, "Weight of the LM score."),
     Flag("word_bonus", ("--word-bonus",), float | None, "Score added per word."),
     Flag("agreement_weight", ("--agreement-weight",), float | None, "Weight of N-best word agreement."),

@@ -32,11 +32,11 @@ from llmasr.decoding.correct import MAX_CHANGE
 from llmasr.decoding.rescore import Weights
 
 DEFAULT_ASR = "whisper-tiny.en"
-#: no LM by default: on the 110 real dev utterances, re-ranking whisper-tiny.en's 8-best by its own
-#: score and a word bonus (cross-validated WER 5.20%, first pass 5.78%) beat every LM tried (gemma-3-270m
-#: 5.39%, the trained rescorer 10.00%) at no extra cost; an LM pays with a domain prompt or term list
-#: (docs/results.md, "Choosing the default on real speech")
-DEFAULT_LM: str | None = None
+#: the trained rescorer by default: on the 110 real dev utterances (5-fold cross-validated), whisper-tiny.en's
+#: 8-best rescored by gemma-3-270m-rescorer (trained on merged two-recogniser lists of Kokoro and
+#: flite/espeak-ng speech) gives 4.61% against 5.20% re-ranked with no LM and 5.78% for the first pass,
+#: at 1.6x the first pass's cost (docs/results.md, "Choosing the default on real speech")
+DEFAULT_LM: str | None = "gemma-3-270m-rescorer"
 #: the LM when a domain prompt or term list is given (and no LM named): on the domain set with a prompt
 #: and a 226-term list, gemma-3-270m + speech term retrieval gives WER 7.90% / entity recall 0.881
 #: against 8.62% / 0.841 without an LM
@@ -52,11 +52,11 @@ UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1
 
 #: named configurations (flat names), chosen by cross-validated WER on real dev speech within a cost
 #: budget relative to the recogniser's own first pass (docs/results.md, benchmarks/rescoring.py):
-#: fast = the recogniser's own pick; default = the best within 2x; accurate = the best within 4x (3.2x)
+#: fast = the recogniser's own pick; default = the best within 2x (1.6x); accurate = the best within 4x (3.9x)
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"lm": None, "nbest": 1},
     "default": {},
-    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": None},
+    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": "gemma-3-270m-rescorer"},
 }
 
 
@@ -310,7 +310,7 @@ def check_options(opts: Options) -> None:
         idle = [n for n in ("lm_dtype", "context_tokens", *LM_WEIGHT_NAMES) if n in given]
         if idle:
             raise OptionError(
-                f"--{_flag(idle[0])} has no effect without an LM (--lm none, the default): "
+                f"--{_flag(idle[0])} has no effect without an LM (--lm none): "
                 "name one with --lm, e.g. --lm gemma-3-270m"
             )
     if not k.enabled:

