@@ -119,16 +119,16 @@ def test_records_read_back_as_hypotheses() -> None:
 
 
 def test_merged_list_features_are_kept_whole_and_read_back() -> None:
-    """Several recognisers: the merged list is not cut to --nbest, its features survive a round trip."""
+    """Several recognisers: the merged list is written whole, its features survive a round trip."""
     from llmasr.core.types import Hypothesis
     from llmasr.data.nbest import _combine, record_hypotheses
 
     merged = [Hypothesis(f"text {i}", -float(i), other_am=-2.0 * i, cross_agreement=0.5) for i in range(5)]
-    rec = {"nbest": _combine([merged], 3)}
+    rec = {"nbest": _combine([merged])}
     back = record_hypotheses(rec)
     assert [h.text for h in back] == [f"text {i}" for i in range(5)]
     assert [(h.other_am, h.cross_agreement) for h in back] == [(-2.0 * i, 0.5) for i in range(5)]
-    two = _combine([merged[:2], merged[:2]], 2)  # a long recording: segments joined rank by rank
+    two = _combine([merged[:2], merged[:2]])  # a long recording: segments joined rank by rank
     assert [(h["other_am"], h["cross_agreement"]) for h in two] == [(0.0, 0.5), (-4.0, 0.5)]
-    single = record_hypotheses({"nbest": _combine([[Hypothesis("a b", -1.0)]], 8)})
+    single = record_hypotheses({"nbest": _combine([[Hypothesis("a b", -1.0)]])})
     assert (single[0].other_am, single[0].cross_agreement) == (0.0, 1.0)

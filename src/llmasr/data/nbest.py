@@ -40,16 +40,16 @@ class NbestSummary:
     repaired_bytes: int = 0
 
 
-def _combine(lists: list[list[Hypothesis]], n: int) -> list[dict[str, Any]]:
-    """N-best of a whole utterance from per-segment lists: rank i joins each segment's i-th (or last)."""
+def _combine(lists: list[list[Hypothesis]]) -> list[dict[str, Any]]:
+    """N-best of a whole utterance from per-segment lists, each as long as the first pass made it (its
+    --nbest; a merged list of several recognisers whole): rank i joins each segment's i-th (or last)."""
     lists = [nb for nb in lists if nb]
     if not lists:
         return []
-    n = max(n, *(len(nb) for nb in lists))  # a merged list (several recognisers) is kept whole
     if len(lists) == 1:
-        return [_hyp(h) for h in lists[0][:n]]
+        return [_hyp(h) for h in lists[0]]
     out = []
-    for i in range(min(n, max(len(nb) for nb in lists))):
+    for i in range(max(len(nb) for nb in lists)):
         picks = [nb[min(i, len(nb) - 1)] for nb in lists]
         text = " ".join(h.text.strip() for h in picks if h.text.strip())
         joined = Hypothesis(
@@ -95,7 +95,7 @@ def nbest_record(utt: Utterance, pipeline: Any, *, use_prompt: bool = False) -> 
 
     prompt, terms = utterance_prompt(utt) if use_prompt else (None, None)
     lists = [seg.nbest for seg in pipeline.first_pass(audio, prompt, terms)]
-    nbest = _combine(lists, pipeline.options.decoding.nbest)
+    nbest = _combine(lists)
     return {
         "id": utt.id,
         "audio": utt.audio,
