@@ -56,7 +56,7 @@ UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"lm": None, "nbest": 1},
     "default": {},
-    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": "gemma-3-270m-rescorer"},
+    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": DEFAULT_LM},
 }
 
 
