@@ -7,8 +7,7 @@ blocks initialised as `--init` says), sets every attention gate to tanh(g) = eac
 the mean next-token loss (nats per transcript token) on the first cached synth_dev utterances with their
 own speech and with another utterance's (the batch's speech rotated by one). A block that reads the
 speech gives a lower loss with the right speech; one that does not changes both alike or nothing.
-Needs the synth_dev states (`llmasr data states work-data/synth_dev.jsonl --out work-data/states/synth_dev
---trim-tail 1.0`).
+Needs the recipe's cached states (training and dev: the task loads both; `llmasr data states`, docs/deep.md).
 """
 
 from __future__ import annotations
@@ -31,6 +30,9 @@ def main() -> None:
     ap.add_argument("--gates", default="0.1,0.3,0.6", help="tanh of the gates, comma-separated")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
+    gates = [float(x) for x in a.gates.split(",")]
+    if not all(0.0 <= g < 1.0 for g in gates):
+        ap.error(f"--gates {a.gates}: each is tanh of a gate, from 0 up to (not including) 1")
     torch.set_num_threads(a.threads)
     recipe = load_recipe(a.recipe, [f"model.xattn_init={a.init}", f"run.max_dev_utterances={a.utterances}"])
     task = SpeechLlmTask(recipe)
@@ -54,7 +56,7 @@ def main() -> None:
         return total / max(1, batches)
 
     print(f"init {a.init}: gates 0: {loss(0.0):.3f} nats/token ({len(items)} utterances)")
-    for g in (float(x) for x in a.gates.split(",")):
+    for g in gates:
         own, other = loss(g), loss(g, True)
         print(f"init {a.init}: gates tanh {g}: own speech {own:.3f}, another utterance's {other:.3f}")
 

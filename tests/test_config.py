@@ -301,3 +301,6 @@ def test_default_lm_only_with_context(shipped) -> None:
     assert resolve_options(prompt="A cardiology clinic.", lm="none").rescoring.lm is None
     assert resolve_options(terms=["apixaban"], preset="fast").rescoring.lm is None
     assert resolve_options(terms=[]).rescoring.lm == config.DEFAULT_LM
+    # the accurate preset names recognisers only: the same LM choice, with and without context
+    assert resolve_options(preset="accurate").rescoring.lm == config.DEFAULT_LM
+    assert resolve_options(terms=["apixaban"], preset="accurate").rescoring.lm == config.DEFAULT_CONTEXT_LM

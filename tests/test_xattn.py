@@ -147,3 +147,11 @@ def test_lm_init_blocks_attend_as_the_next_layer_does() -> None:
         XAttnFusion(tiny_llama(40), every=1, heads=8, init="lm")
     with pytest.raises(ValueError, match="init"):
         XAttnFusion(tiny_llama(40), every=1, heads=4, init="copy")
+
+
+def test_lm_init_refuses_layers_it_cannot_copy() -> None:
+    """Query/key norms or projection biases (Gemma 3, Qwen) would be copied wrongly: an error instead."""
+    llm = tiny_llama(40)
+    llm.model.layers[1].self_attn.q_norm = torch.nn.Identity()
+    with pytest.raises(ValueError, match="Llama-style only"):
+        XAttnFusion(llm, every=1, heads=4, init="lm")

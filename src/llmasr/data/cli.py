@@ -262,8 +262,12 @@ def text(
 @app.command()
 def nbest(
     manifest: Path = typer.Argument(..., help="Input manifest (.jsonl)."),
-    asr: str = typer.Option("whisper-tiny.en", "--asr", help="First-pass recogniser."),
-    n: int = typer.Option(8, "--nbest", help="Hypotheses per utterance."),
+    asr: str = typer.Option(
+        "whisper-tiny.en", "--asr", help="First-pass recogniser; A,B merges several recognisers' lists."
+    ),
+    n: int = typer.Option(
+        8, "--nbest", help="Hypotheses per segment and recogniser (a merged list is kept whole)."
+    ),
     out: Path = typer.Option(..., "--out", help="Output JSONL (appended to; resumable)."),
     use_prompt: bool = typer.Option(
         False, "--prompt/--no-prompt", help="Give the manifest's prompt to the ASR."

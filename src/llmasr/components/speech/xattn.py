@@ -10,10 +10,13 @@ stay as they are, and `generate` with its KV cache works unchanged: each new tok
 speech, which does not change during decoding.
 
 `init="lm"` starts each block's attention from the LLM's own: the query, key, value and output
-projections and the input norm of the decoder layer that reads the block's output (grouped key/value
-heads repeated to every query head), and that norm also on the speech. The keys are LLM embeddings, as
-the layer's own keys are computed from a stream that carries them, so the block starts attending by
-content instead of at random. The gates still start at 0: the untrained model is the bare LLM either way.
+projections and the input norm of the decoder layer that reads the block's output (after the last
+layer: that last layer; grouped key/value heads repeated to every query head), and that norm also on the
+speech, whose keys are then LLM embeddings read by a layer trained on a stream that carries them.
+Measured (docs/deep.md): such blocks move the LLM at once but by content only (neither side has
+positions), where random blocks, reading the unnormalised speech, barely move it. Llama-style layers
+only (SmolLM2, Llama): layers with query/key norms or projection biases (Gemma 3, Qwen) are refused. The
+gates still start at 0: the untrained model is the bare LLM either way.
 """
 
 from __future__ import annotations
@@ -48,13 +51,19 @@ class GatedXAttnBlock(nn.Module):
         self.memory_norm: nn.Module = nn.Identity()
 
     def init_from_layer(self, layer: nn.Module) -> None:
-        """Start from a transformers decoder layer's attention (`self_attn.{q,k,v,o}_proj`, no biases)
-        and its `input_layernorm` (used on the queries and on the speech). Raises ValueError when the
-        layer's heads or widths differ from this block's."""
+        """Start from a Llama-style transformers decoder layer's attention (`self_attn.{q,k,v,o}_proj`, no
+        biases, softmax scale 1/sqrt(head width)) and its `input_layernorm` (used on the queries and on the
+        speech). Raises ValueError when the layer's heads or widths differ from this block's, or when its
+        attention has query/key norms or biases that this block cannot copy."""
         attn = layer.self_attn
-        weight = [
-            getattr(m, "base_layer", m).weight for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
+        projections = [
+            getattr(m, "base_layer", m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)
         ]
+        if hasattr(attn, "q_norm") or hasattr(attn, "k_norm") or any(m.bias is not None for m in projections):
+            raise ValueError(
+                f"{type(attn).__name__}: query/key norms or biases cannot start a block (Llama-style only)"
+            )
+        weight = [m.weight for m in projections]
         dim, heads = self.attn.embed_dim, self.attn.num_heads
         head_dim = dim // heads
         own = getattr(attn, "head_dim", head_dim)
