@@ -7,7 +7,7 @@ blocks initialised as `--init` says), sets every attention gate to tanh(g) = eac
 the mean next-token loss (nats per transcript token) on the first cached synth_dev utterances with their
 own speech and with another utterance's (the batch's speech rotated by one). A block that reads the
 speech gives a lower loss with the right speech; one that does not changes both alike or nothing.
-Needs the recipe's cached states (training and dev: the task loads both; `llmasr data states`, docs/deep.md).
+Reads only the recipe's cached dev states (`data.dev_states`; `llmasr data states`, docs/deep.md).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import math
 
 import torch
 
+from llmasr.components.speech.speechllm import build_speechllm
 from llmasr.train.config import load_recipe
-from llmasr.train.speechllm import SpeechLlmTask, states_batch
+from llmasr.train.speechllm import load_state_items, states_batch
 
 
 def main() -> None:
@@ -34,11 +35,13 @@ def main() -> None:
     if not all(0.0 <= g < 1.0 for g in gates):
         ap.error(f"--gates {a.gates}: each is tanh of a gate, from 0 up to (not including) 1")
     torch.set_num_threads(a.threads)
-    recipe = load_recipe(a.recipe, [f"model.xattn_init={a.init}", f"run.max_dev_utterances={a.utterances}"])
-    task = SpeechLlmTask(recipe)
-    model = task.build(torch.device("cpu")).eval()
-    assert model.xattn is not None, "the recipe's model has no cross-attention blocks (model.fusion: xattn)"
-    items = task.dev_items[: a.utterances]
+    recipe = load_recipe(a.recipe, [f"model.xattn_init={a.init}"])
+    items = load_state_items(recipe.data.dev_states, recipe.model, recipe.data.max_duration)[: a.utterances]
+    if not items:
+        ap.error(f"{recipe.data.dev_states}: no cached dev utterance")
+    model = build_speechllm(recipe.model, with_encoder=False, states_dim=int(items[0].states.shape[1])).eval()
+    if model.xattn is None:
+        ap.error(f"{a.recipe}: the model has no cross-attention blocks (model.fusion: xattn)")
 
     def loss(gate: float, rotate: bool = False) -> float:
         for block in model.xattn.blocks:
