@@ -254,6 +254,36 @@ def test_resume_continues_the_same_losses(models: dict[str, str], manifest: Path
     assert [(r["step"], r["loss"]) for r in _log(part)] == expected
 
 
+def test_init_starts_from_a_trained_speech_llm_and_refuses_one_that_does_not_fit(
+    models: dict[str, str], manifest: Path, tmp_path: Path
+) -> None:
+    """`init`: fine-tuning starts at the trained weights (its first loss is the first run's last level,
+    not a fresh model's); weights of another adapter shape are refused with the init named."""
+    from safetensors.torch import load_file
+
+    from llmasr.components.speech.speechllm import build_speechllm
+    from llmasr.train.speechllm import load_init
+
+    extra = ("stages.0.steps=8", "stages.0.lr=3e-2", "stages.0.schedule=constant", "data.batch_seconds=10")
+    first = fit(SpeechLlmTask(_recipe(models, manifest, tmp_path / "a", *extra)))
+    fresh = [float(r["loss"]) for r in _log(tmp_path / "a")]
+    recipe = _recipe(models, manifest, tmp_path / "b", *extra, f"init={tmp_path / 'a'}")
+    task = SpeechLlmTask(recipe)
+    model = task.build(torch.device("cpu"))
+    trained = load_file(str(Path(first.export) / "model.safetensors"))
+    state = model.trainable_state_dict()
+    assert trained and all(torch.equal(state[k], v) for k, v in trained.items())
+    fit(SpeechLlmTask(recipe))
+    again = [float(r["loss"]) for r in _log(tmp_path / "b")]
+    assert again[0] < fresh[0] - 0.05 and again[0] < fresh[2], (fresh, again)
+    other = _recipe(models, manifest, tmp_path / "c", "model.adapter_kw={stack: 5}")
+    wrong = build_speechllm(other.model)
+    with pytest.raises(RecipeError, match=r"init '.*a': its weights do not fit this model: .*size mismatch"):
+        load_init(wrong, str(tmp_path / "a"))
+    with pytest.raises(RecipeError, match="init 'no-such-model': not a trained speech-LLM"):
+        load_init(wrong, "no-such-model")
+
+
 # ---------------------------------------------------------------------------------------- inference
 
 

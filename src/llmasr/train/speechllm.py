@@ -91,6 +91,11 @@ class Recipe:
     stages: list[StageRecipe] = field(default_factory=lambda: [StageRecipe()])
     optim: OptimRecipe = field(default_factory=OptimRecipe)
     run: RunRecipe = field(default_factory=RunRecipe)
+    #: start from a trained speech-LLM (an export folder, a run of one, or a shipped name such as
+    #: speechllm-stack-tiny) instead of fresh adapter/LoRA weights: fine-tuning, e.g. on a better
+    #: token CTC head (the head is frozen and not part of the weights, so `model.head` may differ);
+    #: `model` must build the same trained shapes. A resumed run's checkpoint replaces these weights.
+    init: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,6 +276,8 @@ class SpeechLlmTask:
             with_encoder=not self.cached,
             states_dim=states_dim,
         )
+        if self.recipe.init:
+            load_init(self.model, self.recipe.init)
         return self.model
 
     def epoch_batches(self, epoch: int, rank: int, world: int) -> list[Any]:
@@ -360,6 +367,37 @@ class SpeechLlmTask:
 
     def _item_seconds(self, item: Any) -> float:
         return item.seconds if self.cached else float(item.duration or 0.0)
+
+
+def load_init(model: SpeechLLM, name_or_path: str) -> None:
+    """Load a trained speech-LLM's weights (adapter, cross-attention, LoRA; `Recipe.init`) into `model`.
+
+    `name_or_path`: an export folder, a training run (its export, else its newest checkpoint), a
+    checkpoint folder, or the name of a model shipped with llmasr. Raises RecipeError naming it when
+    nothing is there or when its weights do not fit `model` (another adapter, LoRA rank or LLM)."""
+    from safetensors.torch import load_file
+
+    from llmasr.components.asr.speechllm import find_checkpoint
+    from llmasr.core.errors import ModelError
+    from llmasr.models.registry import adapter_dir
+
+    weights = None
+    for folder in (Path(name_or_path).expanduser(), adapter_dir(name_or_path)):
+        try:
+            weights, _ = find_checkpoint(folder)
+            break
+        except ModelError:
+            continue
+    if weights is None:
+        raise RecipeError(
+            f"init '{name_or_path}': not a trained speech-LLM (a folder, a run, or a shipped name)"
+        )
+    try:
+        model.load_trainable(load_file(str(weights)), strict=False)
+    except (ModelError, RuntimeError) as exc:
+        lines = [x.strip() for x in str(exc).strip().splitlines()]
+        first = next((x for x in lines if "size mismatch" in x), lines[0])
+        raise RecipeError(f"init '{name_or_path}': its weights do not fit this model: {first}") from None
 
 
 def _unwrap(model: nn.Module) -> SpeechLLM:
