@@ -273,6 +273,16 @@ def test_init_starts_from_a_trained_speech_llm_and_refuses_one_that_does_not_fit
     trained = load_file(str(Path(first.export) / "model.safetensors"))
     state = model.trainable_state_dict()
     assert trained and all(torch.equal(state[k], v) for k, v in trained.items())
+    # a frozen token CTC head exported inside the adapter is not loaded: the recipe's model.head is kept
+    from safetensors.torch import save_file
+
+    (tmp_path / "with-head").mkdir()
+    save_file(
+        {**trained, "adapter.head.inp.weight": torch.ones(3, 3)},
+        str(tmp_path / "with-head" / "model.safetensors"),
+    )
+    (tmp_path / "with-head" / "recipe.yaml").write_text((Path(first.export) / "recipe.yaml").read_text())
+    load_init(model, str(tmp_path / "with-head"))
     fit(SpeechLlmTask(recipe))
     again = [float(r["loss"]) for r in _log(tmp_path / "b")]
     assert again[0] < fresh[0] - 0.05 and again[0] < fresh[2], (fresh, again)

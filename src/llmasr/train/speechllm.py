@@ -60,6 +60,8 @@ from llmasr.train.loop import length_batches
 FRAMES_PER_SECOND = 50.0
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_RECIPE = "recipe.yaml"
+#: weights of the frozen token CTC head inside an exported adapter (`model.head` gives them anew)
+HEAD_PREFIX = "adapter.head."
 
 
 @dataclass
@@ -373,8 +375,10 @@ def load_init(model: SpeechLLM, name_or_path: str) -> None:
     """Load a trained speech-LLM's weights (adapter, cross-attention, LoRA; `Recipe.init`) into `model`.
 
     `name_or_path`: an export folder, a training run (its export, else its newest checkpoint), a
-    checkpoint folder, or the name of a model shipped with llmasr. Raises RecipeError naming it when
-    nothing is there or when its weights do not fit `model` (another adapter, LoRA rank or LLM)."""
+    checkpoint folder, or the name of a model shipped with llmasr. The frozen head's weights in it are
+    skipped: `model` keeps the head its `model.head` names (fine-tuning on a better head). Raises
+    RecipeError naming it when nothing is there or when its weights do not fit `model` (another
+    adapter, LoRA rank or LLM)."""
     from safetensors.torch import load_file
 
     from llmasr.components.asr.speechllm import find_checkpoint
@@ -392,8 +396,10 @@ def load_init(model: SpeechLLM, name_or_path: str) -> None:
         raise RecipeError(
             f"init '{name_or_path}': not a trained speech-LLM (a folder, a run, or a shipped name)"
         )
+    # the frozen token CTC head is exported inside the adapter; the one `model.head` names is kept
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(HEAD_PREFIX)}
     try:
-        model.load_trainable(load_file(str(weights)), strict=False)
+        model.load_trainable(state, strict=False)
     except (ModelError, RuntimeError) as exc:
         lines = [x.strip() for x in str(exc).strip().splitlines()]
         first = next((x for x in lines if "size mismatch" in x), lines[0])
