@@ -46,7 +46,7 @@ class CombinedRecognizer:
             if not isinstance(r, TextScoring):
                 raise ModelError(
                     f"'{r.name}' cannot score another recogniser's text, so it cannot be combined "
-                    "(--asr A,B takes Whisper models)"
+                    "(--asr A,B takes Whisper models, speech-LLMs and token CTC heads)"
                 )
         self.recognizers = list(recognizers)
         self.name = ",".join(r.name for r in recognizers)

@@ -136,6 +136,13 @@ class SpeechLlmRecognizer:
             for hyps, limit in zip(lists, limits)
         ]
 
+    def score_texts(self, audio: np.ndarray, texts: Sequence[str], prompt: str | None = None) -> list[float]:
+        """Teacher-forced total log-probability (nats) of each text and its end given a 16 kHz mono
+        segment (`SpeechLLM.score_texts`): any text's score, so that a speech-LLM can be combined
+        with other recognisers (`--asr speechllm-stack-tiny,whisper-tiny.en-ctc`)."""
+        features, lengths = self._inputs([audio])
+        return self.model.score_texts(features, lengths, texts, prompt if self.accepts_prompt else None)
+
     @torch.no_grad()
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
         """Word times (seconds from the segment start) from the token CTC head's emissions: the head's

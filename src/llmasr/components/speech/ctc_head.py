@@ -180,6 +180,28 @@ class TokenCtcHead(nn.Module):
 
     # ---- reading the output ------------------------------------------------------------------
 
+    def sequence_logp(
+        self, logits: torch.Tensor, lengths: torch.Tensor, targets: Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """log p(tokens | audio) in nats of each row's token sequence: the CTC forward algorithm's sum
+        over every alignment (Graves et al. 2006), as joint CTC/attention decoding scores a hypothesis
+        (Watanabe et al. 2017). `logits` (B, T', V + 1) with `lengths` (B,); `targets` B lists of LLM
+        token ids (`ctc_targets`). Returns (B,): -inf where no alignment fits (more tokens than frames
+        allow, or a token the head may not emit)."""
+        logp = torch.log_softmax(logits.detach().float(), dim=-1)
+        flat = torch.tensor([int(t) for row in targets for t in row], dtype=torch.long)
+        target_lengths = torch.tensor([len(row) for row in targets], dtype=torch.long)
+        nll = F.ctc_loss(
+            logp.transpose(0, 1),
+            flat.to(logp.device),
+            lengths.to(logp.device),
+            target_lengths.to(logp.device),
+            blank=self.blank,
+            reduction="none",
+            zero_infinity=False,
+        )
+        return torch.where(torch.isfinite(nll), -nll, torch.full_like(nll, float("-inf")))
+
     def greedy(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[tuple[int, int, float]]]:
         """Best path of each row: emitted (token id, head frame, log-probability), repeats merged."""
         logp = torch.log_softmax(logits.detach().float(), dim=-1)

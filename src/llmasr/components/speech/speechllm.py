@@ -438,8 +438,9 @@ class SpeechLLM(nn.Module):
             loss = lm_loss + self.ctc_weight * ctc_loss
         return LossOutput(loss, lm_loss, ctc_loss, tokens)
 
-    def _lm_loss(self, inputs: SpeechInputs) -> tuple[torch.Tensor, int]:
-        """The LM head runs only where a label is: most positions are prompt or audio."""
+    def _label_logits(self, inputs: SpeechInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (N, V) float32, their labels (N,), the mask (B, L-1) that picked them): the LM head
+        runs only where a label is, since most positions are prompt or audio."""
         core = self.causal_lm
         hidden = core.base_model(
             inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, use_cache=False
@@ -449,7 +450,12 @@ class SpeechLLM(nn.Module):
         logits = core.get_output_embeddings()(hidden[:, :-1][picked]).float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
-        ce = F.cross_entropy(logits, labels[picked], reduction="none")
+        return logits, labels[picked], picked
+
+    def _lm_loss(self, inputs: SpeechInputs) -> tuple[torch.Tensor, int]:
+        logits, targets, picked = self._label_logits(inputs)
+        labels = inputs.labels[:, 1:]
+        ce = F.cross_entropy(logits, targets, reduction="none")
         tokens = int(picked.sum())
         if self.loss_reduction == "token":
             return ce.mean(), tokens
@@ -521,6 +527,34 @@ class SpeechLLM(nn.Module):
         finally:
             self.train(was_training)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def score_texts(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor | None,
+        texts: Sequence[str],
+        prompt: str | None = None,
+    ) -> list[float]:
+        """Teacher-forced total log-probability (nats) of each text and the EOS after it, given one
+        example (`features` (1, T, ...), `lengths` (1,)) and the domain prompt: any text's score under
+        this model, as `generate_nbest` totals its own hypotheses (e.g. another recogniser's text)."""
+        if not texts:
+            return []
+        was_training = self.training
+        self.eval()
+        try:
+            audio = self.encode(features, lengths)
+            rows = len(texts)
+            audio = AdapterOutput(audio.embeds.expand(rows, -1, -1), audio.lengths.expand(rows))
+            prompts = [self.prompt_ids(prompt, None)] * rows
+            inputs = self.prepare_inputs(audio, prompts, [self.target_ids(t) for t in texts])
+            logits, targets, picked = self._label_logits(inputs)
+        finally:
+            self.train(was_training)
+        logp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+        totals = logp.new_zeros(len(texts)).index_add(0, picked.nonzero()[:, 0], logp)
+        return [float(x) for x in totals]
 
     @torch.no_grad()
     def generate_nbest(
