@@ -54,6 +54,41 @@ def test_logits_shapes_blank_and_vocabulary_mask(lm) -> None:
     assert not torch.isinf(logits[0, :, v]).any()  # blank is always allowed
 
 
+def test_sequence_logp_sums_every_alignment(lm) -> None:
+    """CTC's forward algorithm, checked against enumerating every frame labelling by hand; a sequence
+    that needs more frames than there are (a repeated token needs a blank between) gets -inf."""
+    import itertools
+    import math
+
+    embeddings, _ = lm
+    head = head_for(embeddings)
+    v = embeddings.shape[0]
+    torch.manual_seed(3)
+    logits = torch.randn(1, 4, v + 1)
+    logp = torch.log_softmax(logits, -1)[0]
+
+    def collapse(path: tuple[int, ...]) -> list[int]:
+        out, prev = [], None
+        for label in path:
+            if label != v and label != prev:
+                out.append(label)
+            prev = label
+        return out
+
+    for target in ([3], [3, 5], [5, 5], []):
+        labels = sorted({*target, v})
+        total = [
+            float(sum(logp[t, x] for t, x in enumerate(path)))
+            for path in itertools.product(labels, repeat=4)
+            if collapse(path) == target
+        ]
+        expected = math.log(sum(math.exp(x) for x in total))
+        got = head.sequence_logp(logits, torch.tensor([4]), [target])
+        assert float(got[0]) == pytest.approx(expected, abs=1e-4), target
+    too_long = head.sequence_logp(logits, torch.tensor([4]), [[3, 3, 3]])  # needs 5 frames
+    assert float(too_long[0]) == float("-inf")
+
+
 def test_compression_keeps_one_vector_per_emitted_token(lm) -> None:
     embeddings, _ = lm
     head = head_for(embeddings)

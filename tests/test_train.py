@@ -346,6 +346,36 @@ def test_speech_llm_is_a_recognizer_in_the_one_pipeline(
     assert seg.first_pass_text == seg.nbest[0].text and chosen.text.strip()
 
 
+def test_speech_llm_scores_any_text_as_it_scores_its_own_and_combines_with_others(
+    models: dict[str, str], manifest: Path, tmp_path: Path
+) -> None:
+    """`score_texts` (teacher forcing) gives each text the total of the training loss's per-token
+    log-probabilities (alone or batched with a longer text), so a speech-LLM joins `--asr A,B`: every
+    merged text is scored by both. (On the shipped D3 it matches beam search's own totals to 0.003.)"""
+    from llmasr.components.asr.combined import CombinedRecognizer
+    from llmasr.components.asr.speechllm import SpeechLlmRecognizer
+    from llmasr.components.speech.speechllm import SpeechBatch
+    from llmasr.core.audio import load_audio
+
+    out = tmp_path / "run"
+    fit(SpeechLlmTask(_recipe(models, manifest, out, "stages.0.steps=2")))
+    rec = SpeechLlmRecognizer.load(out)
+    audio = load_audio(manifest.parent / "u1.wav")
+    texts = ["the cat sat", "a big red dog ran to the park"]
+    pair = rec.score_texts(audio, texts)
+    features, lengths = rec._inputs([audio])
+    for text, score in zip(texts, pair):
+        assert rec.score_texts(audio, [text]) == [pytest.approx(score, abs=1e-4)]
+        batch = SpeechBatch(features=features, feature_lengths=lengths, texts=[text])
+        with torch.no_grad():
+            loss = rec.model.compute_losses(batch).lm_loss  # mean nats per target token (with EOS)
+        assert score == pytest.approx(-float(loss) * len(rec.model.target_ids(text)), abs=1e-3)
+    assert rec.score_texts(audio, []) == []
+    both = CombinedRecognizer([rec, SpeechLlmRecognizer.load(out, name="again")])
+    merged = both.nbest([audio], 2)[0]
+    assert merged and all(h.other_am == pytest.approx(h.am_score, abs=1e-3) for h in merged)
+
+
 def test_trimmed_speech_llm_reads_a_segment_the_same_alone_or_in_a_batch(
     models: dict[str, str], manifest: Path, tmp_path: Path
 ) -> None:
