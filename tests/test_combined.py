@@ -27,11 +27,13 @@ class FakeRecognizer:
         self.table = table
         self.accepts_prompt = accepts_prompt
         self.prompts: list[str | None] = []
+        self.asked: list[int] = []
 
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
         self.prompts.append(prompt)
+        self.asked.append(n)
         return [[Hypothesis(t, s, tokens=[1, 2]) for t, s in self._nbest[:n]] for _ in segments]
 
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
@@ -100,6 +102,19 @@ def test_combined_scores_every_candidate_with_every_recogniser() -> None:
     assert NbestRescorer(None, Weights()).choose(merged).text == "please call stella"
     assert NbestRescorer(None, Weights(other_am_weight=1.0)).choose(merged).text == "please call stella now"
     assert combined.align(np.zeros(10), merged[2])[-1].word == "now"
+
+
+def test_a_one_best_recogniser_adds_its_pick_to_a_longer_list() -> None:
+    """A greedy CTC head (max_nbest 1) beside a beam: the combination gives the beam's length, each
+    recogniser is asked for at most what it gives, and the head's pick joins the list."""
+    beam = FakeRecognizer("llm", [("ten of clubs including", -1.0), ("ten of clubs", -1.5)], {})
+    head = FakeRecognizer("head", [("ten of clubs", -2.0), ("then of clubs", -3.0)], {})
+    head.max_nbest = 1
+    combined = CombinedRecognizer([beam, head])
+    assert combined.max_nbest == 8
+    [merged] = combined.nbest([np.zeros(1600, dtype=np.float32)], 4)
+    assert (beam.asked, head.asked) == ([4], [1])
+    assert [h.text for h in merged] == ["ten of clubs including", "ten of clubs"]
 
 
 def test_combining_needs_two_recognisers_that_score_text() -> None:

@@ -52,13 +52,17 @@ class CombinedRecognizer:
         self.name = ",".join(r.name for r in recognizers)
         self.window = min(r.window for r in recognizers)
         self.accepts_prompt = any(r.accepts_prompt for r in recognizers)
-        #: hypotheses asked of each recogniser; the merged list holds up to len(recognizers) times this
-        self.max_nbest = min(r.max_nbest for r in recognizers)
+        #: the longest list any of them gives (each is asked for at most its own `max_nbest`, so a
+        #: greedy CTC head adds its one hypothesis to a speech-LLM's beam)
+        self.max_nbest = max(r.max_nbest for r in recognizers)
 
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
-        lists = [r.nbest(segments, n, prompt if r.accepts_prompt else None) for r in self.recognizers]
+        lists = [
+            r.nbest(segments, min(n, r.max_nbest), prompt if r.accepts_prompt else None)
+            for r in self.recognizers
+        ]
         return [self._merge(seg, [lst[i] for lst in lists], prompt) for i, seg in enumerate(segments)]
 
     def _merge(
