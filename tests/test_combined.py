@@ -107,14 +107,14 @@ def test_combined_scores_every_candidate_with_every_recogniser() -> None:
 def test_a_one_best_recogniser_adds_its_pick_to_a_longer_list() -> None:
     """A greedy CTC head (max_nbest 1) beside a beam: the combination gives the beam's length, each
     recogniser is asked for at most what it gives, and the head's pick joins the list."""
-    beam = FakeRecognizer("llm", [("ten of clubs including", -1.0), ("ten of clubs", -1.5)], {})
-    head = FakeRecognizer("head", [("ten of clubs", -2.0), ("then of clubs", -3.0)], {})
+    beam = FakeRecognizer("llm", [("Ten of clubs, including", -1.0), ("Ten of clubs.", -1.5)], {})
+    head = FakeRecognizer("head", [("ten of clove", -2.0), ("then of clubs", -3.0)], {})
     head.max_nbest = 1
     combined = CombinedRecognizer([beam, head])
     assert combined.max_nbest == 8
     [merged] = combined.nbest([np.zeros(1600, dtype=np.float32)], 4)
     assert (beam.asked, head.asked) == ([4], [1])
-    assert [h.text for h in merged] == ["ten of clubs including", "ten of clubs"]
+    assert [h.text for h in merged] == ["Ten of clubs, including", "Ten of clubs.", "ten of clove"]
 
 
 def test_combining_needs_two_recognisers_that_score_text() -> None:

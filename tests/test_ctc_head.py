@@ -89,6 +89,21 @@ def test_sequence_logp_sums_every_alignment(lm) -> None:
     assert float(too_long[0]) == float("-inf")
 
 
+def test_score_sequences_ignores_the_emission_mask_and_floors_what_cannot_fit(lm) -> None:
+    """Scoring another recogniser's text: a token the head may not emit still gets its likelihood (the
+    mask is for decoding); a sequence too long for the frames gets a floor below every one that fits;
+    an empty one is all blanks."""
+    embeddings, _ = lm
+    head = head_for(embeddings)
+    hidden, lengths = head.hidden(torch.randn(1, 8, 8), torch.tensor([8]))  # 4 head frames
+    full = head.sequence_logp(head.logits(hidden, torch.arange(embeddings.shape[0])), lengths, [[3, 5]])
+    head.allow([5])  # token 3 can no longer be emitted
+    assert float(head.sequence_logp(head.logits(hidden), lengths, [[3, 5]])[0]) == float("-inf")
+    fits, masked, too_long, empty = head.score_sequences(hidden, lengths, [[5, 6], [3, 5], [3, 3, 3], []])
+    assert masked == pytest.approx(float(full[0]), abs=1e-5)
+    assert too_long < min(fits, masked, empty) and empty < 0
+
+
 def test_compression_keeps_one_vector_per_emitted_token(lm) -> None:
     embeddings, _ = lm
     head = head_for(embeddings)

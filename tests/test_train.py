@@ -288,6 +288,8 @@ def test_init_starts_from_a_trained_speech_llm_and_refuses_one_that_does_not_fit
     assert again[0] < fresh[0] - 0.05 and again[0] < fresh[2], (fresh, again)
     other = _recipe(models, manifest, tmp_path / "c", "model.adapter_kw={stack: 5}")
     wrong = build_speechllm(other.model)
+    with pytest.raises(RecipeError, match=r"init '.*a': a speech-LLM of another setup .*adapter_kw"):
+        load_init(wrong, str(tmp_path / "a"), other.model)
     with pytest.raises(RecipeError, match=r"init '.*a': its weights do not fit this model: .*size mismatch"):
         load_init(wrong, str(tmp_path / "a"))
     with pytest.raises(RecipeError, match="init 'no-such-model': not a trained speech-LLM"):

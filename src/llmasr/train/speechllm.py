@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from llmasr.components.speech.adapters import HEAD_ADAPTERS, char_ids
@@ -62,6 +63,8 @@ EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_RECIPE = "recipe.yaml"
 #: weights of the frozen token CTC head inside an exported adapter (`model.head` gives them anew)
 HEAD_PREFIX = "adapter.head."
+#: model fields that fix what a trained speech-LLM's weights mean: `init` refuses another value
+INIT_FIELDS = ("encoder", "lm", "adapter", "adapter_kw", "lora", "fusion", "xattn_every", "xattn_heads")
 
 
 @dataclass
@@ -279,7 +282,7 @@ class SpeechLlmTask:
             states_dim=states_dim,
         )
         if self.recipe.init:
-            load_init(self.model, self.recipe.init)
+            load_init(self.model, self.recipe.init, self.recipe.model)
         return self.model
 
     def epoch_batches(self, epoch: int, rank: int, world: int) -> list[Any]:
@@ -371,30 +374,39 @@ class SpeechLlmTask:
         return item.seconds if self.cached else float(item.duration or 0.0)
 
 
-def load_init(model: SpeechLLM, name_or_path: str) -> None:
+def load_init(model: SpeechLLM, name_or_path: str, config: SpeechLlmConfig | None = None) -> None:
     """Load a trained speech-LLM's weights (adapter, cross-attention, LoRA; `Recipe.init`) into `model`.
 
     `name_or_path`: an export folder, a training run (its export, else its newest checkpoint), a
     checkpoint folder, or the name of a model shipped with llmasr. The frozen head's weights in it are
     skipped: `model` keeps the head its `model.head` names (fine-tuning on a better head). Raises
-    RecipeError naming it when nothing is there or when its weights do not fit `model` (another
-    adapter, LoRA rank or LLM)."""
+    RecipeError naming it when nothing is there, when its recipe differs from `config` in a field of
+    INIT_FIELDS (another encoder, LLM, adapter, LoRA or fusion), or when its weights do not fit."""
     from safetensors.torch import load_file
 
     from llmasr.components.asr.speechllm import find_checkpoint
     from llmasr.core.errors import ModelError
     from llmasr.models.registry import adapter_dir
 
-    weights = None
+    weights = recipe_path = None
     for folder in (Path(name_or_path).expanduser(), adapter_dir(name_or_path)):
         try:
-            weights, _ = find_checkpoint(folder)
+            weights, recipe_path = find_checkpoint(folder)
             break
         except ModelError:
             continue
     if weights is None:
         raise RecipeError(
             f"init '{name_or_path}': not a trained speech-LLM (a folder, a run, or a shipped name)"
+        )
+    theirs = (yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}).get("model", {})
+    mine = asdict(config) if config is not None else {}
+    differ = [k for k in INIT_FIELDS if k in mine and k in theirs and theirs[k] != mine[k]]
+    if differ:
+        raise RecipeError(
+            f"init '{name_or_path}': a speech-LLM of another setup than `model` ("
+            + ", ".join(f"{k}: {theirs[k]} vs {mine[k]}" for k in differ)
+            + ")"
         )
     # the frozen token CTC head is exported inside the adapter; the one `model.head` names is kept
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(HEAD_PREFIX)}

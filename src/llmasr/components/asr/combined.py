@@ -2,11 +2,13 @@
 
 `--asr whisper-tiny.en,whisper-base` decodes each segment with both models, merges the lists
 (deduplicated after normalising; the first recogniser's pick stays first, so it remains the first
-pass), and has every recogniser score every merged text (`TextScoring.score_texts`: teacher-forced
-log-probability), so a hypothesis only one model proposed is still judged by both. The rescorer
-combines the scores log-linearly (`am` from the first, `other_am` the sum of the others) with
-cross-system agreement: for each word, the share of the recognisers whose own first pick holds it
-(ROVER's vote, Fiscus 1997, used as a feature rather than a voting rule).
+pass), and has every recogniser score every merged text (`TextScoring.score_texts`: Whisper and a
+speech-LLM by teacher-forced log-probability, a token CTC head by its CTC log-likelihood), so a
+hypothesis only one model proposed is still judged by both; a speech-LLM beside its own CTC head
+(`--asr speechllm-stack-tiny,whisper-tiny.en-ctc`) is joint CTC/attention rescoring (Watanabe et
+al. 2017). The rescorer combines the scores log-linearly (`am` from the first, `other_am` the sum of
+the others) with cross-system agreement: for each word, the share of the recognisers whose own first
+pick holds it (ROVER's vote, Fiscus 1997, used as a feature rather than a voting rule).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class TextScoring(Protocol):
     """A recogniser that can score any text against a segment."""
 
     def score_texts(self, audio: np.ndarray, texts: Sequence[str], prompt: str | None = None) -> list[float]:
-        """Total log-probability (nats) of each text given a 16 kHz mono segment (and the prompt)."""
+        """Log-likelihood (nats) of each whole text given a 16 kHz mono segment (and the prompt)."""
         ...
 
 

@@ -8,10 +8,8 @@ and its emission frames time words.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -56,12 +54,10 @@ class CtcRecognizer:
         self.name = name
 
     @torch.no_grad()
-    def _logits(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, lengths = self.encoder.encode([np.asarray(a, dtype=np.float32) for a in segments])
-        return self.head(hidden, torch.tensor(lengths, device=hidden.device))
-
     def _paths(self, segments: Sequence[np.ndarray]) -> list[list[tuple[int, int, float]]]:
-        return self.head.greedy(*self._logits(segments))
+        hidden, lengths = self.encoder.encode([np.asarray(a, dtype=np.float32) for a in segments])
+        logits, head_lengths = self.head(hidden, torch.tensor(lengths, device=hidden.device))
+        return self.head.greedy(logits, head_lengths)
 
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
@@ -77,12 +73,19 @@ class CtcRecognizer:
 
     @torch.no_grad()
     def score_texts(self, audio: np.ndarray, texts: Sequence[str], prompt: str | None = None) -> list[float]:
-        """CTC log-likelihood (nats) of each text's normalised tokens given a 16 kHz mono segment (the
-        sum over every alignment; `TokenCtcHead.sequence_logp`), so the head can judge another
-        recogniser's hypotheses (`--asr A,whisper-tiny.en-ctc`: joint CTC/attention rescoring). A text
-        no alignment fits (more tokens than frames) scores as a uniform guess on every frame,
-        -T' log(V + 1): low and finite. `prompt` is not used."""
-        return score_with_head(self.head, self.tokenizer, *self._logits([audio]), texts)
+        """CTC log-likelihood (nats) of each text's normalised tokens (`ctc_targets`) given a 16 kHz mono
+        segment: the sum over every alignment, over the whole vocabulary
+        (`TokenCtcHead.score_sequences`), so the head can judge another recogniser's hypotheses
+        (`--asr A,whisper-tiny.en-ctc`: joint CTC/attention rescoring). A text that normalises to
+        nothing scores as all blanks; one that no alignment fits gets a low, finite floor. `prompt`
+        is not used."""
+        from llmasr.components.speech.ctc_head import ctc_targets
+
+        if not texts:
+            return []
+        states, frames = self.encoder.encode([np.asarray(audio, dtype=np.float32)])
+        hidden, lengths = self.head.hidden(states, torch.tensor(frames, device=states.device))
+        return self.head.score_sequences(hidden, lengths, [ctc_targets(self.tokenizer, t) for t in texts])
 
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
         """Word times from the head's emission frames (see llmasr.components.asr.speechllm)."""
@@ -95,20 +98,3 @@ class CtcRecognizer:
         path = self._paths([audio])[0]
         spoken = head_words(self.tokenizer, path, self.head.frame_seconds(self.encoder.frames_per_second))
         return match_times(words, spoken, len(audio) / SAMPLE_RATE)
-
-
-def score_with_head(
-    head: Any, tokenizer: Any, logits: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str]
-) -> list[float]:
-    """CTC log-likelihood (nats) of each text under a token CTC head's logits of one segment ((1, T',
-    V + 1), lengths (1,)); the texts are normalised and tokenised as the head was trained
-    (`ctc_targets`). A text no alignment fits gets -T' log(V + 1), a uniform guess on every frame."""
-    from llmasr.components.speech.ctc_head import ctc_targets
-
-    if not texts:
-        return []
-    targets = [ctc_targets(tokenizer, t) for t in texts]
-    rows = len(texts)
-    logp = head.sequence_logp(logits.expand(rows, -1, -1), lengths.expand(rows), targets)
-    floor = -float(lengths[0]) * math.log(logits.shape[-1])
-    return [float(x) if math.isfinite(float(x)) else floor for x in logp]

@@ -19,6 +19,7 @@ head serves every later model: its greedy output is a first-pass transcript; `po
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -201,6 +202,28 @@ class TokenCtcHead(nn.Module):
             zero_infinity=False,
         )
         return torch.where(torch.isfinite(nll), -nll, torch.full_like(nll, float("-inf")))
+
+    def score_sequences(
+        self, hidden: torch.Tensor, lengths: torch.Tensor, targets: Sequence[Sequence[int]]
+    ) -> list[float]:
+        """Log-likelihood (nats) of each token sequence given one segment's head states (`hidden` (1, T',
+        d) from `hidden()`, `lengths` (1,)): `sequence_logp` over the whole vocabulary, for the emission
+        mask of `allow` is for decoding (a word the head never learned to emit still gets its
+        likelihood). A sequence no alignment fits (more tokens than frames allow) gets a floor below
+        every sequence that fits: the least likely path's log-probability, minus log(V + 1) per token."""
+        if not targets:
+            return []
+        columns = torch.arange(self.vocab_size, device=hidden.device)
+        logits = self.logits(hidden, columns)  # unmasked, blank still last
+        rows = len(targets)
+        scores = self.sequence_logp(logits.expand(rows, -1, -1), lengths.expand(rows), targets)
+        logp = torch.log_softmax(logits[0, : int(lengths[0])].float(), dim=-1)
+        worst = float(logp.min(-1).values.sum())
+        per_token = math.log(logits.shape[-1])
+        return [
+            float(x) if math.isfinite(float(x)) else worst - per_token * len(t)
+            for x, t in zip(scores, targets)
+        ]
 
     def greedy(self, logits: torch.Tensor, lengths: torch.Tensor) -> list[list[tuple[int, int, float]]]:
         """Best path of each row: emitted (token id, head frame, log-probability), repeats merged."""

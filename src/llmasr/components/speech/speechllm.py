@@ -541,6 +541,10 @@ class SpeechLLM(nn.Module):
         this model, as `generate_nbest` totals its own hypotheses (e.g. another recogniser's text)."""
         if not texts:
             return []
+        if features.shape[0] != 1:
+            raise ValueError(
+                f"score_texts scores texts against one example, got a batch of {features.shape[0]}"
+            )
         was_training = self.training
         self.eval()
         try:
