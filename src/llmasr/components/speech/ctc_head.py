@@ -167,17 +167,8 @@ class TokenCtcHead(nn.Module):
         else:
             index = {tok: i for i, tok in enumerate(columns)}
             flat = torch.tensor([index[int(t)] for row in targets for t in row], dtype=torch.long)
-        target_lengths = torch.tensor([len(row) for row in targets], dtype=torch.long)
-        loss = F.ctc_loss(
-            logp.transpose(0, 1),
-            flat.to(hidden.device),
-            lengths.to(hidden.device),
-            target_lengths.to(hidden.device),
-            blank=blank,
-            reduction="sum",
-            zero_infinity=True,
-        )
-        return loss / max(1, int(target_lengths.sum()))
+        loss = _ctc_nll(logp, flat, lengths, targets, blank, reduction="sum", zero_infinity=True)
+        return loss / max(1, sum(len(row) for row in targets))
 
     # ---- reading the output ------------------------------------------------------------------
 
@@ -191,16 +182,7 @@ class TokenCtcHead(nn.Module):
         allow, or a token the head may not emit)."""
         logp = torch.log_softmax(logits.detach().float(), dim=-1)
         flat = torch.tensor([int(t) for row in targets for t in row], dtype=torch.long)
-        target_lengths = torch.tensor([len(row) for row in targets], dtype=torch.long)
-        nll = F.ctc_loss(
-            logp.transpose(0, 1),
-            flat.to(logp.device),
-            lengths.to(logp.device),
-            target_lengths.to(logp.device),
-            blank=self.blank,
-            reduction="none",
-            zero_infinity=False,
-        )
+        nll = _ctc_nll(logp, flat, lengths, targets, self.blank, reduction="none", zero_infinity=False)
         return torch.where(torch.isfinite(nll), -nll, torch.full_like(nll, float("-inf")))
 
     def score_sequences(
@@ -319,6 +301,30 @@ class TokenCtcHead(nn.Module):
         state.setdefault("allowed", head.allowed)  # heads saved before the mask existed emit any token
         head.load_state_dict(state)
         return head.eval()
+
+
+def _ctc_nll(
+    logp: torch.Tensor,
+    flat: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: Sequence[Sequence[int]],
+    blank: int,
+    *,
+    reduction: str,
+    zero_infinity: bool,
+) -> torch.Tensor:
+    """torch's CTC loss (nats) of log-probabilities `logp` (B, T', C) valid up to `lengths` (B,), for
+    the rows of `targets` given as `flat` (their concatenated column indices)."""
+    device = logp.device
+    return F.ctc_loss(
+        logp.transpose(0, 1),
+        flat.to(device),
+        lengths.to(device),
+        torch.tensor([len(row) for row in targets], dtype=torch.long, device=device),
+        blank=blank,
+        reduction=reduction,
+        zero_infinity=zero_infinity,
+    )
 
 
 def load_head(name_or_path: str, embeddings: torch.Tensor) -> TokenCtcHead:
