@@ -291,6 +291,19 @@ def test_correction_and_retrieval_options(shipped, tmp_path: Path) -> None:
         resolve_options(term_retrieval="audio")
 
 
+def test_a_recogniser_tuned_only_without_an_lm_defaults_to_none(monkeypatch, tmp_path: Path) -> None:
+    """A shipped profile for (asr, none) and none for (asr, the default LM): that tuned configuration is
+    the default (a speech-LLM joined with its CTC head); an LM named, or a prompt, still chooses."""
+    profile = write(tmp_path / "none.yaml", {"nbest": 4, "weights": {"other_am_weight": 1.5}})
+    monkeypatch.setattr(config, "shipped_profile", lambda asr, lm: profile if lm is None else None)
+    o = resolve_options(asr="speechllm-stack-tiny,whisper-tiny.en-ctc")
+    assert o.rescoring.lm is None and o.decoding.nbest == 4 and o.rescoring.weights.other_am_weight == 1.5
+    assert resolve_options(asr="a", lm="gemma-3-270m").rescoring.lm == "gemma-3-270m"
+    assert resolve_options(asr="a", prompt="A clinic.").rescoring.lm == config.DEFAULT_CONTEXT_LM
+    monkeypatch.setattr(config, "shipped_profile", lambda asr, lm: None)
+    assert resolve_options(asr="a").rescoring.lm == config.DEFAULT_LM  # nothing tuned: the default LM
+
+
 def test_default_lm_only_with_context(shipped) -> None:
     """The trained rescorer by default; the context LM when a prompt or term list is given and no LM is
     named; none with --lm none or the fast preset."""

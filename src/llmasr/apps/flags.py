@@ -37,6 +37,7 @@ RUN_FLAGS: tuple[Flag, ...] = (
          "Whisper folder, a HF Whisper id, or a trained speech-LLM (folder or name)."),
     Flag("lm", ("--lm",), str | None, "Rescoring LM: a named model, a HF id, a local folder, or 'none'. "
          "Default: gemma-3-270m-rescorer (trained); gemma-3-270m when --prompt or --terms is given; "
+         "none for a recogniser tuned only without one (a speech-LLM with its CTC head); "
          "none: re-ranking by the recogniser's score and a word bonus only."),
     Flag("nbest", ("--nbest",), int | None, "Hypotheses per segment (default 8)."),
     Flag("prompt", ("--prompt",), str | None, "Domain description; conditions the LLM (and the recogniser)."),

@@ -41,6 +41,7 @@ DEFAULT_LM: str | None = "gemma-3-270m-rescorer"
 #: and a 226-term list, gemma-3-270m + speech term retrieval gives WER 7.90% / entity recall 0.881
 #: against 8.62% / 0.841 without an LM
 DEFAULT_CONTEXT_LM = "gemma-3-270m"
+_UNSET = object()
 DEFAULT_CORRECTOR = "smollm2-135m-corrector"
 DEFAULT_RETRIEVER = "retriever-tiny"
 TERM_RETRIEVALS = ("text", "speech", "both")
@@ -233,7 +234,9 @@ def write_profile(options: Options, path: str | Path, tuned: dict[str, Any] | No
 
 def resolve_options(profile: str | None = None, preset: str | None = None, **overrides: Any) -> Options:
     """Record defaults < shipped profile for the (asr, lm) pair < preset < user profile < explicit values
-    (the preset, user profile and explicit values choose the pair).
+    (the preset, user profile and explicit values choose the pair). With no LM named anywhere: the
+    default LM (the context LM with a prompt or term list), or none when the recogniser ships a profile
+    tuned without an LM and none for the default LM (a speech-LLM joined with its CTC head).
 
     `overrides` are flat names (FLAT, or single weights such as lm_weight); None means "not given".
     Raises OptionError for bad values, an unknown preset, and for explicit options that cannot act (see
@@ -253,7 +256,13 @@ def resolve_options(profile: str | None = None, preset: str | None = None, **ove
     # the trained rescorer unless an LM is named; with a domain prompt or term list zero-shot gemma,
     # measured there (DEFAULT_CONTEXT_LM)
     with_context = any(given.get(k) or user.get(k) for k in ("prompt", "terms"))
-    lm = given.get("lm", user.get("lm", base.get("lm", DEFAULT_CONTEXT_LM if with_context else DEFAULT_LM)))
+    lm = given.get("lm", user.get("lm", base.get("lm", _UNSET)))
+    if lm is _UNSET:
+        lm = DEFAULT_CONTEXT_LM if with_context else DEFAULT_LM
+        if not with_context and shipped_profile(asr, lm) is None and shipped_profile(asr, None):
+            # the recogniser was tuned without an LM and not with the default one (e.g. a speech-LLM
+            # joined with its CTC head): its tuned configuration is the default
+            lm = None
     if isinstance(lm, str) and lm.lower() == "none":
         lm = None
     shipped_path = shipped_profile(asr, lm)
