@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from llmasr.components.speech.adapters import HEAD_ADAPTERS, char_ids
@@ -384,30 +383,25 @@ def load_init(model: SpeechLLM, name_or_path: str, config: SpeechLlmConfig | Non
     INIT_FIELDS (another encoder, LLM, adapter, LoRA or fusion), or when its weights do not fit."""
     from safetensors.torch import load_file
 
-    from llmasr.components.asr.speechllm import find_checkpoint
+    from llmasr.components.asr.speechllm import find_checkpoint, read_checkpoint_recipe
     from llmasr.core.errors import ModelError
-    from llmasr.models.registry import adapter_dir
+    from llmasr.models.registry import resolve
 
-    weights = recipe_path = None
-    for folder in (Path(name_or_path).expanduser(), adapter_dir(name_or_path)):
-        try:
-            weights, recipe_path = find_checkpoint(folder)
-            break
-        except ModelError:
-            continue
-    if weights is None:
+    try:
+        weights, recipe_path = find_checkpoint(resolve(name_or_path, "asr")[1])
+        _, theirs = read_checkpoint_recipe(recipe_path)
+    except ModelError as exc:
         raise RecipeError(
-            f"init '{name_or_path}': not a trained speech-LLM (a folder, a run, or a shipped name)"
-        )
-    theirs = (yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}).get("model", {})
-    mine = asdict(config) if config is not None else {}
-    differ = [k for k in INIT_FIELDS if k in mine and k in theirs and theirs[k] != mine[k]]
-    if differ:
-        raise RecipeError(
-            f"init '{name_or_path}': a speech-LLM of another setup than `model` ("
-            + ", ".join(f"{k}: {theirs[k]} vs {mine[k]}" for k in differ)
-            + ")"
-        )
+            f"init '{name_or_path}': not a trained speech-LLM (a folder, a run, or a shipped name): {exc}"
+        ) from None
+    if config is not None:
+        differ = [k for k in INIT_FIELDS if getattr(theirs, k) != getattr(config, k)]
+        if differ:
+            raise RecipeError(
+                f"init '{name_or_path}': a speech-LLM of another setup than `model` ("
+                + ", ".join(f"{k}: {getattr(theirs, k)} vs {getattr(config, k)}" for k in differ)
+                + ")"
+            )
     # the frozen token CTC head is exported inside the adapter; the one `model.head` names is kept
     state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(HEAD_PREFIX)}
     try:

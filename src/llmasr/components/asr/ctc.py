@@ -54,10 +54,14 @@ class CtcRecognizer:
         self.name = name
 
     @torch.no_grad()
+    def _hidden(self, segments: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's states of the segments ((B, T', d), lengths (B,)): the encoder, then the trunk."""
+        states, frames = self.encoder.encode([np.asarray(a, dtype=np.float32) for a in segments])
+        return self.head.hidden(states, torch.tensor(frames, device=states.device))
+
     def _paths(self, segments: Sequence[np.ndarray]) -> list[list[tuple[int, int, float]]]:
-        hidden, lengths = self.encoder.encode([np.asarray(a, dtype=np.float32) for a in segments])
-        logits, head_lengths = self.head(hidden, torch.tensor(lengths, device=hidden.device))
-        return self.head.greedy(logits, head_lengths)
+        hidden, lengths = self._hidden(segments)
+        return self.head.greedy(self.head.logits(hidden), lengths)
 
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
@@ -83,8 +87,7 @@ class CtcRecognizer:
 
         if not texts:
             return []
-        states, frames = self.encoder.encode([np.asarray(audio, dtype=np.float32)])
-        hidden, lengths = self.head.hidden(states, torch.tensor(frames, device=states.device))
+        hidden, lengths = self._hidden([audio])
         return self.head.score_sequences(hidden, lengths, [ctc_targets(self.tokenizer, t) for t in texts])
 
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:

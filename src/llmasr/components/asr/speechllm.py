@@ -49,6 +49,21 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
     raise ModelError(f"{p}: no speech-LLM here (expected {WEIGHTS} + {RECIPE}, or a run of `llmasr train`)")
 
 
+def read_checkpoint_recipe(path: Path) -> tuple[dict[str, Any], Any]:
+    """(the whole recipe, its `model` as a SpeechLlmConfig) of a trained speech-LLM's `recipe.yaml`.
+    Raises ModelError naming the file when its model section does not parse."""
+    import yaml
+
+    from llmasr.components.speech.speechllm import SpeechLlmConfig
+    from llmasr.core.records import RecordError, build_record
+
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return recipe, build_record(SpeechLlmConfig, recipe.get("model", {}), "model")
+    except RecordError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
 def _cut(text: str, words: int) -> str:
     """The first `words` words of a text (a decoder loop cut to what the audio can hold)."""
     parts = text.split()
@@ -82,18 +97,12 @@ class SpeechLlmRecognizer:
         cls, location: str | Path, *, name: str | None = None, device: str = "cpu"
     ) -> SpeechLlmRecognizer:
         """Rebuild the model its recipe describes (encoder and LLM by name) and load the trained weights."""
-        import yaml
         from safetensors.torch import load_file
 
-        from llmasr.components.speech.speechllm import SpeechLlmConfig, build_speechllm
-        from llmasr.core.records import RecordError, build_record
+        from llmasr.components.speech.speechllm import build_speechllm
 
         weights, recipe_path = find_checkpoint(location)
-        recipe = yaml.safe_load(recipe_path.read_text(encoding="utf-8")) or {}
-        try:
-            config = build_record(SpeechLlmConfig, recipe.get("model", {}), "model")
-        except RecordError as exc:
-            raise ModelError(f"{recipe_path}: {exc}") from None
+        recipe, config = read_checkpoint_recipe(recipe_path)
         model = build_speechllm(config, device=device)
         model.load_trainable(load_file(str(weights)), strict=False)
         model.merge_lora()  # a recogniser only decodes

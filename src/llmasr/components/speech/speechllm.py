@@ -452,15 +452,17 @@ class SpeechLLM(nn.Module):
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits, labels[picked], picked
 
-    def _lm_loss(self, inputs: SpeechInputs) -> tuple[torch.Tensor, int]:
+    def _label_nll(self, inputs: SpeechInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each label's negative log-probability in nats (N,), the (B, L-1) mask that picked them)."""
         logits, targets, picked = self._label_logits(inputs)
-        labels = inputs.labels[:, 1:]
-        ce = F.cross_entropy(logits, targets, reduction="none")
+        return F.cross_entropy(logits, targets, reduction="none"), picked
+
+    def _lm_loss(self, inputs: SpeechInputs) -> tuple[torch.Tensor, int]:
+        ce, picked = self._label_nll(inputs)
         tokens = int(picked.sum())
         if self.loss_reduction == "token":
             return ce.mean(), tokens
-        row = picked.nonzero()[:, 0]
-        per_row = ce.new_zeros(labels.shape[0]).index_add(0, row, ce)
+        per_row = _row_sums(ce, picked)
         count = picked.sum(1)
         has = count > 0
         return (per_row[has] / count[has]).mean(), tokens
@@ -553,12 +555,10 @@ class SpeechLLM(nn.Module):
             audio = AdapterOutput(audio.embeds.expand(rows, -1, -1), audio.lengths.expand(rows))
             prompts = [self.prompt_ids(prompt, None)] * rows
             inputs = self.prepare_inputs(audio, prompts, [self.target_ids(t) for t in texts])
-            logits, targets, picked = self._label_logits(inputs)
+            nll, picked = self._label_nll(inputs)
         finally:
             self.train(was_training)
-        logp = torch.log_softmax(logits, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
-        totals = logp.new_zeros(len(texts)).index_add(0, picked.nonzero()[:, 0], logp)
-        return [float(x) for x in totals]
+        return [-float(x) for x in _row_sums(nll, picked)]
 
     @torch.no_grad()
     def generate_nbest(
@@ -632,6 +632,11 @@ class SpeechLLM(nn.Module):
                 hyps.append((text, total, ids))
             results.append(sorted(hyps, key=lambda h: -h[1]))
         return results
+
+
+def _row_sums(values: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """(B,) sums of per-label `values` (N,) by the row of `picked` (B, L) each came from."""
+    return values.new_zeros(picked.shape[0]).index_add(0, picked.nonzero()[:, 0], values)
 
 
 def _as_batch(batch: SpeechBatch | Mapping[str, object]) -> SpeechBatch:
