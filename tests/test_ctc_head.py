@@ -220,9 +220,9 @@ def test_head_training_can_start_from_a_trained_head(lm, tmp_path) -> None:
     (states / "texts.json").write_text(json.dumps({k: {"text": t, "entities": []} for k, t in texts.items()}))
     (states / "encoder.json").write_text(json.dumps({"encoder": None, "trim_tail": None}))
 
-    def recipe(out: str, init: str | None = None, dim: int = 32) -> CtcHeadRecipe:
+    def recipe(out: str, init: str | None = None, dim: int = 32, layers: int = 1) -> CtcHeadRecipe:
         model = CtcHeadConfig(lm=str(tmp_path / "llm"), trim_tail=None, input_dim=8, stack=2, dim=dim,
-                              layers=1, heads=2, ffn_dim=64)  # fmt: skip
+                              layers=layers, heads=2, ffn_dim=64)  # fmt: skip
         return CtcHeadRecipe(
             model=model,
             data=StatesDataRecipe(train=[str(states)], dev=[str(states)], batch_frames=200),
@@ -240,3 +240,18 @@ def test_head_training_can_start_from_a_trained_head(lm, tmp_path) -> None:
         assert torch.equal(start.state_dict()[name], value), name
     with pytest.raises(RecipeError, match="init .*wider.*another setup.*dim: 32 vs 16"):
         CtcHeadTask(recipe("third", init=str(tmp_path / "wider"), dim=16)).build(torch.device("cpu"))
+    with pytest.raises(RecipeError, match="init .*wider.*another setup.*layers: 1 vs 0"):
+        CtcHeadTask(recipe("fourth", init=str(tmp_path / "wider"), layers=0)).build(torch.device("cpu"))
+
+    # a deeper head grows from it: the extra layer starts as the identity (same logits), then trains
+    grown = CtcHeadTask(recipe("grown", init=str(tmp_path / "wider"), layers=3)).build(torch.device("cpu"))
+    assert len(grown.trunk.layers) == 3
+    x, lengths = torch.randn(2, 12, 8), torch.tensor([12, 7])
+    trained.eval(), grown.eval()
+    with torch.no_grad():
+        want, _ = trained(x, lengths)
+        got, _ = grown(x, lengths)
+    assert torch.allclose(want[0], got[0], atol=1e-4) and torch.allclose(want[1, :4], got[1, :4], atol=1e-4)
+    deeper = fit(CtcHeadTask(recipe("deeper", init=str(tmp_path / "wider"), layers=3)))
+    moved = TokenCtcHead.load(deeper.export, embeddings).trunk.layers[2].linear2.weight
+    assert moved.abs().sum() > 0  # the identity layer learned

@@ -128,6 +128,30 @@ def pad_states(batch: list[StatesExample]) -> tuple[torch.Tensor, torch.Tensor]:
     return nn.utils.rnn.pad_sequence(items, batch_first=True), torch.tensor([len(x) for x in items])
 
 
+def grow_head(head: TokenCtcHead, start: TokenCtcHead) -> None:
+    """Load `start`'s weights into `head`, which may have more trunk layers: its first layers take
+    `start`'s, each extra layer (appended after them) starts as the identity (its attention output and
+    second feed-forward projections zeroed: a pre-norm layer then adds nothing to its residual), so the
+    grown head computes what `start` did and training adds depth from there (progressive stacking, as
+    in Gong et al. 2019, with identity rather than copied layers).
+
+    Raises RecipeError if `head` has fewer layers than `start`."""
+    have, want = start.config.layers, head.config.layers
+    if want < have:
+        raise RecipeError(f"a head of {have} layers cannot start a head of {want}")
+    state = start.state_dict()
+    missing, unexpected = head.load_state_dict(state, strict=False)
+    extra = {f"trunk.layers.{i}." for i in range(have, want)}
+    if unexpected or any(not any(k.startswith(e) for e in extra) for k in missing):
+        raise RecipeError(f"init: weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    with torch.no_grad():
+        for i in range(have, want):
+            layer = head.trunk.layers[i]
+            for lin in (layer.self_attn.out_proj, layer.linear2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+
+
 class CtcHeadTask:
     """The token CTC head as a training plug-in (see llmasr.train.loop.Task)."""
 
@@ -161,15 +185,20 @@ class CtcHeadTask:
         if self.recipe.init:
             start = load_head(self.recipe.init, self.embeddings)
             mine, theirs = asdict(self.recipe.model), asdict(start.config)
-            # every field but dropout fixes the weights' shapes or meaning (input_dim: the states' width)
-            differ = [k for k in mine if k != "dropout" and mine[k] != theirs.get(k)]
+            # every field but dropout fixes the weights' shapes or meaning (input_dim: the states' width);
+            # `layers` may grow (grow_head)
+            differ = [
+                k
+                for k in mine
+                if k != "dropout" and mine[k] != theirs.get(k) and not (k == "layers" and mine[k] > theirs[k])
+            ]
             if differ:
                 raise RecipeError(
                     f"init '{self.recipe.init}': a head of another setup than `model` ("
                     + ", ".join(f"{k}: {theirs.get(k)} vs {mine[k]}" for k in differ)
                     + ")"
                 )
-            head.load_state_dict(start.state_dict())
+            grow_head(head, start)
             allowed += torch.nonzero(start.allowed).flatten().tolist()  # keep what it could emit
         head = head.to(device)
         head.allow(allowed)
