@@ -89,6 +89,33 @@ def test_sequence_logp_sums_every_alignment(lm) -> None:
     assert float(too_long[0]) == float("-inf")
 
 
+def test_prefix_beam_search_matches_the_forward_algorithm(lm) -> None:
+    """With a beam and top-k wide enough to keep every prefix, the search's scores are the exact CTC
+    sequence log-likelihoods, its best sequence is the most likely of all, and a narrow beam keeps the
+    best ones in order; the shortest row stops at its length."""
+    embeddings, _ = lm
+    head = head_for(embeddings)
+    v = 4  # a small vocabulary: only the first 4 tokens get probability
+    torch.manual_seed(5)
+    logits = torch.full((2, 5, embeddings.shape[0] + 1), -1e4)
+    logits[:, :, :v] = torch.randn(2, 5, v) * 2
+    logits[:, :, -1] = torch.randn(2, 5) * 2  # blank
+    lengths = torch.tensor([5, 3])
+    full = head.beam_search(logits, lengths, beam=10_000, top_k=v)
+    for row in range(2):
+        seqs = [seq for seq, _ in full[row]]
+        exact = head.sequence_logp(logits[row : row + 1].expand(len(seqs), -1, -1),
+                                   lengths[row : row + 1].expand(len(seqs)), seqs)  # fmt: skip
+        for (seq, score), want in zip(full[row], exact.tolist(), strict=True):
+            assert score == pytest.approx(want, abs=1e-4), seq
+        assert all(len(seq) <= int(lengths[row]) for seq in seqs)
+        assert full[row][0][1] == pytest.approx(max(exact.tolist()), abs=1e-6)
+        narrow = head.beam_search(logits[row : row + 1], lengths[row : row + 1], beam=3, top_k=v)[0]
+        assert [seq for seq, _ in narrow] == seqs[:3]
+        scores = [score for _, score in narrow]
+        assert scores == sorted(scores, reverse=True)
+
+
 def test_score_sequences_ignores_the_emission_mask_and_floors_what_cannot_fit(lm) -> None:
     """Scoring another recogniser's text: a token the head may not emit still gets its likelihood (the
     mask is for decoding); a sequence too long for the frames gets a floor below every one that fits;

@@ -31,15 +31,18 @@ def greedy_ctc(logits: torch.Tensor, length: int, vocab: Sequence[str], blank: i
 
 
 class CtcRecognizer:
-    """Greedy CTC over the LLM's tokens: one hypothesis per segment, word times from the emissions.
+    """CTC over the LLM's tokens: greedy for one hypothesis per segment, prefix beam search for an
+    N-best list (up to `max_nbest`); word times from the emissions.
 
-    `am_score` is the best path's log-probability (nats). The head's config names its encoder (and the
+    `am_score` (nats) is the best path's log-probability for the greedy pick, the sequence's
+    log-likelihood summed over alignments for a beam's. The head's config names its encoder (and the
     window it was trained with) and the LLM whose vocabulary and embeddings it uses.
     """
 
     window = 30.0
     accepts_prompt = False
-    max_nbest = 1
+    #: the widest beam `nbest` searches with
+    max_nbest = 8
 
     def __init__(self, folder: str | Path, name: str = "ctc", device: str = "cpu") -> None:
         import json
@@ -66,13 +69,27 @@ class CtcRecognizer:
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
-        """One hypothesis per segment (greedy CTC has no list); `prompt` is not used by CTC."""
+        """Up to `n` hypotheses per segment, best first: the greedy path for n = 1, else CTC prefix beam
+        search with a beam of min(n, max_nbest) (`TokenCtcHead.beam_search`); hypotheses that decode
+        to no text are dropped. `prompt` is not used by CTC."""
+        if not len(segments):
+            return []
+        if n <= 1:
+            lists = [
+                [([tok for tok, _, _ in path], sum(lp for _, _, lp in path))]
+                for path in self._paths(segments)
+            ]
+        else:
+            hidden, lengths = self._hidden(segments)
+            lists = self.head.beam_search(self.head.logits(hidden), lengths, beam=min(n, self.max_nbest))
         out = []
-        for path in self._paths(segments) if len(segments) else []:
-            ids = [tok for tok, _, _ in path]
-            text = self.tokenizer.decode(ids).strip()
-            score = float(sum(lp for _, _, lp in path))
-            out.append([Hypothesis(text=text, am_score=score, tokens=ids)] if text else [])
+        for ranked in lists:
+            hyps = []
+            for ids, score in ranked:
+                text = self.tokenizer.decode(ids).strip()
+                if text:
+                    hyps.append(Hypothesis(text=text, am_score=float(score), tokens=list(ids)))
+            out.append(hyps)
         return out
 
     @torch.no_grad()

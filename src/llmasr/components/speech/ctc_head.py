@@ -18,6 +18,7 @@ head serves every later model: its greedy output is a first-pass transcript; `po
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -223,6 +225,53 @@ class TokenCtcHead(nn.Module):
             out.append(emitted)
         return out
 
+    def beam_search(
+        self, logits: torch.Tensor, lengths: torch.Tensor, beam: int = 8, top_k: int = 8
+    ) -> list[list[tuple[list[int], float]]]:
+        """CTC prefix beam search (Hannun et al. 2014, arXiv 1408.2873): the `beam` most likely token
+        sequences of each row, each with log p(sequence | audio) in nats summed over the alignments the
+        search kept (the forward algorithm's sum, approximately), best first.
+
+        `logits` (B, T', V + 1) with `lengths` (B,). Per frame only the `top_k` most likely tokens (and
+        each prefix's last token, for merged repeats) extend a prefix; a frame whose blank probability
+        exceeds 0.999 only extends by blank. With a beam and `top_k` covering every path the scores are
+        the exact `sequence_logp`."""
+        logp = torch.log_softmax(logits.detach().float(), dim=-1)
+        k = min(top_k, logp.shape[-1] - 1)
+        top_lp, top_ids = logp[..., : self.blank].topk(k, dim=-1)
+        lae = np.logaddexp
+        out = []
+        for row in range(logp.shape[0]):
+            blank_lp = logp[row, :, self.blank].tolist()
+            cand_ids, cand_lp = top_ids[row].tolist(), top_lp[row].tolist()
+            # prefix -> (log p ending in blank, log p ending in its last token)
+            beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
+            for t in range(int(lengths[row])):
+                b_lp = blank_lp[t]
+                nxt: dict[tuple[int, ...], list[float]] = {}
+                add = functools.partial(_add_prefix, nxt)
+                quiet = b_lp > math.log(0.999)
+                for prefix, (pb, pnb) in beams.items():
+                    total = lae(pb, pnb)
+                    add(prefix, total + b_lp, -math.inf)
+                    if quiet:
+                        continue
+                    tokens = dict(zip(cand_ids[t], cand_lp[t], strict=True))
+                    if prefix and prefix[-1] not in tokens:
+                        tokens[prefix[-1]] = float(logp[row, t, prefix[-1]])
+                    for tok, lp in tokens.items():
+                        if prefix and tok == prefix[-1]:
+                            add(prefix, -math.inf, pnb + lp)  # a repeat merges ...
+                            add(prefix + (tok,), -math.inf, pb + lp)  # ... unless a blank parted them
+                        else:
+                            add(prefix + (tok,), -math.inf, total + lp)
+                ranked = sorted(nxt.items(), key=lambda kv: -lae(kv[1][0], kv[1][1]))[:beam]
+                beams = {prefix: (pb, pnb) for prefix, (pb, pnb) in ranked}
+            ranked_out = sorted(((list(p), float(lae(pb, pnb))) for p, (pb, pnb) in beams.items()),
+                                key=lambda x: -x[1])  # fmt: skip
+            out.append(ranked_out)
+        return out
+
     def posterior_embeddings(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, T', V + 1) -> (B, T', H): sum over the top-k tokens of p(token | frame) * E[token].
 
@@ -301,6 +350,17 @@ class TokenCtcHead(nn.Module):
         state.setdefault("allowed", head.allowed)  # heads saved before the mask existed emit any token
         head.load_state_dict(state)
         return head.eval()
+
+
+def _add_prefix(
+    beams: dict[tuple[int, ...], list[float]], prefix: tuple[int, ...], pb: float, pnb: float
+) -> None:
+    """Add (log p ending in blank, log p ending in a token) to a prefix of a beam search step."""
+    cur = beams.get(prefix)
+    if cur is None:
+        beams[prefix] = [pb, pnb]
+    else:
+        cur[0], cur[1] = np.logaddexp(cur[0], pb), np.logaddexp(cur[1], pnb)
 
 
 def _ctc_nll(
