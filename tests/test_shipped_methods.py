@@ -62,14 +62,20 @@ def test_ctc_recogniser_reads_real_speech(tmp_path: Path) -> None:
         pytest.skip("Debian package pocketsphinx-testdata not installed")
     utts = pocketsphinx_utterances(tmp_path)
     rec = CtcRecognizer(prepare("whisper-tiny.en-ctc"))
-    lists = rec.nbest([load_audio(u.audio) for u in utts], 8)
+    audios = [load_audio(u.audio) for u in utts]
+    lists = rec.nbest(audios, 1)  # greedy
     texts = [nb[0].text if nb else "" for nb in lists]
     assert all(len(nb) <= 1 for nb in lists) and all(t == t.lower() for t in texts)
     wer = counts([u.text for u in utts], texts).wer
     assert wer < CTC_BOUND, (wer, texts)
     audio = load_audio(utts[0].audio)
-    for i, u in enumerate(utts):  # each segment reads the same alone as in the batch
-        assert [h.text for h in rec.nbest([load_audio(u.audio)], 1)[0]] == [h.text for h in lists[i]]
+    for i, a in enumerate(audios):  # each segment reads the same alone as in the batch
+        assert [h.text for h in rec.nbest([a], 1)[0]] == [h.text for h in lists[i]]
+    beams = rec.nbest(audios, 4)  # prefix beam search: distinct texts, best first
+    for nb in beams:
+        assert 1 <= len(nb) <= 4 and len({h.text for h in nb}) == len(nb)
+        assert [h.am_score for h in nb] == sorted((h.am_score for h in nb), reverse=True)
+    assert counts([u.text for u in utts], [nb[0].text for nb in beams]).wer < CTC_BOUND
     words = rec.align(audio, lists[0][0])  # word times from the head's own alignment
     assert [w.word for w in words] == lists[0][0].text.split()
     assert all(0 <= w.start <= w.end <= len(audio) / 16000 for w in words)

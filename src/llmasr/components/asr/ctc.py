@@ -69,27 +69,32 @@ class CtcRecognizer:
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:
-        """Up to `n` hypotheses per segment, best first: the greedy path for n = 1, else CTC prefix beam
-        search with a beam of min(n, max_nbest) (`TokenCtcHead.beam_search`); hypotheses that decode
-        to no text are dropped. `prompt` is not used by CTC."""
+        """Up to min(n, max_nbest) hypotheses per segment, best first: the greedy path for n = 1, else
+        CTC prefix beam search (`TokenCtcHead.beam_search`, twice as wide) with token sequences that
+        decode to the same text merged (their probabilities summed: one text, several tokenisations);
+        texts that decode to nothing are dropped. `prompt` is not used by CTC."""
         if not len(segments):
             return []
+        n = min(n, self.max_nbest)
         if n <= 1:
-            lists = [
-                [([tok for tok, _, _ in path], sum(lp for _, _, lp in path))]
-                for path in self._paths(segments)
-            ]
+            paths = self._paths(segments)
+            lists = [[([tok for tok, _, _ in path], sum(lp for _, _, lp in path))] for path in paths]
         else:
             hidden, lengths = self._hidden(segments)
-            lists = self.head.beam_search(self.head.logits(hidden), lengths, beam=min(n, self.max_nbest))
+            lists = self.head.beam_search(self.head.logits(hidden), lengths, beam=2 * n)
         out = []
         for ranked in lists:
-            hyps = []
+            texts: dict[str, Hypothesis] = {}
             for ids, score in ranked:
                 text = self.tokenizer.decode(ids).strip()
-                if text:
-                    hyps.append(Hypothesis(text=text, am_score=float(score), tokens=list(ids)))
-            out.append(hyps)
+                if not text:
+                    continue
+                if text in texts:
+                    same = texts[text]
+                    same.am_score = float(np.logaddexp(same.am_score, score))
+                else:
+                    texts[text] = Hypothesis(text=text, am_score=float(score), tokens=list(ids))
+            out.append(sorted(texts.values(), key=lambda h: -h.am_score)[:n])
         return out
 
     @torch.no_grad()
