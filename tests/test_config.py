@@ -257,6 +257,9 @@ def test_real_shipped_profile_lookup() -> None:
     assert (
         found is not None and found.is_file() and found.name == "whisper-tiny.en+gemma-3-270m-rescorer.yaml"
     )
+    ctc = resolve_options(asr="whisper-tiny.en-ctc")  # the CTC head: its 8-best, rescored by the default LM
+    assert ctc.profile is not None and ctc.rescoring.lm == DEFAULT_LM and ctc.decoding.nbest == 8
+    assert resolve_options(asr="whisper-tiny.en-ctc", lm="none").rescoring.weights.word_bonus > 0
     for name, preset in config.PRESETS.items():  # every preset runs with weights tuned for its pair
         opts = resolve_options(preset=name)
         assert opts.profile is not None, name

