@@ -90,9 +90,11 @@ def test_sequence_logp_sums_every_alignment(lm) -> None:
 
 
 def test_prefix_beam_search_matches_the_forward_algorithm(lm) -> None:
-    """With a beam and top-k wide enough to keep every prefix, the search's scores are the exact CTC
-    sequence log-likelihoods, its best sequence is the most likely of all, and a narrow beam keeps the
-    best ones in order; the shortest row stops at its length."""
+    """With a beam and top-k wide enough to keep every prefix (and no frame skipped as blank), the
+    search's scores are the exact CTC sequence log-likelihoods, its best sequence is the most likely of
+    all, and a narrow beam keeps the best one, in order; the shortest row stops at its length. A frame
+    that is nearly all blank extends by blank only, and a top-k below the vocabulary still extends each
+    prefix by its own last token (a repeat)."""
     embeddings, _ = lm
     head = head_for(embeddings)
     v = 4  # a small vocabulary: only the first 4 tokens get probability
@@ -101,7 +103,7 @@ def test_prefix_beam_search_matches_the_forward_algorithm(lm) -> None:
     logits[:, :, :v] = torch.randn(2, 5, v) * 2
     logits[:, :, -1] = torch.randn(2, 5) * 2  # blank
     lengths = torch.tensor([5, 3])
-    full = head.beam_search(logits, lengths, beam=10_000, top_k=v)
+    full = head.beam_search(logits, lengths, beam=10_000, top_k=v, blank_skip=1.0)
     for row in range(2):
         seqs = [seq for seq, _ in full[row]]
         exact = head.sequence_logp(logits[row : row + 1].expand(len(seqs), -1, -1),
@@ -111,9 +113,28 @@ def test_prefix_beam_search_matches_the_forward_algorithm(lm) -> None:
         assert all(len(seq) <= int(lengths[row]) for seq in seqs)
         assert full[row][0][1] == pytest.approx(max(exact.tolist()), abs=1e-6)
         narrow = head.beam_search(logits[row : row + 1], lengths[row : row + 1], beam=3, top_k=v)[0]
-        assert [seq for seq, _ in narrow] == seqs[:3]
+        assert len(narrow) == 3 and narrow[0][0] == seqs[0]
         scores = [score for _, score in narrow]
         assert scores == sorted(scores, reverse=True)
+    # frame 1 is all blank: no prefix grows there, so "3 _ 3" is the only way to say token 3 twice
+    quiet = torch.full((1, 3, embeddings.shape[0] + 1), -1e4)
+    quiet[0, :, -1] = torch.tensor([-3.0, 20.0, -3.0])
+    quiet[0, [0, 2], 3] = 2.0
+    quiet[0, [0, 2], 1] = 0.0
+    skipped = head.beam_search(quiet, torch.tensor([3]), beam=100, top_k=2)[0]
+    kept = head.beam_search(quiet, torch.tensor([3]), beam=100, top_k=2, blank_skip=1.0)[0]
+    assert skipped[0][0] == [3, 3] and kept[0][0] == [3, 3]
+    assert len(skipped) < len(kept)  # the non-blank paths through frame 1 were not followed
+    # top_k 1 offers only token 3 at frame 2; the prefix (1,) still continues by repeating its 1
+    repeat = torch.full((1, 2, embeddings.shape[0] + 1), -1e4)
+    repeat[0, :, -1] = torch.tensor([-20.0, -5.0])  # "_ 1", which top_k 1 cannot follow, is ~e-23
+    repeat[0, 0, 1] = 3.0
+    repeat[0, 1, 3], repeat[0, 1, 1] = 2.0, 1.5
+    ranked = dict(
+        (tuple(s), lp) for s, lp in head.beam_search(repeat, torch.tensor([2]), beam=10, top_k=1)[0]
+    )
+    exact = head.sequence_logp(repeat, torch.tensor([2]), [[1]])
+    assert ranked[(1,)] == pytest.approx(float(exact[0]), abs=1e-4)  # "1 1" merged into (1,)
 
 
 def test_score_sequences_ignores_the_emission_mask_and_floors_what_cannot_fit(lm) -> None:

@@ -133,7 +133,8 @@ def grow_head(head: TokenCtcHead, start: TokenCtcHead) -> None:
     `start`'s, each extra layer (appended after them) starts as the identity (its attention output and
     second feed-forward projections zeroed: a pre-norm layer then adds nothing to its residual), so the
     grown head computes what `start` did and training adds depth from there (progressive stacking, as
-    in Gong et al. 2019, with identity rather than copied layers).
+    in Gong et al., "Efficient Training of BERT by Progressively Stacking", ICML 2019, with identity
+    rather than copied layers).
 
     Raises RecipeError if `head` has fewer layers than `start`."""
     have, want = start.config.layers, head.config.layers

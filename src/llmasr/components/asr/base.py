@@ -22,7 +22,7 @@ class Recognizer(Protocol):
     window: float
     #: whether a text prompt (domain description, terms) conditions its decoding
     accepts_prompt: bool
-    #: the most hypotheses it returns per segment (greedy CTC: 1)
+    #: the most hypotheses it returns per segment (the CTC head: 8, by prefix beam search)
     max_nbest: int
 
     def nbest(

@@ -55,7 +55,7 @@ class CombinedRecognizer:
         self.window = min(r.window for r in recognizers)
         self.accepts_prompt = any(r.accepts_prompt for r in recognizers)
         #: the longest list any of them gives (each is asked for at most its own `max_nbest`, so a
-        #: greedy CTC head adds its one hypothesis to a speech-LLM's beam)
+        #: CTC head asked for 16 adds its 8-best to a Whisper model's 16)
         self.max_nbest = max(r.max_nbest for r in recognizers)
 
     def nbest(

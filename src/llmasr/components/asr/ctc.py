@@ -1,9 +1,10 @@
 """A CTC recogniser: a frozen speech encoder and a token CTC head over an LLM's vocabulary.
 
-The head (llmasr.components.speech.ctc_head) is the speech-LLMs' alignment stage; its greedy output is a
-transcript on its own: lowercase, unpunctuated, numbers as words (what the audio says). It is the first
-pass of CTC + LM correction (`--asr whisper-tiny.en-ctc --correct --corrector smollm2-135m-d2-decoder`),
-and its emission frames time words.
+The head (llmasr.components.speech.ctc_head) is the speech-LLMs' alignment stage; its greedy output (or an
+N-best list from prefix beam search) is a transcript on its own: lowercase, unpunctuated, numbers as
+words (what the audio says). Its greedy output is the first pass of CTC + LM correction (`--asr
+whisper-tiny.en-ctc --lm none --nbest 1 --correct --corrector smollm2-135m-d2-decoder`), and its emission
+frames time words.
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ class CtcRecognizer:
     """CTC over the LLM's tokens: greedy for one hypothesis per segment, prefix beam search for an
     N-best list (up to `max_nbest`); word times from the emissions.
 
-    `am_score` (nats) is the best path's log-probability for the greedy pick, the sequence's
-    log-likelihood summed over alignments for a beam's. The head's config names its encoder (and the
-    window it was trained with) and the LLM whose vocabulary and embeddings it uses.
+    `am_score` (nats): for the greedy pick, the sum of the log-probabilities of the frames that emit its
+    tokens (blank and repeat frames left out: a confidence, not a path probability); for a beam's, the
+    sequence's log-likelihood summed over the alignments the search kept. The head's config names its
+    encoder (and the window it was trained with) and the LLM whose vocabulary and embeddings it uses.
     """
 
     window = 30.0
     accepts_prompt = False
-    #: the widest beam `nbest` searches with
+    #: the longest list `nbest` gives (its beam is twice the list)
     max_nbest = 8
 
     def __init__(self, folder: str | Path, name: str = "ctc", device: str = "cpu") -> None:
@@ -62,10 +64,12 @@ class CtcRecognizer:
         states, frames = self.encoder.encode([np.asarray(a, dtype=np.float32) for a in segments])
         return self.head.hidden(states, torch.tensor(frames, device=states.device))
 
+    @torch.no_grad()
     def _paths(self, segments: Sequence[np.ndarray]) -> list[list[tuple[int, int, float]]]:
         hidden, lengths = self._hidden(segments)
         return self.head.greedy(self.head.logits(hidden), lengths)
 
+    @torch.no_grad()
     def nbest(
         self, segments: Sequence[np.ndarray], n: int, prompt: str | None = None
     ) -> list[list[Hypothesis]]:

@@ -226,7 +226,12 @@ class TokenCtcHead(nn.Module):
         return out
 
     def beam_search(
-        self, logits: torch.Tensor, lengths: torch.Tensor, beam: int = 8, top_k: int = 8
+        self,
+        logits: torch.Tensor,
+        lengths: torch.Tensor,
+        beam: int = 8,
+        top_k: int = 8,
+        blank_skip: float = 0.999,
     ) -> list[list[tuple[list[int], float]]]:
         """CTC prefix beam search (Hannun et al. 2014, arXiv 1408.2873): the `beam` most likely token
         sequences of each row, each with log p(sequence | audio) in nats summed over the alignments the
@@ -234,8 +239,8 @@ class TokenCtcHead(nn.Module):
 
         `logits` (B, T', V + 1) with `lengths` (B,). Per frame only the `top_k` most likely tokens (and
         each prefix's last token, for merged repeats) extend a prefix; a frame whose blank probability
-        exceeds 0.999 only extends by blank. With a beam and `top_k` covering every path the scores are
-        the exact `sequence_logp`."""
+        exceeds `blank_skip` only extends by blank (1.0: never skipped). With a beam and `top_k` covering
+        every path and `blank_skip` 1.0 the scores are the exact `sequence_logp`."""
         logp = torch.log_softmax(logits.detach().float(), dim=-1)
         k = min(top_k, logp.shape[-1] - 1)
         top_lp, top_ids = logp[..., : self.blank].topk(k, dim=-1)
@@ -250,15 +255,16 @@ class TokenCtcHead(nn.Module):
                 b_lp = blank_lp[t]
                 nxt: dict[tuple[int, ...], list[float]] = {}
                 add = functools.partial(_add_prefix, nxt)
-                quiet = b_lp > math.log(0.999)
+                quiet = blank_skip < 1.0 and b_lp > math.log(blank_skip)
+                frame_tokens = dict(zip(cand_ids[t], cand_lp[t], strict=True))
                 for prefix, (pb, pnb) in beams.items():
                     total = lae(pb, pnb)
                     add(prefix, total + b_lp, -math.inf)
                     if quiet:
                         continue
-                    tokens = dict(zip(cand_ids[t], cand_lp[t], strict=True))
-                    if prefix and prefix[-1] not in tokens:
-                        tokens[prefix[-1]] = float(logp[row, t, prefix[-1]])
+                    tokens = frame_tokens
+                    if prefix and prefix[-1] not in tokens:  # its repeat, for this prefix only
+                        tokens = {**frame_tokens, prefix[-1]: float(logp[row, t, prefix[-1]])}
                     for tok, lp in tokens.items():
                         if prefix and tok == prefix[-1]:
                             add(prefix, -math.inf, pnb + lp)  # a repeat merges ...
