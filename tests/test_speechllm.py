@@ -11,6 +11,7 @@ from torch import nn
 
 from llmasr.components.speech.adapters import CharCtcCompressor, ConvAdapter, StackAdapter
 from llmasr.components.speech.speechllm import (
+    BEAM_NO_REPEAT_NGRAM,
     IGNORE,
     LoraSettings,
     PromptTemplate,
@@ -287,6 +288,22 @@ def test_generate_nbest_cuts_each_example_to_its_own_limit(llama_dir: Path) -> N
         alone = model.generate_nbest(f[None], lengths[i : i + 1], 3, max_new_tokens=limits[i])[0]
         assert [(t, ids) for t, _, ids in beams[i]] == [(t, ids) for t, _, ids in alone]
         assert len({tuple(ids) for _, _, ids in beams[i]}) == 3  # distinct hypotheses
+    generated = []  # the loop guard: no beam repeats a 4-token sequence (raw tokens, up to EOS)
+    generate = model.causal_lm.generate
+
+    def spy(**kw):  # noqa: ANN003, ANN202
+        out = generate(**kw)
+        generated.extend(out.sequences.tolist())
+        return out
+
+    model.causal_lm.generate = spy
+    model.generate_nbest(padded, lengths, 3, max_new_tokens=40)
+    n = BEAM_NO_REPEAT_NGRAM
+    for seq in generated:
+        seq = seq[: seq.index(model._eos)] if model._eos in seq else seq
+        grams = [tuple(seq[j : j + n]) for j in range(len(seq) - n + 1)]
+        assert len(grams) == len(set(grams)), seq
+    assert max(len(s) for s in generated) > 2 * n  # long enough for a loop to show
     with pytest.raises(ValueError, match="2 limits for 3 examples"):
         model.generate_nbest(padded, lengths, 1, max_new_tokens=[2, 3])
 
