@@ -39,7 +39,8 @@ RUN_FLAGS: tuple[Flag, ...] = (
          "Default: gemma-3-270m-rescorer (trained); gemma-3-270m when --prompt or --terms is given; "
          "none for a recogniser tuned only without one (a speech-LLM with its CTC head); "
          "none: re-ranking by the recogniser's score and a word bonus only."),
-    Flag("nbest", ("--nbest",), int | None, "Hypotheses per segment (default 8)."),
+    Flag("nbest", ("--nbest",), int | None, "Hypotheses per segment (default 8, or the tuned profile's: "
+         "4 for a speech-LLM joined with its CTC head; the CTC head gives at most 8)."),
     Flag("prompt", ("--prompt",), str | None, "Domain description; conditions the LLM (and the recogniser)."),
     Flag("terms", ("--terms",), Path | None, f"Term list file. {TERMS_FORMAT}."),
     Flag("profile", ("--profile",), Path | None, "Tuned profile (YAML) from `llmasr tune`."),

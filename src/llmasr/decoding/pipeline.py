@@ -115,7 +115,8 @@ class Pipeline:
         cap = int(getattr(rec, "max_nbest", 32))
         if "nbest" in o.given and o.decoding.nbest > cap:
             raise OptionError(
-                f"--nbest {o.decoding.nbest}: {rec.name} gives at most {cap} hypothesis per segment"
+                f"--nbest {o.decoding.nbest}: {rec.name} gives at most {cap} "
+                f"{'hypothesis' if cap == 1 else 'hypotheses'} per segment"
             )
         if "asr_prompt" in o.given and o.context.asr_prompt and not getattr(rec, "accepts_prompt", True):
             raise OptionError(f"--asr-prompt: {rec.name} takes no text prompt (the LLM still reads it)")
