@@ -41,7 +41,6 @@ DEFAULT_LM: str | None = "gemma-3-270m-rescorer"
 #: and a 226-term list, gemma-3-270m + speech term retrieval gives WER 7.90% / entity recall 0.881
 #: against 8.62% / 0.841 without an LM
 DEFAULT_CONTEXT_LM = "gemma-3-270m"
-_UNSET = object()
 DEFAULT_CORRECTOR = "smollm2-135m-corrector"
 DEFAULT_RETRIEVER = "retriever-tiny"
 TERM_RETRIEVALS = ("text", "speech", "both")
@@ -230,6 +229,10 @@ def write_profile(options: Options, path: str | Path, tuned: dict[str, Any] | No
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return p
+
+
+#: no LM named anywhere (None there means 'no LM')
+_UNSET = object()
 
 
 def resolve_options(profile: str | None = None, preset: str | None = None, **overrides: Any) -> Options:

@@ -247,7 +247,8 @@ class TokenCtcHead(nn.Module):
         lae = np.logaddexp
         out = []
         for row in range(logp.shape[0]):
-            blank_lp = logp[row, :, self.blank].tolist()
+            row_lp = logp[row].numpy()  # a view: the repeat lookups below index it without torch
+            blank_lp = row_lp[:, self.blank].tolist()
             cand_ids, cand_lp = top_ids[row].tolist(), top_lp[row].tolist()
             # prefix -> (log p ending in blank, log p ending in its last token)
             beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
@@ -264,7 +265,7 @@ class TokenCtcHead(nn.Module):
                         continue
                     tokens = frame_tokens
                     if prefix and prefix[-1] not in tokens:  # its repeat, for this prefix only
-                        tokens = {**frame_tokens, prefix[-1]: float(logp[row, t, prefix[-1]])}
+                        tokens = {**frame_tokens, prefix[-1]: float(row_lp[t, prefix[-1]])}
                     for tok, lp in tokens.items():
                         if prefix and tok == prefix[-1]:
                             add(prefix, -math.inf, pnb + lp)  # a repeat merges ...
@@ -273,9 +274,7 @@ class TokenCtcHead(nn.Module):
                             add(prefix + (tok,), -math.inf, total + lp)
                 ranked = sorted(nxt.items(), key=lambda kv: -lae(kv[1][0], kv[1][1]))[:beam]
                 beams = {prefix: (pb, pnb) for prefix, (pb, pnb) in ranked}
-            ranked_out = sorted(((list(p), float(lae(pb, pnb))) for p, (pb, pnb) in beams.items()),
-                                key=lambda x: -x[1])  # fmt: skip
-            out.append(ranked_out)
+            out.append([(list(p), float(lae(pb, pnb))) for p, (pb, pnb) in beams.items()])  # ranked
         return out
 
     def posterior_embeddings(self, logits: torch.Tensor) -> torch.Tensor:
