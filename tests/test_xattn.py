@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,9 @@ def test_blocks_ignore_padded_speech_frames() -> None:
         assert torch.allclose(llm(input_ids=ids).logits, short, atol=1e-5)
 
 
-def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path) -> None:
-    model = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4)
+@pytest.mark.parametrize("alignment", ["none", "monotonic"])
+def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path, alignment: str) -> None:
+    model = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4, xattn_alignment=alignment)
     model.freeze(adapter=False, xattn=False)
     batch = _batch([12, 8], TEXTS[:2])
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"adapter", "xattn"}
@@ -65,7 +67,9 @@ def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path) -> None:
     assert any(abs(g) > 1e-3 for g in gates)
     state = model.trainable_state_dict()
     assert any(k.startswith("xattn.") for k in state) and any(k.startswith("adapter.") for k in state)
-    fresh = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4, seed=1)
+    if alignment == "monotonic":  # the slopes train and are saved with the blocks
+        assert any(k.endswith("align_log_slope") for k in state)
+    fresh = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4, xattn_alignment=alignment, seed=1)
     fresh.load_trainable(state)
     with torch.no_grad():
         assert torch.equal(fresh(batch), model(batch))
@@ -85,7 +89,59 @@ def test_recipe_checks_xattn(tmp_path: Path) -> None:
     assert load_recipe(path).model.fusion == "xattn"
     with pytest.raises(RecipeError, match="model.fusion"):
         load_recipe(path, ["model.fusion=cross"])
+    with pytest.raises(RecipeError, match="model.xattn_alignment 'diagonal'"):
+        load_recipe(path, ["model.xattn_alignment=diagonal"])
+    assert load_recipe(path, ["model.xattn_alignment=monotonic"]).model.xattn_alignment == "monotonic"
     assert load_recipe(Path("recipes/d1_xattn_gemma.yaml")).model.xattn_every == 6
+
+
+def test_monotonic_bias_points_each_query_at_its_tokens_speech() -> None:
+    """With sharp slopes a query that predicts token k reads speech vector k only (the last one past the
+    end); padded speech stays unread; zero gates still give the bare LLM."""
+    from llmasr.components.speech.xattn import GatedXAttnBlock, alibi_slopes, monotonic_bias
+
+    assert alibi_slopes(4).tolist() == [1.0, 0.25, 0.0625, 0.015625]
+    bias = monotonic_bias(torch.tensor([1.0, 0.5]), torch.tensor([[0, 2]]), 4)
+    assert bias.shape == (1, 2, 2, 4)
+    assert bias[0, 0, 1].tolist() == [-2.0, -1.0, 0.0, -1.0]
+    assert bias[0, 1, 0].tolist() == [0.0, -0.5, -1.0, -1.5]
+    torch.manual_seed(0)
+    block = GatedXAttnBlock(32, heads=4, alignment="monotonic")
+    with torch.no_grad():
+        block.align_log_slope.fill_(math.log(60.0))
+        block.attn_gate.fill_(1.0)
+        x, mem = torch.randn(1, 4, 32), torch.randn(1, 6, 32)
+        mask = torch.tensor([[True] * 5 + [False]])
+        got = block(x, mem, mask, torch.tensor([[0, 1, 3, 9]])) - x
+        value = torch.nn.functional.linear(mem, block.attn.in_proj_weight[64:], block.attn.in_proj_bias[64:])
+        want = torch.tanh(torch.tensor(1.0)) * block.attn.out_proj(value[0, [0, 1, 3, 4]])
+        assert torch.allclose(got[0], want, atol=1e-4)
+        with pytest.raises(ValueError, match="token index"):
+            block(x, mem, mask)
+    with pytest.raises(ValueError, match="alignment"):
+        GatedXAttnBlock(32, heads=4, alignment="diagonal")
+
+
+def test_monotonic_alignment_reads_token_index_from_position_ids() -> None:
+    """The hook takes each query's token index from the LLM's position ids less the row's prompt length,
+    so left padding (generation) and right padding (training) index alike."""
+    llm = tiny_llama(40).eval()
+    ids = torch.randint(4, 40, (2, 6))
+    with torch.no_grad():
+        bare = llm(input_ids=ids).logits
+        fusion = XAttnFusion(llm, every=2, heads=4, alignment="monotonic")
+        seen: list[torch.Tensor] = []
+        block = fusion.blocks[0]
+        original = block.forward
+        block.forward = lambda *a: seen.append(a[3]) or original(*a)  # type: ignore[method-assign]
+        fusion.set_memory(torch.randn(2, 5, 32), torch.tensor([5, 4]), torch.tensor([2, 3]))
+        assert torch.equal(llm(input_ids=ids).logits, bare)  # gates at 0
+        assert seen[-1].tolist() == [[0, 0, 1, 2, 3, 4], [0, 0, 0, 1, 2, 3]]
+        # left padding: row 1's first real token is at column 2, positions count from there
+        mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+        llm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        assert seen[-1].tolist() == [[0, 0, 1, 2, 3, 4], [0, 0, 0, 0, 0, 1]]
+        fusion.remove()
 
 
 def test_gate_lr_scale_moves_tanh_gates_faster() -> None:

@@ -35,7 +35,7 @@ from llmasr.components.speech.speechllm import (
     checkpoint_state,
     set_trainable,
 )
-from llmasr.components.speech.xattn import XATTN_INITS
+from llmasr.components.speech.xattn import XATTN_ALIGNMENTS, XATTN_INITS
 from llmasr.core.audio import load_audio
 from llmasr.data.manifest import (
     Utterance,
@@ -159,6 +159,10 @@ class Recipe:
             raise RecipeError("model.xattn_every must be at least 1")
         if m.xattn_init not in XATTN_INITS:
             raise RecipeError(f"model.xattn_init '{m.xattn_init}': choose {' or '.join(XATTN_INITS)}")
+        if m.xattn_alignment not in XATTN_ALIGNMENTS:
+            raise RecipeError(
+                f"model.xattn_alignment '{m.xattn_alignment}': choose {' or '.join(XATTN_ALIGNMENTS)}"
+            )
         return self
 
 

@@ -71,6 +71,8 @@ class SpeechLlmConfig:
     xattn_heads: int = 8
     #: xattn: blocks start "random" or from the attention of the LLM layer after them ("lm", Llama-style LLMs)
     xattn_init: str = "random"
+    #: xattn: "monotonic" biases each query toward the speech of the token it predicts (ALiBi-like), or "none"
+    xattn_alignment: str = "none"
 
 
 @dataclass
@@ -180,6 +182,7 @@ class SpeechLLM(nn.Module):
         xattn_every: int = 4,
         xattn_heads: int = 8,
         xattn_init: str = "random",
+        xattn_alignment: str = "none",
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "example"):
@@ -210,7 +213,9 @@ class SpeechLLM(nn.Module):
         self._prompt_cache: dict[tuple[str | None, tuple[str, ...]], tuple[list[int], list[int]]] = {}
         #: xattn: the speech reaches the LLM through gated cross-attention, not as prompt embeddings
         self.xattn = (
-            XAttnFusion(core, xattn_every, xattn_heads, init=xattn_init) if fusion == "xattn" else None
+            XAttnFusion(core, xattn_every, xattn_heads, init=xattn_init, alignment=xattn_alignment)
+            if fusion == "xattn"
+            else None
         )
         self.freeze(encoder=freeze_encoder, llm=True)
 
@@ -381,8 +386,9 @@ class SpeechLLM(nn.Module):
 
         With cross-attention fusion the prompt holds no audio: the blocks get the speech instead."""
         rows = len(prompts)
-        if self.xattn is not None:
-            self.xattn.set_memory(audio.embeds, audio.lengths)
+        if self.xattn is not None:  # the transcript starts after the prompt (position ids count from 0)
+            starts = torch.tensor([len(before) + len(after) for before, after in prompts])
+            self.xattn.set_memory(audio.embeds, audio.lengths, starts)
             n_audio = [0] * rows
         else:
             n_audio = [int(n) for n in audio.lengths.tolist()]
@@ -712,6 +718,7 @@ def build_speechllm(
         xattn_every=config.xattn_every,
         xattn_heads=config.xattn_heads,
         xattn_init=config.xattn_init,
+        xattn_alignment=config.xattn_alignment,
     )
     set_trainable(model, ())
     return model

@@ -17,6 +17,14 @@ Measured (docs/deep.md): such blocks move the LLM at once but by content only (n
 positions), where random blocks, reading the unnormalised speech, barely move it. Llama-style layers
 only (SmolLM2, Llama): layers with query/key norms or projection biases (Gemma 3, Qwen) are refused. The
 gates still start at 0: the untrained model is the bare LLM either way.
+
+`alignment="monotonic"` gives the blocks the order they lack: each attention head adds
+-slope * |j - k| to the score of speech vector j for the query that predicts transcript token k (ALiBi's
+linear distance bias, Press et al. 2022, laid between the two sequences). Over the CTC compressor's
+speech (one vector per emitted token) j = k is where that token was heard, so the bias points each
+query at its token's speech before any training; the slopes (one per head, ALiBi's geometric series
+from 1) are trained. The query's token index comes from the LLM's own position ids (left padding in
+generation included) less the row's prompt length (`set_memory(..., starts=)`).
 """
 
 from __future__ import annotations
@@ -32,13 +40,31 @@ from llmasr.core.errors import ModelError
 
 #: how blocks start: random projections, or the attention of the LLM layer after them
 XATTN_INITS = ("random", "lm")
+#: what orders the speech for the blocks: nothing, or a distance bias between token and speech index
+XATTN_ALIGNMENTS = ("none", "monotonic")
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    """ALiBi's per-head slopes (Press et al. 2022): 2^(-8h/heads) for h = 0..heads-1, from 1 down. (heads,)"""
+    return torch.pow(2.0, -8.0 * torch.arange(heads, dtype=torch.float32) / heads)
+
+
+def monotonic_bias(slopes: torch.Tensor, query_index: torch.Tensor, frames: int) -> torch.Tensor:
+    """Additive attention scores -slope_h * |j - k_i| (B, H, L, T) for queries that predict transcript
+    tokens `query_index` (B, L) over `frames` speech vectors; `slopes` (H,) per head, >= 0."""
+    j = torch.arange(frames, device=query_index.device, dtype=slopes.dtype)
+    dist = (j.view(1, 1, -1) - query_index.to(slopes.dtype).unsqueeze(-1)).abs()  # (B, L, T)
+    return -slopes.view(1, -1, 1, 1) * dist.unsqueeze(1)
 
 
 class GatedXAttnBlock(nn.Module):
     """x + tanh(g_attn) * XAttn(LN(x), speech); then x + tanh(g_ffn) * FFN(LN(x))."""
 
-    def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 2) -> None:
+    def __init__(self, dim: int, heads: int = 8, ffn_mult: int = 2, alignment: str = "none") -> None:
         super().__init__()
+        if alignment not in XATTN_ALIGNMENTS:
+            choices = ", ".join(XATTN_ALIGNMENTS)
+            raise ValueError(f"xattn alignment must be one of {choices}, got '{alignment}'")
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
         self.norm = nn.LayerNorm(dim)
@@ -49,6 +75,8 @@ class GatedXAttnBlock(nn.Module):
         self.ffn_gate = nn.Parameter(torch.zeros(1))
         #: the speech's own norm (identity unless the block starts from an LLM layer)
         self.memory_norm: nn.Module = nn.Identity()
+        #: monotonic alignment: log of each head's distance slope (trained)
+        self.align_log_slope = nn.Parameter(alibi_slopes(heads).log()) if alignment == "monotonic" else None
 
     def init_from_layer(self, layer: nn.Module) -> None:
         """Start from a Llama-style transformers decoder layer's attention (`self_attn.{q,k,v,o}_proj`, no
@@ -92,16 +120,31 @@ class GatedXAttnBlock(nn.Module):
             q.requires_grad_(True)
         self.norm, self.memory_norm = norm, copy.deepcopy(norm)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """`x` (B, L, D) in the LLM's dtype; `memory` (B, T, D); `memory_mask` (B, T) True where valid."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+        query_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`x` (B, L, D) in the LLM's dtype; `memory` (B, T, D); `memory_mask` (B, T) True where valid;
+        `query_index` (B, L): the transcript token each query predicts (needed with monotonic alignment)."""
         dtype = self.attn_gate.dtype
         h = x.to(dtype)
         mem = self.memory_norm(memory.to(dtype))
+        mask: torch.Tensor = ~memory_mask
+        if self.align_log_slope is not None:
+            if query_index is None:
+                raise ValueError("a monotonic-alignment block needs each query's transcript token index")
+            bias = monotonic_bias(self.align_log_slope.exp(), query_index, mem.shape[1])
+            bias = bias.masked_fill(mask[:, None, None, :], float("-inf"))
+            mask = bias.reshape(-1, *bias.shape[2:]).to(dtype)  # (B*H, L, T), as MultiheadAttention takes it
         attended, _ = self.attn(
             self.norm(h),
             mem,
             mem,
-            key_padding_mask=~memory_mask,
+            key_padding_mask=None if self.align_log_slope is not None else mask,
+            attn_mask=mask if self.align_log_slope is not None else None,
             need_weights=False,
         )
         h = h + torch.tanh(self.attn_gate) * attended
@@ -121,10 +164,17 @@ class XAttnFusion(nn.Module):
     """The blocks of one LLM, the hooks that run them, and the speech they attend to."""
 
     def __init__(
-        self, causal_lm: nn.Module, every: int = 4, heads: int = 8, ffn_mult: int = 2, init: str = "random"
+        self,
+        causal_lm: nn.Module,
+        every: int = 4,
+        heads: int = 8,
+        ffn_mult: int = 2,
+        init: str = "random",
+        alignment: str = "none",
     ) -> None:
-        """Blocks after every `every`-th layer of `causal_lm`; `init` "random" or "lm" (module doc).
-        Raises ValueError for a bad `every`/`init` or, with "lm", heads that do not fit the LLM's."""
+        """Blocks after every `every`-th layer of `causal_lm`; `init` "random" or "lm", `alignment` "none"
+        or "monotonic" (module doc). Raises ValueError for a bad `every`/`init`/`alignment` or, with "lm",
+        heads that do not fit the LLM's."""
         super().__init__()
         if every < 1:
             raise ValueError("xattn every must be at least 1")
@@ -134,37 +184,56 @@ class XAttnFusion(nn.Module):
         dim = int(causal_lm.get_input_embeddings().embedding_dim)
         #: after layers every-1, 2*every-1, ...: the last layer always gets one when every divides the depth
         self.positions = [i for i in range(len(layers)) if (i + 1) % every == 0] or [len(layers) - 1]
-        self.blocks = nn.ModuleList(GatedXAttnBlock(dim, heads, ffn_mult) for _ in self.positions)
+        self.blocks = nn.ModuleList(GatedXAttnBlock(dim, heads, ffn_mult, alignment) for _ in self.positions)
+        self.alignment = alignment
         if init == "lm":
             for i, block in zip(self.positions, self.blocks):
                 block.init_from_layer(layers[min(i + 1, len(layers) - 1)])  # the layer that reads its output
-        self._memory: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._handles = [
-            layers[i].register_forward_hook(self._hook(block))
+            layers[i].register_forward_hook(self._hook(block), with_kwargs=True)
             for i, block in zip(self.positions, self.blocks)
         ]
 
-    def set_memory(self, memory: torch.Tensor | None, lengths: torch.Tensor | None = None) -> None:
-        """Speech states (B, T, D) valid up to `lengths`; None detaches the blocks (plain LLM)."""
+    def set_memory(
+        self,
+        memory: torch.Tensor | None,
+        lengths: torch.Tensor | None = None,
+        starts: torch.Tensor | None = None,
+    ) -> None:
+        """Speech states (B, T, D) valid up to `lengths`; None detaches the blocks (plain LLM). `starts`
+        (B,): each row's position id of its first transcript token (its prompt length; default 0), from
+        which monotonic alignment reads which token a query predicts."""
         if memory is None:
             self._memory = None
             return
         rows, frames = memory.shape[:2]
         if lengths is None:
             lengths = torch.full((rows,), frames, device=memory.device)
+        if starts is None:
+            starts = torch.zeros(rows, dtype=torch.long, device=memory.device)
         mask = torch.arange(frames, device=memory.device).unsqueeze(0) < lengths.clamp(min=1).unsqueeze(1)
-        self._memory = (memory, mask)
+        self._memory = (memory, mask, starts.long())
 
     def _hook(self, block: GatedXAttnBlock) -> Any:
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
             if self._memory is None:
                 return output
             hidden = output[0] if isinstance(output, tuple) else output
-            memory, mask = self._memory
+            memory, mask, starts = self._memory
             if hidden.shape[0] != memory.shape[0]:  # beam search repeats each row
                 reps = hidden.shape[0] // memory.shape[0]
                 memory, mask = memory.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0)
-            hidden = block(hidden, memory.to(hidden.device), mask.to(hidden.device))
+                starts = starts.repeat_interleave(reps, 0)
+            query_index = None
+            if block.align_log_slope is not None:
+                # the LLM's position ids (B or 1, L): position p predicts token p - start + 1
+                positions = kwargs.get("position_ids")
+                if positions is None:
+                    positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+                positions = positions.to(hidden.device).expand(hidden.shape[0], -1)
+                query_index = (positions - starts.to(hidden.device).unsqueeze(1) + 1).clamp(min=0)
+            hidden = block(hidden, memory.to(hidden.device), mask.to(hidden.device), query_index)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook
