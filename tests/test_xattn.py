@@ -77,6 +77,10 @@ def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path, alignment: str)
     feats = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (12, 5)]
     together = model.generate(feats, max_new_tokens=5)
     assert [model.generate([f], max_new_tokens=5)[0] for f in feats] == together
+    # prompts of different lengths: the batch is left-padded, and each row still reads as it does alone
+    prompts = ["a budget meeting about the cat", None]
+    mixed = model.generate(feats, prompt=prompts, max_new_tokens=5)
+    assert [model.generate([f], prompt=p, max_new_tokens=5)[0] for f, p in zip(feats, prompts)] == mixed
     assert len(model.generate(feats, max_new_tokens=3, num_beams=2)) == 2
 
 
