@@ -20,6 +20,7 @@ import math
 import torch
 
 from llmasr.components.speech.speechllm import build_speechllm
+from llmasr.components.speech.xattn import XATTN_ALIGNMENTS, XATTN_INITS
 from llmasr.train.config import load_recipe
 from llmasr.train.speechllm import load_state_items, states_batch
 
@@ -27,8 +28,8 @@ from llmasr.train.speechllm import load_state_items, states_batch
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", default="recipes/speechllm_xattn_tiny.yaml")
-    ap.add_argument("--init", default="lm", choices=("random", "lm"))
-    ap.add_argument("--alignment", default="none", choices=("none", "monotonic"))
+    ap.add_argument("--init", default="lm", choices=XATTN_INITS)
+    ap.add_argument("--alignment", default="none", choices=XATTN_ALIGNMENTS)
     ap.add_argument("--head", default=None, help="the token CTC head (default: the recipe's)")
     ap.add_argument("--utterances", type=int, default=24)
     ap.add_argument("--batch", type=int, default=8)

@@ -124,6 +124,26 @@ def test_monotonic_bias_points_each_query_at_its_tokens_speech() -> None:
             block(x, mem, mask)
     with pytest.raises(ValueError, match="alignment"):
         GatedXAttnBlock(32, heads=4, alignment="diagonal")
+    # batch 2, a slope per head, an index per row: the bias is laid out as MultiheadAttention takes it
+    with torch.no_grad():
+        block.align_log_slope.copy_(torch.tensor([0.0, -1.0, 1.0, -3.0]))
+        x, mem = torch.randn(2, 3, 32), torch.randn(2, 5, 32)
+        mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+        index = torch.tensor([[0, 2, 4], [1, 1, 3]])
+        got = block(x, mem, mask, index) - x
+        w_q, w_k, w_v = block.attn.in_proj_weight.split(32)
+        b_q, b_k, b_v = block.attn.in_proj_bias.split(32)
+        xn = block.norm(x)
+        q = (xn @ w_q.T + b_q).view(2, 3, 4, 8).transpose(1, 2)
+        k = (mem @ w_k.T + b_k).view(2, 5, 4, 8).transpose(1, 2)
+        v = (mem @ w_v.T + b_v).view(2, 5, 4, 8).transpose(1, 2)
+        slopes = block.align_log_slope.exp().view(1, 4, 1, 1)
+        dist = (torch.arange(5.0).view(1, 1, 1, 5) - index.view(2, 1, 3, 1)).abs()
+        scores = q @ k.transpose(-1, -2) / 8**0.5 - slopes * dist
+        scores = scores.masked_fill(~mask.view(2, 1, 1, 5), float("-inf"))
+        attended = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(2, 3, 32)
+        want = torch.tanh(torch.tensor(1.0)) * block.attn.out_proj(attended)
+        assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_monotonic_alignment_reads_token_index_from_position_ids() -> None:
@@ -146,6 +166,32 @@ def test_monotonic_alignment_reads_token_index_from_position_ids() -> None:
         llm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
         assert seen[-1].tolist() == [[0, 0, 1, 2, 3, 4], [0, 0, 0, 0, 0, 1]]
         fusion.remove()
+
+
+def test_monotonic_alignment_indexes_tokens_in_training_and_generation(llama_dir: Path) -> None:
+    """Through the speech-LLM: in a training forward (right padding) and in generation (left padding,
+    prompts of two lengths, greedy and beams), the query at the last prompt position predicts token 0 and
+    decoding step n predicts token n."""
+    model = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4, xattn_alignment="monotonic")
+    seen: list[torch.Tensor] = []
+    block = model.xattn.blocks[0]
+    original = block.forward
+    block.forward = lambda *a: seen.append(a[3].clone()) or original(*a)  # type: ignore[method-assign]
+    before, after = model.prompt_ids(None, None)
+    start = len(before) + len(after)
+    batch = _batch([12, 8], TEXTS[:2])
+    with torch.no_grad():
+        model(batch)
+    width = seen[-1].shape[1]
+    want = (torch.arange(width) - start + 1).clamp(min=0)
+    assert torch.equal(seen[-1], want.expand(2, -1))
+    feats = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (12, 5)]
+    prompts = ["a budget meeting about the cat", None]
+    for beams in (1, 2):
+        seen.clear()
+        model.generate(feats, prompt=prompts, max_new_tokens=4, num_beams=beams, min_new_tokens=4)
+        assert seen[0].shape[0] == 2 * beams and torch.all(seen[0][:, -1] == 0), seen[0]
+        assert len(seen) == 4 and all(torch.all(step == n) for n, step in enumerate(seen[1:], 1)), seen
 
 
 def test_gate_lr_scale_moves_tanh_gates_faster() -> None:
