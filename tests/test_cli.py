@@ -71,6 +71,16 @@ def test_batch_with_bad_inputs_completes_the_good_ones(inputs: dict[str, Path], 
     ]
 
 
+def test_inputs_that_cannot_be_audio_fail_before_any_model_loads(inputs: dict[str, Path]) -> None:
+    """Missing or empty files are told at once: no model is loaded (a recogniser that does not exist is
+    never reached), one line per input, then the count."""
+    res = llmasr("transcribe", str(inputs["missing"]), str(inputs["empty"]), "--asr", "no-such-model")
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[0].endswith(f"{inputs['missing']}: file not found") and "empty" in lines[1]
+    assert lines[2] == "2 of 2 input(s) failed" and "no-such-model" not in res.stderr
+
+
 def test_subtitles_and_stdout(inputs: dict[str, Path], tmp_path: Path) -> None:
     res = llmasr("transcribe", str(inputs["speech"]), "--lm", "none", "-f", "vtt")
     assert res.returncode == 0, res.stderr

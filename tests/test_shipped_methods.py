@@ -99,7 +99,7 @@ CTC_BOUND = 0.42
 #: speechllm-stack-tiny (D3): 30.7% since its fine-tuning on the 6-layer head (2026-12-01; 32.7% on the
 #: Kokoro head, 66.3% before).
 #: speechllm-xattn-tiny (D1): 101.0% since the cross-attention alignment and 900 updates (2026-12-01;
-#: 156.4% before): it reads the first words, then repeats or writes text of its own ("four queen of
+#: 156.4% before): it reads the first word or two, then repeats or writes text of its own ("four queen of
 #: clubs" -> "Four queen of Queen of Queen of ..."); the bound allows ~19 more errors.
 SPEECHLLM_BOUNDS = {"speechllm-ctc-tiny": 0.58, "speechllm-stack-tiny": 0.48, "speechllm-xattn-tiny": 1.2}
 #: D3 joined with its own head (joint CTC/attention rescoring, the shipped profile): 25.7% on the same 12

@@ -99,16 +99,28 @@ def transcribe(
 ) -> None:
     """Transcribe audio files; with --out, one output file per input, else print to stdout."""
     from llmasr.apps.writers import output_paths, render, write
+    from llmasr.core.audio import check_path
 
     if fmt.lower().lstrip(".") not in WRITERS:
         raise _fail(f"unknown output format '{fmt}'; choose one of {', '.join(WRITERS)}", 2)
-    options, pipeline = _pipeline(run_flags)
+    given, failures = len(files), 0
     targets = output_paths(files, out_dir, fmt) if out_dir is not None else [None] * len(files)
-    failures = 0
+    readable = []
+    for path, target in zip(files, targets):  # missing, empty or folder inputs: told before models load
+        try:
+            check_path(path)
+            readable.append((path, target))
+        except LlmasrError as exc:
+            failures += 1
+            _error(err, exc)
+    if not readable:
+        _say(err, f"{failures} of {given} input(s) failed")
+        raise typer.Exit(1)
+    options, pipeline = _pipeline(run_flags)
     done: set[Path] = set()
     with _progress() as progress:
-        task = progress.add_task("transcribing", total=len(files))
-        for path, target in zip(files, targets):
+        task = progress.add_task("transcribing", total=len(readable))
+        for path, target in readable:
             if target is not None and target in done:  # the same input given twice
                 progress.advance(task)
                 continue
@@ -132,7 +144,7 @@ def transcribe(
                 _error(err, internal_error(path, exc))
             progress.advance(task)
     if failures:
-        _say(err, f"{failures} of {len(files)} input(s) failed")
+        _say(err, f"{failures} of {given} input(s) failed")
         raise typer.Exit(1)
 
 

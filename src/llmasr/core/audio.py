@@ -239,18 +239,25 @@ def _label(source: AudioSource | np.ndarray) -> str:
     return stream_name if isinstance(stream_name, str) else "<stream>"
 
 
+def check_path(path: str | os.PathLike[str], label: str | None = None) -> None:
+    """Raise AudioError (named by `label`, default the path) when `path` is missing, a directory or empty:
+    what can be told of an audio file before any model loads or any byte is decoded."""
+    path, label = Path(path), label or os.fspath(path)
+    if not path.exists():
+        raise AudioError(label, "file not found", "missing")
+    if path.is_dir():
+        raise AudioError(label, "is a directory", "missing")
+    if path.stat().st_size == 0:
+        raise AudioError(label, "empty file (0 bytes)", "empty")
+
+
 def _decode_source(
     source: AudioSource, label: str, raw: PcmFormat | None, max_duration: float | None
 ) -> tuple[np.ndarray, int]:
     """The header's decoder, or the declared raw format; (samples x channels, rate)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
-            raise AudioError(label, "file not found", "missing")
-        if path.is_dir():
-            raise AudioError(label, "is a directory", "missing")
-        if path.stat().st_size == 0:
-            raise AudioError(label, "empty file (0 bytes)", "empty")
+        check_path(path, label)
 
         def opener() -> BinaryIO:  # open() takes any name the OS does, undecodable bytes included
             try:

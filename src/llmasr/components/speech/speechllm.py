@@ -15,6 +15,7 @@ The LLM stays frozen; LoRA (through peft) and the adapter are what trains.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -614,19 +615,24 @@ class SpeechLLM(nn.Module):
             audio = self.encode(features, lengths)
             prompts = [self.prompt_ids(prompt, None)] * rows
             inputs = self.prepare_inputs(audio, prompts, None, left_pad=True)
-            out = self.causal_lm.generate(
-                inputs_embeds=inputs.inputs_embeds,
-                attention_mask=inputs.attention_mask,
-                max_new_tokens=max(limits),
-                num_beams=n,
-                num_return_sequences=n,
-                do_sample=False,
-                eos_token_id=self._eos,
-                pad_token_id=self._pad,
-                output_scores=True,
-                return_dict_in_generate=True,
-                **({"length_penalty": 0.0, "no_repeat_ngram_size": BEAM_NO_REPEAT_NGRAM} if n > 1 else {}),
-            )
+            with warnings.catch_warnings():
+                # the guard is meant for the generated tokens only (the prompt is embeddings)
+                warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*inputs_embeds")
+                out = self.causal_lm.generate(
+                    inputs_embeds=inputs.inputs_embeds,
+                    attention_mask=inputs.attention_mask,
+                    max_new_tokens=max(limits),
+                    num_beams=n,
+                    num_return_sequences=n,
+                    do_sample=False,
+                    eos_token_id=self._eos,
+                    pad_token_id=self._pad,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                    **(
+                        {"length_penalty": 0.0, "no_repeat_ngram_size": BEAM_NO_REPEAT_NGRAM} if n > 1 else {}
+                    ),
+                )
             step_logp = self.causal_lm.compute_transition_scores(
                 out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=n == 1
             )
