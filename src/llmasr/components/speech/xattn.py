@@ -136,19 +136,20 @@ class GatedXAttnBlock(nn.Module):
         dtype = self.attn_gate.dtype
         h = x.to(dtype)
         mem = self.memory_norm(memory.to(dtype))
-        mask: torch.Tensor = ~memory_mask
+        padding = ~memory_mask  # (B, T), True where there is no speech
+        bias = None  # with alignment: (B*H, L, T) additive scores, the padding folded in as -inf
         if self.align_log_slope is not None:
             if query_index is None:
                 raise ValueError("a monotonic-alignment block needs each query's transcript token index")
-            bias = monotonic_bias(self.align_log_slope.exp(), query_index, mem.shape[1])
-            bias = bias.masked_fill(mask[:, None, None, :], float("-inf"))
-            mask = bias.reshape(-1, *bias.shape[2:]).to(dtype)  # (B*H, L, T), as MultiheadAttention takes it
+            scores = monotonic_bias(self.align_log_slope.exp(), query_index, mem.shape[1])
+            scores = scores.masked_fill(padding[:, None, None, :], float("-inf"))
+            bias = scores.reshape(-1, *scores.shape[2:]).to(dtype)
         attended, _ = self.attn(
             self.norm(h),
             mem,
             mem,
-            key_padding_mask=None if self.align_log_slope is not None else mask,
-            attn_mask=mask if self.align_log_slope is not None else None,
+            key_padding_mask=padding if bias is None else None,  # one mask type: MultiheadAttention's rule
+            attn_mask=bias,
             need_weights=False,
         )
         h = h + torch.tanh(self.attn_gate) * attended
