@@ -55,9 +55,12 @@ def test_blocks_ignore_padded_speech_frames() -> None:
         assert torch.allclose(llm(input_ids=ids).logits, short, atol=1e-5)
 
 
-@pytest.mark.parametrize("alignment", ["none", "monotonic"])
-def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path, alignment: str) -> None:
-    model = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4, xattn_alignment=alignment)
+@pytest.mark.parametrize(
+    ("alignment", "input_block"), [("none", False), ("monotonic", False), ("monotonic", True)]
+)
+def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path, alignment: str, input_block: bool) -> None:
+    kw = {"xattn_every": 1, "xattn_heads": 4, "xattn_alignment": alignment, "xattn_input": input_block}
+    model = _model(llama_dir, fusion="xattn", **kw)
     model.freeze(adapter=False, xattn=False)
     batch = _batch([12, 8], TEXTS[:2])
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"adapter", "xattn"}
@@ -66,10 +69,13 @@ def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path, alignment: str)
     gates = [b.attn_gate.item() for b in model.xattn.blocks]
     assert any(abs(g) > 1e-3 for g in gates)
     state = model.trainable_state_dict()
+    if input_block:  # it trains and is saved apart from the after-layer blocks
+        assert abs(model.xattn.input_block.attn_gate.item()) > 1e-3
+        assert any(k.startswith("xattn.input_block.") for k in state)
     assert any(k.startswith("xattn.") for k in state) and any(k.startswith("adapter.") for k in state)
     if alignment == "monotonic":  # the slopes train and are saved with the blocks
         assert any(k.endswith("align_log_slope") for k in state)
-    fresh = _model(llama_dir, fusion="xattn", xattn_every=1, xattn_heads=4, xattn_alignment=alignment, seed=1)
+    fresh = _model(llama_dir, fusion="xattn", seed=1, **kw)
     fresh.load_trainable(state)
     with torch.no_grad():
         assert torch.equal(fresh(batch), model(batch))
@@ -97,6 +103,7 @@ def test_recipe_checks_xattn(tmp_path: Path) -> None:
         load_recipe(path, ["model.xattn_alignment=diagonal"])
     assert load_recipe(path, ["model.xattn_alignment=monotonic"]).model.xattn_alignment == "monotonic"
     assert load_recipe(Path("recipes/d1_xattn_gemma.yaml")).model.xattn_every == 6
+    assert load_recipe(path, ["model.xattn_input=true"]).model.xattn_input is True
 
 
 def test_monotonic_bias_points_each_query_at_its_tokens_speech() -> None:
@@ -166,6 +173,35 @@ def test_monotonic_alignment_reads_token_index_from_position_ids() -> None:
         llm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
         assert seen[-1].tolist() == [[0, 0, 1, 2, 3, 4], [0, 0, 0, 0, 0, 1]]
         fusion.remove()
+
+
+def test_input_block_reads_the_token_embeddings() -> None:
+    """input_block: one block before the first layer, fed the token embeddings, started from layer 0's
+    attention ("lm"), indexed as the after-layer blocks; zero gates keep the bare LLM, and its gate
+    alone changes the logits."""
+    llm = tiny_llama(40).eval()
+    ids = torch.randint(4, 40, (2, 6))
+    with torch.no_grad():
+        bare = llm(input_ids=ids).logits
+        fusion = XAttnFusion(llm, every=2, heads=4, init="lm", alignment="monotonic", input_block=True)
+        assert fusion.positions == [1] and len(fusion.blocks) == 1 and fusion.input_block is not None
+        q_proj = llm.model.layers[0].self_attn.q_proj.weight
+        assert torch.equal(fusion.input_block.attn.in_proj_weight[:32], q_proj)
+        seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"input": [], "after": []}
+        for key, block in (("input", fusion.input_block), ("after", fusion.blocks[0])):
+            original = block.forward
+            block.forward = lambda *a, o=original, k=key: seen[k].append((a[0], a[3])) or o(*a)  # type: ignore[method-assign]
+        fusion.set_memory(torch.randn(2, 5, 32), torch.tensor([5, 4]), torch.tensor([2, 3]))
+        assert torch.equal(llm(input_ids=ids).logits, bare)
+        (x_in, index_in), (_, index_after) = seen["input"][-1], seen["after"][-1]
+        assert torch.equal(x_in, llm.model.embed_tokens(ids))
+        assert torch.equal(index_in, index_after) and index_in.tolist()[1] == [0, 0, 0, 1, 2, 3]
+        fusion.input_block.attn_gate.fill_(1.0)
+        assert not torch.allclose(llm(input_ids=ids).logits, bare)
+        fusion.set_memory(None)
+        assert torch.equal(llm(input_ids=ids).logits, bare)
+        fusion.remove()
+        assert torch.equal(llm(input_ids=ids).logits, bare)
 
 
 def test_monotonic_alignment_indexes_tokens_in_training_and_generation(llama_dir: Path) -> None:

@@ -74,6 +74,8 @@ class SpeechLlmConfig:
     xattn_init: str = "random"
     #: xattn: "monotonic" biases each query toward the speech of the token it predicts (ALiBi-like), or "none"
     xattn_alignment: str = "none"
+    #: xattn: one block more, before the first layer (on the token embeddings)
+    xattn_input: bool = False
 
 
 @dataclass
@@ -184,6 +186,7 @@ class SpeechLLM(nn.Module):
         xattn_heads: int = 8,
         xattn_init: str = "random",
         xattn_alignment: str = "none",
+        xattn_input: bool = False,
     ) -> None:
         super().__init__()
         if loss_reduction not in ("token", "example"):
@@ -214,7 +217,14 @@ class SpeechLLM(nn.Module):
         self._prompt_cache: dict[tuple[str | None, tuple[str, ...]], tuple[list[int], list[int]]] = {}
         #: xattn: the speech reaches the LLM through gated cross-attention, not as prompt embeddings
         self.xattn = (
-            XAttnFusion(core, xattn_every, xattn_heads, init=xattn_init, alignment=xattn_alignment)
+            XAttnFusion(
+                core,
+                xattn_every,
+                xattn_heads,
+                init=xattn_init,
+                alignment=xattn_alignment,
+                input_block=xattn_input,
+            )
             if fusion == "xattn"
             else None
         )
@@ -725,6 +735,7 @@ def build_speechllm(
         xattn_heads=config.xattn_heads,
         xattn_init=config.xattn_init,
         xattn_alignment=config.xattn_alignment,
+        xattn_input=config.xattn_input,
     )
     set_trainable(model, ())
     return model

@@ -28,6 +28,12 @@ token's speech before any training. The slopes (one per head, ALiBi-like: 2^(-8h
 from 1 down) are parameters, but at the blocks' learning rate they barely move (log-slopes by at most
 0.09 in 300 updates, measured). The query's token index comes from the LLM's own position ids (left
 padding in generation included) less the row's prompt length (`set_memory(..., starts=)`).
+
+`input_block=True` adds one block before the first layer, on the token embeddings: queries and keys are
+then in one space (the CTC compressor's speech is posterior-weighted LLM embeddings), and with the
+alignment each transcript position reads, at its input, the embedding of the token heard where its
+next token is (started from layer 0's attention with "lm"). The blocks after layers start from a
+stream several layers removed from the embeddings they read.
 """
 
 from __future__ import annotations
@@ -176,10 +182,11 @@ class XAttnFusion(nn.Module):
         ffn_mult: int = 2,
         init: str = "random",
         alignment: str = "none",
+        input_block: bool = False,
     ) -> None:
-        """Blocks after every `every`-th layer of `causal_lm`; `init` "random" or "lm", `alignment` "none"
-        or "monotonic" (module doc). Raises ValueError for a bad `every`/`init`/`alignment` or, with "lm",
-        heads that do not fit the LLM's."""
+        """Blocks after every `every`-th layer of `causal_lm`, and with `input_block` one before the first
+        layer; `init` "random" or "lm", `alignment` "none" or "monotonic" (module doc). Raises ValueError
+        for a bad `every`/`init`/`alignment` or, with "lm", heads that do not fit the LLM's."""
         super().__init__()
         if every < 1:
             raise ValueError("xattn every must be at least 1")
@@ -190,14 +197,23 @@ class XAttnFusion(nn.Module):
         #: after layers every-1, 2*every-1, ...: the last layer always gets one when every divides the depth
         self.positions = [i for i in range(len(layers)) if (i + 1) % every == 0] or [len(layers) - 1]
         self.blocks = nn.ModuleList(GatedXAttnBlock(dim, heads, ffn_mult, alignment) for _ in self.positions)
+        #: the block before the first layer (on the token embeddings), if any; apart from `blocks`, so
+        #: that the after-layer blocks keep their names (`blocks.0` ...) with or without it
+        self.input_block = GatedXAttnBlock(dim, heads, ffn_mult, alignment) if input_block else None
         if init == "lm":
             for i, block in zip(self.positions, self.blocks):
                 block.init_from_layer(layers[min(i + 1, len(layers) - 1)])  # the layer that reads its output
+            if self.input_block is not None:
+                self.input_block.init_from_layer(layers[0])
         self._memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._handles = [
             layers[i].register_forward_hook(self._hook(block), with_kwargs=True)
             for i, block in zip(self.positions, self.blocks)
         ]
+        if self.input_block is not None:
+            self._handles.append(
+                layers[0].register_forward_pre_hook(self._pre_hook(self.input_block), with_kwargs=True)
+            )
 
     def set_memory(
         self,
@@ -219,30 +235,52 @@ class XAttnFusion(nn.Module):
         mask = torch.arange(frames, device=memory.device).unsqueeze(0) < lengths.clamp(min=1).unsqueeze(1)
         self._memory = (memory, mask, starts.long())
 
+    def _attend(
+        self, block: GatedXAttnBlock, module: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """`block` applied to a decoder layer's hidden states (B, L, D), with the speech set last."""
+        assert self._memory is not None
+        memory, mask, starts = self._memory
+        if hidden.shape[0] != memory.shape[0]:  # beam search repeats each row
+            reps = hidden.shape[0] // memory.shape[0]
+            memory, mask = memory.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0)
+            starts = starts.repeat_interleave(reps, 0)
+        query_index = None
+        if block.align_log_slope is not None:
+            # the LLM's position ids (B or 1, L): position p predicts token p - start + 1
+            positions = kwargs.get("position_ids")
+            if positions is None or positions.dim() != 2:
+                raise ModelError(
+                    f"{type(module).__name__}: monotonic alignment needs the (batch, length) position ids"
+                    " the LLM passes its decoder layers; this LLM passes "
+                    + ("none" if positions is None else f"a {positions.dim()}-D tensor")
+                )
+            positions = positions.to(hidden.device).expand(hidden.shape[0], -1)
+            query_index = (positions - starts.to(hidden.device).unsqueeze(1) + 1).clamp(min=0)
+        return block(hidden, memory.to(hidden.device), mask.to(hidden.device), query_index)
+
     def _hook(self, block: GatedXAttnBlock) -> Any:
+        """A forward hook running `block` on a decoder layer's output."""
+
         def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
             if self._memory is None:
                 return output
-            hidden = output[0] if isinstance(output, tuple) else output
-            memory, mask, starts = self._memory
-            if hidden.shape[0] != memory.shape[0]:  # beam search repeats each row
-                reps = hidden.shape[0] // memory.shape[0]
-                memory, mask = memory.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0)
-                starts = starts.repeat_interleave(reps, 0)
-            query_index = None
-            if block.align_log_slope is not None:
-                # the LLM's position ids (B or 1, L): position p predicts token p - start + 1
-                positions = kwargs.get("position_ids")
-                if positions is None or positions.dim() != 2:
-                    raise ModelError(
-                        f"{type(module).__name__}: monotonic alignment needs the (batch, length) position ids"
-                        " the LLM passes its decoder layers; this LLM passes "
-                        + ("none" if positions is None else f"a {positions.dim()}-D tensor")
-                    )
-                positions = positions.to(hidden.device).expand(hidden.shape[0], -1)
-                query_index = (positions - starts.to(hidden.device).unsqueeze(1) + 1).clamp(min=0)
-            hidden = block(hidden, memory.to(hidden.device), mask.to(hidden.device), query_index)
+            hidden = self._attend(block, module, output[0] if isinstance(output, tuple) else output, kwargs)
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return hook
+
+    def _pre_hook(self, block: GatedXAttnBlock) -> Any:
+        """A forward pre-hook running `block` on a decoder layer's input (hidden states: first argument or
+        `hidden_states=`)."""
+
+        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> Any:
+            if self._memory is None:
+                return None
+            if args:
+                return (self._attend(block, module, args[0], kwargs), *args[1:]), kwargs
+            kwargs = {**kwargs, "hidden_states": self._attend(block, module, kwargs["hidden_states"], kwargs)}
+            return args, kwargs
 
         return hook
 
