@@ -326,3 +326,19 @@ def test_adding_lora_raises_no_library_deprecation_warning(llama_dir: Path) -> N
         warnings.simplefilter("always")
         _model(llama_dir, lora=True)
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_normalized_transcripts_are_the_heads_ctc_targets(llama_dir: Path) -> None:
+    """transcript_form="normalized": the LLM learns to write what a token CTC head emits (lowercase words,
+    no punctuation), so its token k is the head's token k; "written" keeps the punctuation."""
+    from llmasr.components.speech.ctc_head import ctc_targets
+
+    text = "hello, the cat: sat."
+    written = _model(llama_dir)
+    normalized = _model(llama_dir, transcript_form="normalized")
+    eos = written.tokenizer.eos_token_id
+    want = ctc_targets(normalized.tokenizer, text)
+    assert normalized.target_ids(text) == [*want, eos]
+    assert len(want) == 4 and len(written.target_ids(text)) == len(want) + 3 + 1  # , : . and EOS
+    with pytest.raises(ValueError, match="transcript_form"):
+        _model(llama_dir, transcript_form="lower")

@@ -21,6 +21,11 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_lm(tmp_path_factory.mktemp("tiny-llama"), WORDS, unused_ids=2, lowercase=True)
 
 
+@pytest.fixture(scope="module")
+def tied_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_lm(tmp_path_factory.mktemp("tied-llama"), WORDS, unused_ids=2, lowercase=True, tie=True)
+
+
 def test_zero_gate_model_equals_the_bare_llm() -> None:
     llm = tiny_llama(40).eval()
     ids = torch.randint(4, 40, (2, 7))
@@ -56,10 +61,13 @@ def test_blocks_ignore_padded_speech_frames() -> None:
 
 
 @pytest.mark.parametrize(
-    ("alignment", "input_block"), [("none", False), ("monotonic", False), ("monotonic", True)]
+    ("alignment", "copy_block"), [("none", False), ("monotonic", False), ("monotonic", True)]
 )
-def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path, alignment: str, input_block: bool) -> None:
-    kw = {"xattn_every": 1, "xattn_heads": 4, "xattn_alignment": alignment, "xattn_input": input_block}
+def test_xattn_speechllm_trains_and_round_trips(
+    llama_dir: Path, tied_llama_dir: Path, alignment: str, copy_block: bool
+) -> None:
+    kw = {"xattn_every": 1, "xattn_heads": 4, "xattn_alignment": alignment, "xattn_copy": copy_block}
+    llama_dir = tied_llama_dir if copy_block else llama_dir
     model = _model(llama_dir, fusion="xattn", **kw)
     model.freeze(adapter=False, xattn=False)
     batch = _batch([12, 8], TEXTS[:2])
@@ -69,9 +77,9 @@ def test_xattn_speechllm_trains_and_round_trips(llama_dir: Path, alignment: str,
     gates = [b.attn_gate.item() for b in model.xattn.blocks]
     assert any(abs(g) > 1e-3 for g in gates)
     state = model.trainable_state_dict()
-    if input_block:  # it trains and is saved apart from the after-layer blocks
-        assert abs(model.xattn.input_block.attn_gate.item()) > 1e-3
-        assert any(k.startswith("xattn.input_block.") for k in state)
+    if copy_block:  # it trains and is saved apart from the after-layer blocks
+        assert abs(model.xattn.copy_block.attn_gate.item()) > 1e-3
+        assert any(k.startswith("xattn.copy_block.") for k in state)
     assert any(k.startswith("xattn.") for k in state) and any(k.startswith("adapter.") for k in state)
     if alignment == "monotonic":  # the slopes train and are saved with the blocks
         assert any(k.endswith("align_log_slope") for k in state)
@@ -103,7 +111,9 @@ def test_recipe_checks_xattn(tmp_path: Path) -> None:
         load_recipe(path, ["model.xattn_alignment=diagonal"])
     assert load_recipe(path, ["model.xattn_alignment=monotonic"]).model.xattn_alignment == "monotonic"
     assert load_recipe(Path("recipes/d1_xattn_gemma.yaml")).model.xattn_every == 6
-    assert load_recipe(path, ["model.xattn_input=true"]).model.xattn_input is True
+    assert load_recipe(path, ["model.xattn_copy=true"]).model.xattn_copy is True
+    with pytest.raises(RecipeError, match="model.transcript_form 'lower'"):
+        load_recipe(path, ["model.transcript_form=lower"])
 
 
 def test_monotonic_bias_points_each_query_at_its_tokens_speech() -> None:
@@ -175,33 +185,39 @@ def test_monotonic_alignment_reads_token_index_from_position_ids() -> None:
         fusion.remove()
 
 
-def test_input_block_reads_the_token_embeddings() -> None:
-    """input_block: one block before the first layer, fed the token embeddings, started from layer 0's
-    attention ("lm"), indexed as the after-layer blocks; zero gates keep the bare LLM, and its gate
-    alone changes the logits."""
-    llm = tiny_llama(40).eval()
+def test_copy_block_adds_the_aligned_speech_to_what_the_output_layer_reads() -> None:
+    """copy_block: a block on the final norm, indexed as the after-layer blocks (the last layer's position
+    ids), that starts by adding speech vector k to the normed stream of the query predicting token k;
+    zero gates keep the bare LLM; an LLM with an untied output layer is refused."""
+    llm = tiny_llama(40, tie=True).eval()
     ids = torch.randint(4, 40, (2, 6))
     with torch.no_grad():
+        normed: list[torch.Tensor] = []
+        handle = llm.model.norm.register_forward_hook(lambda m, a, o: normed.append(o))
         bare = llm(input_ids=ids).logits
-        fusion = XAttnFusion(llm, every=2, heads=4, init="lm", alignment="monotonic", input_block=True)
-        assert fusion.positions == [1] and len(fusion.blocks) == 1 and fusion.input_block is not None
-        q_proj = llm.model.layers[0].self_attn.q_proj.weight
-        assert torch.equal(fusion.input_block.attn.in_proj_weight[:32], q_proj)
-        seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"input": [], "after": []}
-        for key, block in (("input", fusion.input_block), ("after", fusion.blocks[0])):
+        handle.remove()
+        fusion = XAttnFusion(llm, every=2, heads=4, init="lm", alignment="monotonic", copy_block=True)
+        assert fusion.positions == [1] and len(fusion.blocks) == 1 and fusion.copy_block is not None
+        assert torch.equal(fusion.copy_block.align_log_slope, torch.zeros(4))  # every head at slope 1
+        seen: dict[str, list[torch.Tensor]] = {"copy": [], "after": []}
+        for key, block in (("copy", fusion.copy_block), ("after", fusion.blocks[0])):
             original = block.forward
-            block.forward = lambda *a, o=original, k=key: seen[k].append((a[0], a[3])) or o(*a)  # type: ignore[method-assign]
-        fusion.set_memory(torch.randn(2, 5, 32), torch.tensor([5, 4]), torch.tensor([2, 3]))
+            block.forward = lambda *a, o=original, k=key: seen[k].append(a[3]) or o(*a)  # type: ignore[method-assign]
+        memory = torch.randn(2, 5, 32)
+        fusion.set_memory(memory, torch.tensor([5, 4]), torch.tensor([2, 3]))
         assert torch.equal(llm(input_ids=ids).logits, bare)
-        (x_in, index_in), (_, index_after) = seen["input"][-1], seen["after"][-1]
-        assert torch.equal(x_in, llm.model.embed_tokens(ids))
-        assert torch.equal(index_in, index_after) and index_in.tolist()[1] == [0, 0, 0, 1, 2, 3]
-        fusion.input_block.attn_gate.fill_(1.0)
-        assert not torch.allclose(llm(input_ids=ids).logits, bare)
+        index = seen["copy"][-1]
+        assert torch.equal(index, seen["after"][-1]) and index.tolist()[1] == [0, 0, 0, 1, 2, 3]
+        fusion.copy_block.attn_gate.fill_(20.0)  # tanh = 1
+        fusion.copy_block.align_log_slope.fill_(math.log(60.0))  # each query reads its own vector only
+        index = index.clamp(max=torch.tensor([[4], [3]]))  # past the speech: its last valid vector
+        want = llm.lm_head(normed[-1] + memory[torch.arange(2)[:, None], index])
+        assert torch.allclose(llm(input_ids=ids).logits, want, atol=1e-4)
         fusion.set_memory(None)
         assert torch.equal(llm(input_ids=ids).logits, bare)
         fusion.remove()
-        assert torch.equal(llm(input_ids=ids).logits, bare)
+    with pytest.raises(ValueError, match="tied"):
+        XAttnFusion(tiny_llama(40), every=2, heads=4, alignment="monotonic", copy_block=True)
 
 
 def test_monotonic_alignment_indexes_tokens_in_training_and_generation(llama_dir: Path) -> None:

@@ -28,8 +28,9 @@ def word_tokenizer(words: Sequence[str], lowercase: bool = False) -> object:
     )
 
 
-def tiny_llama(vocab_size: int, sharpen: float = 4.0, seed: int = 0) -> torch.nn.Module:
-    """2 layers, hidden 32; weights scaled up so that the near-uniform init gives clear-cut choices."""
+def tiny_llama(vocab_size: int, sharpen: float = 4.0, seed: int = 0, tie: bool = False) -> torch.nn.Module:
+    """2 layers, hidden 32; weights scaled up so that the near-uniform init gives clear-cut choices;
+    `tie`: the output layer is the input embeddings (as SmolLM2's)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -45,6 +46,7 @@ def tiny_llama(vocab_size: int, sharpen: float = 4.0, seed: int = 0) -> torch.nn
             bos_token_id=1,
             eos_token_id=2,
             pad_token_id=0,
+            tie_word_embeddings=tie,
         )
     )
     with torch.no_grad():
@@ -55,10 +57,16 @@ def tiny_llama(vocab_size: int, sharpen: float = 4.0, seed: int = 0) -> torch.nn
 
 
 def save_tiny_lm(
-    folder: Path, words: Sequence[str], *, unused_ids: int = 0, sharpen: float = 4.0, lowercase: bool = False
+    folder: Path,
+    words: Sequence[str],
+    *,
+    unused_ids: int = 0,
+    sharpen: float = 4.0,
+    lowercase: bool = False,
+    tie: bool = False,
 ) -> Path:
     """A tiny Llama + its tokenizer saved as a transformers folder (`unused_ids`: ids never produced)."""
-    tiny_llama(len(SPECIALS) + len(words) + unused_ids, sharpen).save_pretrained(folder)
+    tiny_llama(len(SPECIALS) + len(words) + unused_ids, sharpen, tie=tie).save_pretrained(folder)
     word_tokenizer(words, lowercase).save_pretrained(folder)
     return folder
 

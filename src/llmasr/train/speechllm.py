@@ -28,6 +28,7 @@ from torch import nn
 from llmasr.components.speech.adapters import HEAD_ADAPTERS, char_ids
 from llmasr.components.speech.speechllm import (
     PARTS,
+    TRANSCRIPT_FORMS,
     SpeechBatch,
     SpeechLLM,
     SpeechLlmConfig,
@@ -159,6 +160,10 @@ class Recipe:
             raise RecipeError("model.xattn_every must be at least 1")
         if m.xattn_init not in XATTN_INITS:
             raise RecipeError(f"model.xattn_init '{m.xattn_init}': choose {' or '.join(XATTN_INITS)}")
+        if m.transcript_form not in TRANSCRIPT_FORMS:
+            raise RecipeError(
+                f"model.transcript_form '{m.transcript_form}': choose {' or '.join(TRANSCRIPT_FORMS)}"
+            )
         if m.xattn_alignment not in XATTN_ALIGNMENTS:
             raise RecipeError(
                 f"model.xattn_alignment '{m.xattn_alignment}': choose {' or '.join(XATTN_ALIGNMENTS)}"

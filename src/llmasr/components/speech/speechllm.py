@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from llmasr.components.lm.lora import LoraSettings, base_causal_lm, with_lora
 from llmasr.components.speech.adapters import AdapterOutput, build_adapter
+from llmasr.components.speech.ctc_head import ctc_targets
 from llmasr.components.speech.xattn import XAttnFusion
 from llmasr.core.errors import ModelError
 
@@ -34,6 +35,8 @@ DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
 IGNORE = -100  # label of positions that carry no loss (prompt, audio, padding)
 #: prefix: audio embeddings in the prompt; xattn: gated cross-attention blocks
 FUSIONS = ("prefix", "xattn")
+#: the text a speech-LLM writes (SpeechLlmConfig.transcript_form)
+TRANSCRIPT_FORMS = ("written", "normalized")
 
 
 @dataclass
@@ -74,8 +77,11 @@ class SpeechLlmConfig:
     xattn_init: str = "random"
     #: xattn: "monotonic" biases each query toward the speech of the token it predicts (ALiBi-like), or "none"
     xattn_alignment: str = "none"
-    #: xattn: one block more, before the first layer (on the token embeddings)
-    xattn_input: bool = False
+    #: xattn: one block more, on the LLM's final norm, started as a copy of the aligned speech (tied LLMs)
+    xattn_copy: bool = False
+    #: what the LLM learns to write: the transcript "written" (case, punctuation) or "normalized" as the
+    #: token CTC head's targets are (lowercase words, no punctuation): then token k is the head's token k
+    transcript_form: str = "written"
 
 
 @dataclass
@@ -186,9 +192,14 @@ class SpeechLLM(nn.Module):
         xattn_heads: int = 8,
         xattn_init: str = "random",
         xattn_alignment: str = "none",
-        xattn_input: bool = False,
+        xattn_copy: bool = False,
+        transcript_form: str = "written",
     ) -> None:
         super().__init__()
+        if transcript_form not in TRANSCRIPT_FORMS:
+            choices = " or ".join(TRANSCRIPT_FORMS)
+            raise ValueError(f"transcript_form must be {choices}, got '{transcript_form}'")
+        self.transcript_form = transcript_form
         if loss_reduction not in ("token", "example"):
             raise ValueError(f"loss_reduction must be 'token' or 'example', got '{loss_reduction}'")
         if fusion not in FUSIONS:
@@ -223,7 +234,7 @@ class SpeechLLM(nn.Module):
                 xattn_heads,
                 init=xattn_init,
                 alignment=xattn_alignment,
-                input_block=xattn_input,
+                copy_block=xattn_copy,
             )
             if fusion == "xattn"
             else None
@@ -381,6 +392,10 @@ class SpeechLLM(nn.Module):
         return self._prompt_cache[key]
 
     def target_ids(self, text: str) -> list[int]:
+        """The token ids the LLM writes for `text`, then EOS: its `transcript_form` (written as given, or
+        normalised as a token CTC head's targets)."""
+        if self.transcript_form == "normalized":
+            return [*ctc_targets(self.tokenizer, text), self._eos]
         return [*self._encode(text.strip()), self._eos]
 
     def _encode(self, text: str) -> list[int]:
@@ -735,7 +750,8 @@ def build_speechllm(
         xattn_heads=config.xattn_heads,
         xattn_init=config.xattn_init,
         xattn_alignment=config.xattn_alignment,
-        xattn_input=config.xattn_input,
+        xattn_copy=config.xattn_copy,
+        transcript_form=config.transcript_form,
     )
     set_trainable(model, ())
     return model

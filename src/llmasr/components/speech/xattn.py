@@ -29,11 +29,13 @@ from 1 down) are parameters, but at the blocks' learning rate they barely move (
 0.09 in 300 updates, measured). The query's token index comes from the LLM's own position ids (left
 padding in generation included) less the row's prompt length (`set_memory(..., starts=)`).
 
-`input_block=True` adds one block before the first layer, on the token embeddings: queries and keys are
-then in one space (the CTC compressor's speech is posterior-weighted LLM embeddings), and with the
-alignment each transcript position reads, at its input, the embedding of the token heard where its
-next token is (started from layer 0's attention with "lm"). The blocks after layers start from a
-stream several layers removed from the embeddings they read.
+`copy_block=True` adds one block on the LLM's final norm, the stream its output layer reads: its value
+and output projections start as the identity and its query/key projections at zero, so with the
+alignment each query starts by adding the speech vector of the token it predicts, an LLM input
+embedding, to that stream; with the output layer tied to the input embeddings (SmolLM2, Gemma) this
+raises that token's logit (a copy path). The gate starts at 0, as all gates do. Measured (docs/deep.md):
+a block started from layer 0's attention before the first layer, on the token embeddings, did not open
+its gate in 200 updates (tanh 0.003), while blocks after layers leave the embeddings' space.
 """
 
 from __future__ import annotations
@@ -130,6 +132,21 @@ class GatedXAttnBlock(nn.Module):
             q.requires_grad_(True)
         self.norm, self.memory_norm = norm, copy.deepcopy(norm)
 
+    def init_copy(self) -> None:
+        """Start as a copy path (module doc, `copy_block`): value and output projections the identity,
+        query/key projections and all biases zero (the alignment alone then places the attention), every
+        head's slope 1 (each head carries its own slice of the embedding: all of them must look at the
+        token's speech, not ALiBi's spread of ranges), the norms as they are."""
+        dim = self.attn.embed_dim
+        with torch.no_grad():
+            if self.align_log_slope is not None:
+                self.align_log_slope.zero_()
+            self.attn.in_proj_weight.zero_()
+            self.attn.in_proj_weight[2 * dim :].copy_(torch.eye(dim))
+            self.attn.in_proj_bias.zero_()
+            self.attn.out_proj.weight.copy_(torch.eye(dim))
+            self.attn.out_proj.bias.zero_()
+
     def forward(
         self,
         x: torch.Tensor,
@@ -182,11 +199,12 @@ class XAttnFusion(nn.Module):
         ffn_mult: int = 2,
         init: str = "random",
         alignment: str = "none",
-        input_block: bool = False,
+        copy_block: bool = False,
     ) -> None:
-        """Blocks after every `every`-th layer of `causal_lm`, and with `input_block` one before the first
-        layer; `init` "random" or "lm", `alignment` "none" or "monotonic" (module doc). Raises ValueError
-        for a bad `every`/`init`/`alignment` or, with "lm", heads that do not fit the LLM's."""
+        """Blocks after every `every`-th layer of `causal_lm`, and with `copy_block` one on its final norm;
+        `init` "random" or "lm", `alignment` "none" or "monotonic" (module doc). Raises ValueError for a
+        bad `every`/`init`/`alignment`, with "lm" heads that do not fit the LLM's, and with `copy_block`
+        an LLM whose output layer is not tied to its input embeddings or that has no `.model.norm`."""
         super().__init__()
         if every < 1:
             raise ValueError("xattn every must be at least 1")
@@ -197,23 +215,34 @@ class XAttnFusion(nn.Module):
         #: after layers every-1, 2*every-1, ...: the last layer always gets one when every divides the depth
         self.positions = [i for i in range(len(layers)) if (i + 1) % every == 0] or [len(layers) - 1]
         self.blocks = nn.ModuleList(GatedXAttnBlock(dim, heads, ffn_mult, alignment) for _ in self.positions)
-        #: the block before the first layer (on the token embeddings), if any; apart from `blocks`, so
-        #: that the after-layer blocks keep their names (`blocks.0` ...) with or without it
-        self.input_block = GatedXAttnBlock(dim, heads, ffn_mult, alignment) if input_block else None
+        #: the block on the final norm (module doc), if any; apart from `blocks`, so that the after-layer
+        #: blocks keep their names (`blocks.0` ...) with or without it
+        self.copy_block: GatedXAttnBlock | None = None
         if init == "lm":
             for i, block in zip(self.positions, self.blocks):
                 block.init_from_layer(layers[min(i + 1, len(layers) - 1)])  # the layer that reads its output
-            if self.input_block is not None:
-                self.input_block.init_from_layer(layers[0])
         self._memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        #: the position ids the last decoder layer was called with (the final norm is not given them)
+        self._positions: torch.Tensor | None = None
         self._handles = [
             layers[i].register_forward_hook(self._hook(block), with_kwargs=True)
             for i, block in zip(self.positions, self.blocks)
         ]
-        if self.input_block is not None:
-            self._handles.append(
-                layers[0].register_forward_pre_hook(self._pre_hook(self.input_block), with_kwargs=True)
-            )
+        if copy_block:
+            final_norm = getattr(getattr(causal_lm, "model", None), "norm", None)
+            if final_norm is None:
+                raise ValueError(f"{type(causal_lm).__name__}: no `.model.norm` to put a copy block on")
+            if not getattr(causal_lm.config, "tie_word_embeddings", False):
+                raise ValueError(
+                    f"{type(causal_lm).__name__}: a copy block needs an output layer tied to the input"
+                    " embeddings"
+                )
+            self.copy_block = GatedXAttnBlock(dim, heads, ffn_mult, alignment)
+            self.copy_block.init_copy()
+            self._handles += [
+                layers[-1].register_forward_pre_hook(self._keep_positions, with_kwargs=True),
+                final_norm.register_forward_hook(self._hook(self.copy_block), with_kwargs=True),
+            ]
 
     def set_memory(
         self,
@@ -236,9 +265,10 @@ class XAttnFusion(nn.Module):
         self._memory = (memory, mask, starts.long())
 
     def _attend(
-        self, block: GatedXAttnBlock, module: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]
+        self, block: GatedXAttnBlock, module: nn.Module, hidden: torch.Tensor, positions: torch.Tensor | None
     ) -> torch.Tensor:
-        """`block` applied to a decoder layer's hidden states (B, L, D), with the speech set last."""
+        """`block` applied to a module's hidden states (B, L, D), with the speech set last and the LLM's
+        position ids (B or 1, L) the module was called with."""
         assert self._memory is not None
         memory, mask, starts = self._memory
         if hidden.shape[0] != memory.shape[0]:  # beam search repeats each row
@@ -247,42 +277,34 @@ class XAttnFusion(nn.Module):
             starts = starts.repeat_interleave(reps, 0)
         query_index = None
         if block.align_log_slope is not None:
-            # the LLM's position ids (B or 1, L): position p predicts token p - start + 1
-            positions = kwargs.get("position_ids")
             if positions is None or positions.dim() != 2:
                 raise ModelError(
                     f"{type(module).__name__}: monotonic alignment needs the (batch, length) position ids"
                     " the LLM passes its decoder layers; this LLM passes "
                     + ("none" if positions is None else f"a {positions.dim()}-D tensor")
                 )
+            # position p predicts token p - start + 1
             positions = positions.to(hidden.device).expand(hidden.shape[0], -1)
             query_index = (positions - starts.to(hidden.device).unsqueeze(1) + 1).clamp(min=0)
         return block(hidden, memory.to(hidden.device), mask.to(hidden.device), query_index)
 
     def _hook(self, block: GatedXAttnBlock) -> Any:
-        """A forward hook running `block` on a decoder layer's output."""
+        """A forward hook running `block` on a module's output: a decoder layer's (its own position ids),
+        or the final norm's (the last decoder layer's)."""
 
         def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
             if self._memory is None:
                 return output
-            hidden = self._attend(block, module, output[0] if isinstance(output, tuple) else output, kwargs)
+            positions = kwargs.get("position_ids") if block is not self.copy_block else self._positions
+            hidden = self._attend(
+                block, module, output[0] if isinstance(output, tuple) else output, positions
+            )
             return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
         return hook
 
-    def _pre_hook(self, block: GatedXAttnBlock) -> Any:
-        """A forward pre-hook running `block` on a decoder layer's input (hidden states: first argument or
-        `hidden_states=`)."""
-
-        def hook(module: nn.Module, args: Any, kwargs: dict[str, Any]) -> Any:
-            if self._memory is None:
-                return None
-            if args:
-                return (self._attend(block, module, args[0], kwargs), *args[1:]), kwargs
-            kwargs = {**kwargs, "hidden_states": self._attend(block, module, kwargs["hidden_states"], kwargs)}
-            return args, kwargs
-
-        return hook
+    def _keep_positions(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        self._positions = kwargs.get("position_ids")
 
     def remove(self) -> None:
         for handle in self._handles:
