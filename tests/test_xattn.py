@@ -187,8 +187,9 @@ def test_monotonic_alignment_reads_token_index_from_position_ids() -> None:
 
 def test_copy_block_adds_the_aligned_speech_to_what_the_output_layer_reads() -> None:
     """copy_block: a block on the final norm, indexed as the after-layer blocks (the last layer's position
-    ids), that starts by adding speech vector k to the normed stream of the query predicting token k;
-    zero gates keep the bare LLM; an LLM with an untied output layer is refused."""
+    ids), that starts by adding speech vector k to the normed stream of the query predicting token k, and
+    the end token's embedding after a row's last vector; zero gates keep the bare LLM; an LLM with an
+    untied output layer, or no end token, is refused."""
     llm = tiny_llama(40, tie=True).eval()
     ids = torch.randint(4, 40, (2, 6))
     with torch.no_grad():
@@ -196,7 +197,9 @@ def test_copy_block_adds_the_aligned_speech_to_what_the_output_layer_reads() -> 
         handle = llm.model.norm.register_forward_hook(lambda m, a, o: normed.append(o))
         bare = llm(input_ids=ids).logits
         handle.remove()
-        fusion = XAttnFusion(llm, every=2, heads=4, init="lm", alignment="monotonic", copy_block=True)
+        fusion = XAttnFusion(
+            llm, every=2, heads=4, init="lm", alignment="monotonic", copy_block=True, end_token=2
+        )
         assert fusion.positions == [1] and len(fusion.blocks) == 1 and fusion.copy_block is not None
         assert torch.equal(fusion.copy_block.align_log_slope, torch.zeros(4))  # every head at slope 1
         seen: dict[str, list[torch.Tensor]] = {"copy": [], "after": []}
@@ -204,20 +207,25 @@ def test_copy_block_adds_the_aligned_speech_to_what_the_output_layer_reads() -> 
             original = block.forward
             block.forward = lambda *a, o=original, k=key: seen[k].append(a[3]) or o(*a)  # type: ignore[method-assign]
         memory = torch.randn(2, 5, 32)
-        fusion.set_memory(memory, torch.tensor([5, 4]), torch.tensor([2, 3]))
+        fusion.set_memory(memory, torch.tensor([5, 2]), torch.tensor([2, 3]))
         assert torch.equal(llm(input_ids=ids).logits, bare)
         index = seen["copy"][-1]
         assert torch.equal(index, seen["after"][-1]) and index.tolist()[1] == [0, 0, 0, 1, 2, 3]
         fusion.copy_block.attn_gate.fill_(20.0)  # tanh = 1
         fusion.copy_block.align_log_slope.fill_(math.log(60.0))  # each query reads its own vector only
-        index = index.clamp(max=torch.tensor([[4], [3]]))  # past the speech: its last valid vector
-        want = llm.lm_head(normed[-1] + memory[torch.arange(2)[:, None], index])
+        # row 1 has 2 vectors: index 2 reads the end token's embedding, and so does 3 (the nearest)
+        ended = torch.cat([memory, torch.zeros(2, 1, 32)], 1)
+        ended[0, 5], ended[1, 2] = llm.model.embed_tokens.weight[2], llm.model.embed_tokens.weight[2]
+        index = index.clamp(max=torch.tensor([[5], [2]]))
+        want = llm.lm_head(normed[-1] + ended[torch.arange(2)[:, None], index])
         assert torch.allclose(llm(input_ids=ids).logits, want, atol=1e-4)
         fusion.set_memory(None)
         assert torch.equal(llm(input_ids=ids).logits, bare)
         fusion.remove()
     with pytest.raises(ValueError, match="tied"):
-        XAttnFusion(tiny_llama(40), every=2, heads=4, alignment="monotonic", copy_block=True)
+        XAttnFusion(tiny_llama(40), every=2, heads=4, alignment="monotonic", copy_block=True, end_token=2)
+    with pytest.raises(ValueError, match="end_token"):
+        XAttnFusion(tiny_llama(40, tie=True), every=2, heads=4, copy_block=True)
 
 
 def test_monotonic_alignment_indexes_tokens_in_training_and_generation(llama_dir: Path) -> None:

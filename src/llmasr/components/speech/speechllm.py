@@ -235,6 +235,7 @@ class SpeechLLM(nn.Module):
                 init=xattn_init,
                 alignment=xattn_alignment,
                 copy_block=xattn_copy,
+                end_token=self._eos,
             )
             if fusion == "xattn"
             else None

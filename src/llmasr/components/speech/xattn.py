@@ -23,7 +23,8 @@ gates still start at 0: the untrained model is the bare LLM either way.
 linear distance bias, Press et al. 2022, laid between the two sequences). Over the CTC compressor's
 speech (one vector per emitted token) j = k is about where that token was heard (the head's tokens are
 normalised text, the LLM's transcript keeps case and punctuation: about 1.5 tokens more per synthetic
-utterance, so the match drifts by a token or two toward the end), so the bias points each query at its
+utterance, so the match drifts by a token or two toward the end; with `transcript_form: normalized` the
+LLM writes the head's own form and it does not), so the bias points each query at its
 token's speech before any training. The slopes (one per head, ALiBi-like: 2^(-8h/H) for h = 0..H-1,
 from 1 down) are parameters, but at the blocks' learning rate they barely move (log-slopes by at most
 0.09 in 300 updates, measured). The query's token index comes from the LLM's own position ids (left
@@ -33,9 +34,11 @@ padding in generation included) less the row's prompt length (`set_memory(..., s
 and output projections start as the identity and its query/key projections at zero, so with the
 alignment each query starts by adding the speech vector of the token it predicts, an LLM input
 embedding, to that stream; with the output layer tied to the input embeddings (SmolLM2, Gemma) this
-raises that token's logit (a copy path). The gate starts at 0, as all gates do. Measured (docs/deep.md):
-a block started from layer 0's attention before the first layer, on the token embeddings, did not open
-its gate in 200 updates (tanh 0.003), while blocks after layers leave the embeddings' space.
+raises that token's logit (a copy path). The gate starts at 0, as all gates do. Its speech ends with
+the embedding of the LLM's end-of-text token (`end_token`), so the query after the last token copies
+the end of the transcript, not its last word again (without it: "not for forsaken for forsaken ...").
+Measured (docs/deep.md): a block started from layer 0's attention before the first layer, on the token
+embeddings, did not open its gate in 200 updates (tanh 0.003).
 """
 
 from __future__ import annotations
@@ -200,11 +203,13 @@ class XAttnFusion(nn.Module):
         init: str = "random",
         alignment: str = "none",
         copy_block: bool = False,
+        end_token: int | None = None,
     ) -> None:
         """Blocks after every `every`-th layer of `causal_lm`, and with `copy_block` one on its final norm;
         `init` "random" or "lm", `alignment` "none" or "monotonic" (module doc). Raises ValueError for a
         bad `every`/`init`/`alignment`, with "lm" heads that do not fit the LLM's, and with `copy_block`
-        an LLM whose output layer is not tied to its input embeddings or that has no `.model.norm`."""
+        no `end_token` (the tokenizer's end-of-text id) or an LLM whose output layer is not tied to its
+        input embeddings or that has no `.model.norm`."""
         super().__init__()
         if every < 1:
             raise ValueError("xattn every must be at least 1")
@@ -222,6 +227,11 @@ class XAttnFusion(nn.Module):
             for i, block in zip(self.positions, self.blocks):
                 block.init_from_layer(layers[min(i + 1, len(layers) - 1)])  # the layer that reads its output
         self._memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        #: the copy block's speech: the memory with the end token's embedding after each row's last vector
+        self._copy_memory: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: the LLM's input embeddings (a list: not registered, so not saved twice) and the end token's id
+        self._embeddings = [causal_lm.get_input_embeddings()]
+        self._end_token = end_token
         #: the position ids the last decoder layer was called with (the final norm is not given them)
         self._positions: torch.Tensor | None = None
         self._handles = [
@@ -237,6 +247,8 @@ class XAttnFusion(nn.Module):
                     f"{type(causal_lm).__name__}: a copy block needs an output layer tied to the input"
                     " embeddings"
                 )
+            if end_token is None:
+                raise ValueError("a copy block needs the LLM's end-of-text token id (end_token)")
             self.copy_block = GatedXAttnBlock(dim, heads, ffn_mult, alignment)
             self.copy_block.init_copy()
             self._handles += [
@@ -254,7 +266,7 @@ class XAttnFusion(nn.Module):
         (B,): each row's position id of its first transcript token (its prompt length; default 0), from
         which monotonic alignment reads which token a query predicts."""
         if memory is None:
-            self._memory = None
+            self._memory = self._copy_memory = None
             return
         rows, frames = memory.shape[:2]
         if lengths is None:
@@ -263,6 +275,13 @@ class XAttnFusion(nn.Module):
             starts = torch.zeros(rows, dtype=torch.long, device=memory.device)
         mask = torch.arange(frames, device=memory.device).unsqueeze(0) < lengths.clamp(min=1).unsqueeze(1)
         self._memory = (memory, mask, starts.long())
+        if self.copy_block is not None:
+            end = self._embeddings[0].weight[self._end_token].to(memory.device, memory.dtype)
+            rows_at = torch.arange(rows, device=memory.device)
+            ended = torch.cat([memory, memory.new_zeros(rows, 1, memory.shape[2])], 1)
+            ended = ended.index_put((rows_at, lengths.long()), end.expand(rows, -1))
+            ended_mask = torch.arange(frames + 1, device=memory.device).unsqueeze(0) <= lengths.unsqueeze(1)
+            self._copy_memory = (ended, ended_mask)
 
     def _attend(
         self, block: GatedXAttnBlock, module: nn.Module, hidden: torch.Tensor, positions: torch.Tensor | None
@@ -271,6 +290,8 @@ class XAttnFusion(nn.Module):
         position ids (B or 1, L) the module was called with."""
         assert self._memory is not None
         memory, mask, starts = self._memory
+        if block is self.copy_block and self._copy_memory is not None:
+            memory, mask = self._copy_memory
         if hidden.shape[0] != memory.shape[0]:  # beam search repeats each row
             reps = hidden.shape[0] // memory.shape[0]
             memory, mask = memory.repeat_interleave(reps, 0), mask.repeat_interleave(reps, 0)
