@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -269,7 +270,12 @@ def test_init_starts_from_a_trained_speech_llm_and_refuses_one_that_does_not_fit
     fresh = [float(r["loss"]) for r in _log(tmp_path / "a")]
     recipe = _recipe(models, manifest, tmp_path / "b", *extra, f"init={tmp_path / 'a'}")
     task = SpeechLlmTask(recipe)
-    model = task.build(torch.device("cpu"))
+    with pytest.warns(UserWarning, match="replays its batches in the same order"):  # the same seed and data
+        model = task.build(torch.device("cpu"))
+    reseeded = _recipe(models, manifest, tmp_path / "b2", *extra, f"init={tmp_path / 'a'}", "run.seed=2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SpeechLlmTask(reseeded).build(torch.device("cpu"))
     trained = load_file(str(Path(first.export) / "model.safetensors"))
     state = model.trainable_state_dict()
     assert trained and all(torch.equal(state[k], v) for k, v in trained.items())
@@ -283,7 +289,8 @@ def test_init_starts_from_a_trained_speech_llm_and_refuses_one_that_does_not_fit
     )
     (tmp_path / "with-head" / "recipe.yaml").write_text((Path(first.export) / "recipe.yaml").read_text())
     load_init(model, str(tmp_path / "with-head"))
-    fit(SpeechLlmTask(recipe))
+    with pytest.warns(UserWarning, match="replays"):
+        fit(SpeechLlmTask(recipe))
     again = [float(r["loss"]) for r in _log(tmp_path / "b")]
     assert again[0] < fresh[0] - 0.05 and again[0] < fresh[2], (fresh, again)
     other = _recipe(models, manifest, tmp_path / "c", "model.adapter_kw={stack: 5}")

@@ -16,6 +16,7 @@ greedy transcripts of the first `run.max_dev_utterances` dev utterances (states 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -290,7 +291,16 @@ class SpeechLlmTask:
             states_dim=states_dim,
         )
         if self.recipe.init:
-            load_init(self.model, self.recipe.init, self.recipe.model)
+            theirs = load_init(self.model, self.recipe.init, self.recipe.model)
+            if theirs.get("run", {}).get("seed") == self.recipe.run.seed and theirs.get("data") == asdict(
+                self.recipe.data
+            ):
+                warnings.warn(
+                    f"init '{self.recipe.init}' was trained on this data with run.seed"
+                    f" {self.recipe.run.seed}: this run replays its batches in the same order;"
+                    " set another run.seed to see others",
+                    stacklevel=2,
+                )
         return self.model
 
     def epoch_batches(self, epoch: int, rank: int, world: int) -> list[Any]:
@@ -382,14 +392,15 @@ class SpeechLlmTask:
         return item.seconds if self.cached else float(item.duration or 0.0)
 
 
-def load_init(model: SpeechLLM, name_or_path: str, config: SpeechLlmConfig | None = None) -> None:
+def load_init(model: SpeechLLM, name_or_path: str, config: SpeechLlmConfig | None = None) -> dict[str, Any]:
     """Load a trained speech-LLM's weights (adapter, cross-attention, LoRA; `Recipe.init`) into `model`.
 
     `name_or_path`: an export folder, a training run (its export, else its newest checkpoint), a
     checkpoint folder, or the name of a model shipped with llmasr. The frozen head's weights in it are
     skipped: `model` keeps the head its `model.head` names (fine-tuning on a better head). Raises
     RecipeError naming it when nothing is there, when its recipe differs from `config` in a field of
-    INIT_FIELDS (another encoder, LLM, adapter, LoRA or fusion), or when its weights do not fit."""
+    INIT_FIELDS (another encoder, LLM, adapter, LoRA or fusion), or when its weights do not fit.
+    Returns the whole recipe it was trained with (a dict)."""
     from safetensors.torch import load_file
 
     from llmasr.components.asr.speechllm import find_checkpoint, read_checkpoint_recipe
@@ -398,7 +409,7 @@ def load_init(model: SpeechLLM, name_or_path: str, config: SpeechLlmConfig | Non
 
     try:
         weights, recipe_path = find_checkpoint(resolve(name_or_path, "asr")[1])
-        _, theirs = read_checkpoint_recipe(recipe_path)
+        whole, theirs = read_checkpoint_recipe(recipe_path)
     except ModelError as exc:
         raise RecipeError(
             f"init '{name_or_path}': not a trained speech-LLM (a folder, a run, or a shipped name): {exc}"
@@ -419,6 +430,7 @@ def load_init(model: SpeechLLM, name_or_path: str, config: SpeechLlmConfig | Non
         lines = [x.strip() for x in str(exc).strip().splitlines()]
         first = next((x for x in lines if "size mismatch" in x), lines[0])
         raise RecipeError(f"init '{name_or_path}': its weights do not fit this model: {first}") from None
+    return whole
 
 
 def _unwrap(model: nn.Module) -> SpeechLLM:
