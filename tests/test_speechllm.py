@@ -342,3 +342,27 @@ def test_normalized_transcripts_are_the_heads_ctc_targets(llama_dir: Path) -> No
     assert len(want) == 4 and len(written.target_ids(text)) == len(want) + 3 + 1  # , : . and EOS
     with pytest.raises(ValueError, match="transcript_form"):
         _model(llama_dir, transcript_form="lower")
+
+
+def test_normalized_model_writes_only_its_heads_tokens(
+    llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model writing normalised text keeps to the tokens its token CTC head may emit (the head's
+    vocabulary mask) and EOS, greedy and in beams; a model writing written text is not restricted."""
+    model = _model(llama_dir, transcript_form="normalized")
+    tok = model.tokenizer
+    words = {"the", "cat", "sat"}
+    allowed = torch.zeros(len(tok), dtype=torch.bool)
+    allowed[tok.convert_tokens_to_ids(sorted(words))] = True
+    feats = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n)) for n in (12, 5)]
+    free = model.generate(feats, max_new_tokens=6, min_new_tokens=6)
+    assert any(set(t.split()) - words for t in free), free  # unrestricted, it writes other words
+    # generation reads only the head's `allowed` mask (TokenCtcHead.allowed)
+    head = nn.Module()
+    head.register_buffer("allowed", allowed)
+    monkeypatch.setattr(SpeechLLM, "head", property(lambda self: head))
+    for text in model.generate(feats, max_new_tokens=6):
+        assert set(text.split()) <= words, text
+    for hyps in model.generate_nbest(torch.stack([feats[0], feats[0]]), None, 2, max_new_tokens=4):
+        assert all(set(text.split()) <= words for text, _, _ in hyps), hyps
+    assert _model(llama_dir)._vocabulary_kw() == {}  # written text: not restricted

@@ -200,6 +200,7 @@ class SpeechLLM(nn.Module):
             choices = " or ".join(TRANSCRIPT_FORMS)
             raise ValueError(f"transcript_form must be {choices}, got '{transcript_form}'")
         self.transcript_form = transcript_form
+        self._suppressed: list[int] | None = None  # token ids a normalised-text model may not write
         if loss_reduction not in ("token", "example"):
             raise ValueError(f"loss_reduction must be 'token' or 'example', got '{loss_reduction}'")
         if fusion not in FUSIONS:
@@ -557,11 +558,25 @@ class SpeechLLM(nn.Module):
                 do_sample=False,
                 eos_token_id=self._eos,
                 pad_token_id=self._pad,
+                **self._vocabulary_kw(),
                 **generate_kw,
             )
         finally:
             self.train(was_training)
         return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def _vocabulary_kw(self) -> dict[str, Any]:
+        """`generate` arguments that keep a model writing normalised text (`transcript_form`) to the
+        tokens its token CTC head may emit (the head's vocabulary mask) and EOS: without them such a
+        model wrote stray non-word tokens after the last word ("six clubsIntfIntf..."). Empty otherwise."""
+        allowed = getattr(self.head, "allowed", None)
+        if self.transcript_form != "normalized" or allowed is None or bool(allowed.all()):
+            return {}
+        if self._suppressed is None:
+            keep = allowed.clone()
+            keep[self._eos] = True
+            self._suppressed = torch.nonzero(~keep).flatten().tolist()
+        return {"suppress_tokens": self._suppressed}
 
     @torch.no_grad()
     def score_texts(
@@ -655,6 +670,7 @@ class SpeechLLM(nn.Module):
                     pad_token_id=self._pad,
                     output_scores=True,
                     return_dict_in_generate=True,
+                    **self._vocabulary_kw(),
                     **(
                         {"length_penalty": 0.0, "no_repeat_ngram_size": BEAM_NO_REPEAT_NGRAM} if n > 1 else {}
                     ),
