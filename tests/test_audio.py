@@ -179,6 +179,19 @@ def test_empty_file(tmp_path):
     assert problem(e) == "empty file (0 bytes)"
 
 
+def test_check_path_names_an_undecodable_file_name_printably(tmp_path):
+    """A Latin-1 file name (bytes that are not UTF-8) is named as display_name prints it (\\xe9), as the
+    decoder names it, so a batch's message can be matched to its input and printed."""
+    from llmasr.core.audio import check_path
+
+    path = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.wav"))
+    path.write_bytes(b"")
+    with pytest.raises(AudioError) as e:
+        check_path(path)
+    assert str(e.value) == f"{tmp_path}/caf\\xe9.wav: empty file (0 bytes)"
+    str(e.value).encode("utf-8")  # printable: no surrogates left
+
+
 def test_wav_with_no_samples(tmp_path):
     path = tmp_path / "zero.wav"
     sf.write(path, np.zeros(0, np.float32), 16000)

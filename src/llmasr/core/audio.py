@@ -240,9 +240,10 @@ def _label(source: AudioSource | np.ndarray) -> str:
 
 
 def check_path(path: str | os.PathLike[str], label: str | None = None) -> None:
-    """Raise AudioError (named by `label`, default the path) when `path` is missing, a directory or empty:
-    what can be told of an audio file before any model loads or any byte is decoded."""
-    path, label = Path(path), label or os.fspath(path)
+    """Raise AudioError (named by `label`, default the path as `display_name` prints it) when `path` is
+    missing, a directory or empty: what can be told of an audio file before any model loads or any byte is
+    decoded."""
+    path, label = Path(path), label or display_name(path)
     if not path.exists():
         raise AudioError(label, "file not found", "missing")
     if path.is_dir():
