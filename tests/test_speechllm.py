@@ -361,8 +361,8 @@ def test_normalized_model_writes_only_its_heads_tokens(
     head = nn.Module()
     head.register_buffer("allowed", allowed)
     monkeypatch.setattr(SpeechLLM, "head", property(lambda self: head))
-    for text in model.generate(feats, max_new_tokens=6):
-        assert set(text.split()) <= words, text
+    for text in model.generate(feats, max_new_tokens=6, min_new_tokens=6):
+        assert text and set(text.split()) <= words, text
     for hyps in model.generate_nbest(torch.stack([feats[0], feats[0]]), None, 2, max_new_tokens=4):
-        assert all(set(text.split()) <= words for text, _, _ in hyps), hyps
+        assert all(set(text.split()) <= words for text, _, _ in hyps) and any(t for t, _, _ in hyps), hyps
     assert _model(llama_dir)._vocabulary_kw() == {}  # written text: not restricted

@@ -111,7 +111,10 @@ def test_recipe_checks_xattn(tmp_path: Path) -> None:
         load_recipe(path, ["model.xattn_alignment=diagonal"])
     assert load_recipe(path, ["model.xattn_alignment=monotonic"]).model.xattn_alignment == "monotonic"
     assert load_recipe(Path("recipes/d1_xattn_gemma.yaml")).model.xattn_every == 6
-    assert load_recipe(path, ["model.xattn_copy=true"]).model.xattn_copy is True
+    copy = ["model.xattn_copy=true", "model.xattn_alignment=monotonic"]
+    assert load_recipe(path, copy).model.xattn_copy is True
+    with pytest.raises(RecipeError, match="xattn_copy needs"):
+        load_recipe(path, ["model.xattn_copy=true"])  # no alignment
     with pytest.raises(RecipeError, match="model.transcript_form 'lower'"):
         load_recipe(path, ["model.transcript_form=lower"])
 

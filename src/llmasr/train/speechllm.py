@@ -161,6 +161,11 @@ class Recipe:
             raise RecipeError("model.xattn_every must be at least 1")
         if m.xattn_init not in XATTN_INITS:
             raise RecipeError(f"model.xattn_init '{m.xattn_init}': choose {' or '.join(XATTN_INITS)}")
+        if m.xattn_copy and (m.fusion != "xattn" or m.xattn_alignment != "monotonic"):
+            raise RecipeError(
+                "model.xattn_copy needs model.fusion: xattn and model.xattn_alignment: monotonic"
+                " (it copies the speech of the token each query predicts)"
+            )
         if m.transcript_form not in TRANSCRIPT_FORMS:
             raise RecipeError(
                 f"model.transcript_form '{m.transcript_form}': choose {' or '.join(TRANSCRIPT_FORMS)}"

@@ -200,7 +200,6 @@ class SpeechLLM(nn.Module):
             choices = " or ".join(TRANSCRIPT_FORMS)
             raise ValueError(f"transcript_form must be {choices}, got '{transcript_form}'")
         self.transcript_form = transcript_form
-        self._suppressed: list[int] | None = None  # token ids a normalised-text model may not write
         if loss_reduction not in ("token", "example"):
             raise ValueError(f"loss_reduction must be 'token' or 'example', got '{loss_reduction}'")
         if fusion not in FUSIONS:
@@ -572,11 +571,9 @@ class SpeechLLM(nn.Module):
         allowed = getattr(self.head, "allowed", None)
         if self.transcript_form != "normalized" or allowed is None or bool(allowed.all()):
             return {}
-        if self._suppressed is None:
-            keep = allowed.clone()
-            keep[self._eos] = True
-            self._suppressed = torch.nonzero(~keep).flatten().tolist()
-        return {"suppress_tokens": self._suppressed}
+        keep = allowed.clone()  # read each time: the head's mask may change (`allow`)
+        keep[self._eos] = True
+        return {"suppress_tokens": torch.nonzero(~keep).flatten().tolist()}
 
     @torch.no_grad()
     def score_texts(

@@ -30,13 +30,14 @@ from 1 down) are parameters, but at the blocks' learning rate they barely move (
 0.09 in 300 updates, measured). The query's token index comes from the LLM's own position ids (left
 padding in generation included) less the row's prompt length (`set_memory(..., starts=)`).
 
-`copy_block=True` adds one block on the LLM's final norm, the stream its output layer reads: its value
-and output projections start as the identity and its query/key projections at zero, so with the
-alignment each query starts by adding the speech vector of the token it predicts, an LLM input
-embedding, to that stream; with the output layer tied to the input embeddings (SmolLM2, Gemma) this
-raises that token's logit (a copy path). The gate starts at 0, as all gates do. Its speech ends with
-the embedding of the LLM's end-of-text token (`end_token`), so the query after the last token copies
-the end of the transcript, not its last word again (without it: "not for forsaken for forsaken ...").
+`copy_block=True` adds one block on the LLM's final norm, the stream its output layer reads: its value and
+output projections start as the identity and its query/key projections at zero, so with the alignment
+(slope 1: ~0.46 of the weight on the token's own vector, the rest on its neighbours) each query starts by
+adding mostly the speech vector of the token it predicts, an LLM input embedding, to that stream; with the
+output layer tied to the input embeddings (SmolLM2, Gemma) this raises that token's logit (a copy path).
+The gate starts at 0, as all gates do. Its speech ends with the embedding of the LLM's end-of-text token
+(`end_token`), so the query after the last token copies the end of the transcript, not its last word again
+(without it: "not for forsaken for forsaken ...").
 Measured (docs/deep.md): a block started from layer 0's attention before the first layer, on the token
 embeddings, did not open its gate in 200 updates (tanh 0.003).
 """
@@ -137,7 +138,8 @@ class GatedXAttnBlock(nn.Module):
 
     def init_copy(self) -> None:
         """Start as a copy path (module doc, `copy_block`): value and output projections the identity,
-        query/key projections and all biases zero (the alignment alone then places the attention), every
+        query/key projections and the attention's biases zero (the alignment alone then places the
+        attention; the FFN keeps its start, behind its gate at 0), every
         head's slope 1 (each head carries its own slice of the embedding: all of them must look at the
         token's speech, not ALiBi's spread of ranges), the norms as they are."""
         dim = self.attn.embed_dim
