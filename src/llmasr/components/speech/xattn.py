@@ -255,7 +255,9 @@ class XAttnFusion(nn.Module):
             self.copy_block.init_copy()
             self._handles += [
                 layers[-1].register_forward_pre_hook(self._keep_positions, with_kwargs=True),
-                final_norm.register_forward_hook(self._hook(self.copy_block), with_kwargs=True),
+                final_norm.register_forward_hook(
+                    self._hook(self.copy_block, kept_positions=True), with_kwargs=True
+                ),
             ]
 
     def set_memory(
@@ -311,14 +313,15 @@ class XAttnFusion(nn.Module):
             query_index = (positions - starts.to(hidden.device).unsqueeze(1) + 1).clamp(min=0)
         return block(hidden, memory.to(hidden.device), mask.to(hidden.device), query_index)
 
-    def _hook(self, block: GatedXAttnBlock) -> Any:
-        """A forward hook running `block` on a module's output: a decoder layer's (its own position ids),
-        or the final norm's (the last decoder layer's)."""
+    def _hook(self, block: GatedXAttnBlock, kept_positions: bool = False) -> Any:
+        """A forward hook running `block` on a module's output, with the position ids the module was
+        called with (a decoder layer) or, `kept_positions`, those the last decoder layer was (the final
+        norm, which is given none)."""
 
         def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
             if self._memory is None:
                 return output
-            positions = kwargs.get("position_ids") if block is not self.copy_block else self._positions
+            positions = self._positions if kept_positions else kwargs.get("position_ids")
             hidden = self._attend(
                 block, module, output[0] if isinstance(output, tuple) else output, positions
             )
