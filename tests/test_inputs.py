@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 from llmasr.apps.writers import output_paths
-from llmasr.components.asr.whisper import is_decoder_loop
 from llmasr.core.audio import downmix, read_audio
 from llmasr.core.metrics import normalize
-from llmasr.core.text import parse_terms, read_terms
+from llmasr.core.text import is_decoder_loop, parse_terms, read_terms
 
 #: copies of ../shared/cases (inputs found by trying llmasr as users do; README.md there has the table)
 CASES = Path(__file__).resolve().parent / "cases"

@@ -6,6 +6,7 @@ import importlib.util
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -366,3 +367,52 @@ def test_normalized_model_writes_only_its_heads_tokens(
     for hyps in model.generate_nbest(torch.stack([feats[0], feats[0]]), None, 2, max_new_tokens=4):
         assert all(set(text.split()) <= words for text, _, _ in hyps) and any(t for t, _, _ in hyps), hyps
     assert _model(llama_dir)._vocabulary_kw() == {}  # written text: not restricted
+
+
+def test_greedy_decoder_loop_is_decoded_again_with_the_ngram_ban() -> None:
+    """The recogniser's loop guard: a greedy output that ran to the token limit its audio sets, or repeats
+    itself past the words its audio can hold, is decoded again with repeated BEAM_NO_REPEAT_NGRAM-grams
+    banned (only those segments); an output that ended by itself (even a repetitive one the audio can hold)
+    or reached `max_new_tokens` on a long segment is kept; beams are not decoded twice."""
+    from types import SimpleNamespace
+
+    from llmasr.components.asr.speechllm import TOKENS_PER_WORD, SpeechLlmRecognizer
+    from llmasr.core.text import max_spoken_words
+
+    calls: list[dict] = []
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november".split()
+
+    class Fake:
+        encoder = SimpleNamespace(features=lambda pieces: torch.zeros(len(pieces), 4, MELS))
+
+        def eval(self) -> Fake:
+            return self
+
+        def generate_nbest(self, features, lengths, n, prompt, *, max_new_tokens, no_repeat_ngram_size=None):  # noqa: ANN001, ANN202
+            calls.append({"rows": len(features), "limits": list(max_new_tokens), "ban": no_repeat_ngram_size})
+            if no_repeat_ngram_size:
+                return [[(f"again {i}", -3.0, [1, 2])] for i in range(len(features))]
+            a, b, c, d = max_new_tokens
+            return [
+                [("one seventeen " + "one " * 20, -9.0, list(range(22)))],  # repeats past what 2 s holds
+                [(" ".join(words[: b // 2]), -8.0, list(range(b)))],  # varied, but ran to its audio's limit
+                [("no no no no", -2.0, [5, 5, 5, 5])],  # repeats, but ended well inside its limit
+                [(" ".join(words * 4)[:200], -9.0, list(range(d)))],  # a long segment: max_new_tokens binds
+            ]
+
+    rec = SpeechLlmRecognizer(Fake(), name="fake", accepts_prompt=False, max_new_tokens=64)
+    seconds = [2.0, 1.5, 3.0, 20.0]
+    audio = [np.zeros(int(16000 * s), np.float32) for s in seconds]
+    lists = rec.nbest(audio, 1)
+    limits = [min(64, int(TOKENS_PER_WORD * max_spoken_words(s)) + 1) for s in seconds]
+    assert limits[3] == 64 and limits[1] < 64
+    assert calls == [
+        {"rows": 4, "limits": limits, "ban": None},
+        {"rows": 2, "limits": limits[:2], "ban": BEAM_NO_REPEAT_NGRAM},
+    ]
+    assert [[h.text for h in hyps] for hyps in lists[:2]] == [["again 0"], ["again 1"]]
+    assert [h.text for h in lists[2]] == ["no no no no"]
+    assert lists[3][0].text.startswith("alpha bravo")
+    calls.clear()
+    rec.nbest(audio, 2)  # beams ban repeated n-grams already: one decoding
+    assert [c["ban"] for c in calls] == [None]

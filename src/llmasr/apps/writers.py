@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmasr.core.files import atomic_write
+from llmasr.core.text import compression_ratio
 from llmasr.core.types import Segment, Transcript
 
 #: subtitle line length and lines per cue (common broadcast guidelines)
@@ -92,7 +92,6 @@ def verbose_json(transcript: Transcript, *, words: bool = False) -> dict[str, An
     for i, seg in enumerate(transcript.segments):
         chosen = next((h for h in seg.nbest if h.text.strip() == seg.text), None)
         tokens = list(chosen.tokens) if chosen else []
-        encoded = seg.text.encode("utf-8")
         segments.append(
             {
                 "id": i,
@@ -103,7 +102,7 @@ def verbose_json(transcript: Transcript, *, words: bool = False) -> dict[str, An
                 "tokens": tokens,
                 "temperature": 0.0,
                 "avg_logprob": round(chosen.am_score / max(1, len(tokens)), 4) if chosen else 0.0,
-                "compression_ratio": round(len(encoded) / len(zlib.compress(encoded)), 4) if encoded else 0.0,
+                "compression_ratio": round(compression_ratio(seg.text), 4) if seg.text else 0.0,
                 "no_speech_prob": 0.0,
                 "first_pass_text": seg.first_pass_text,
             }

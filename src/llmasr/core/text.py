@@ -1,7 +1,10 @@
-"""Text formats users hand llmasr: term lists (`--terms`, the server's `terms` field, manifests)."""
+"""Text rules shared by every recogniser and input: the decoder-loop test (how many words speech can hold,
+how repetitive a text is) and the term-list format users hand llmasr (`--terms`, the server's `terms`
+field, manifests)."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 from llmasr.core.errors import LlmasrError
@@ -14,6 +17,32 @@ MAX_WORDS_PER_SECOND = 6.0
 def max_spoken_words(seconds: float) -> int:
     """The most words speech of this duration (seconds) can hold: MAX_WORDS_PER_SECOND * seconds + 2."""
     return int(MAX_WORDS_PER_SECOND * max(0.0, seconds) + 2)
+
+
+#: zlib compression ratio above which a text is repetitive (faster-whisper's and Whisper's threshold)
+COMPRESSION_RATIO_THRESHOLD = 2.4
+
+
+def compression_ratio(text: str) -> float:
+    """UTF-8 bytes of a text over its zlib-compressed bytes (0 for an empty text's 0 bytes)."""
+    data = text.encode("utf-8")
+    return len(data) / max(1, len(zlib.compress(data)))
+
+
+def is_decoder_loop(text: str, seconds: float, tokens: int = 0, max_tokens: int | None = None) -> bool:
+    """True when a hypothesis is a decoder loop rather than speech that repeats itself: it is repetitive
+    (zlib compression ratio over COMPRESSION_RATIO_THRESHOLD, faster-whisper's test) AND longer than the
+    audio can hold (more spoken words than `max_spoken_words(seconds)`, numbers counted as spoken words),
+    or its `tokens` reached the decoder's length limit `max_tokens` (when given). Genuine repetition
+    ("no, no, no ..." twelve times in 6 s, a chant, a counting drill) passes; "montreal forced aligner"
+    forty times in 5 s does not."""
+    from llmasr.core.metrics import normalize  # jiwer: loaded when first needed, not at CLI start
+
+    if max_tokens is not None and tokens >= max_tokens:
+        return True
+    if compression_ratio(text) <= COMPRESSION_RATIO_THRESHOLD:
+        return False
+    return len(normalize(text).split()) > max_spoken_words(seconds)
 
 
 #: the term-list file format, as `--terms` help and docs/inputs.md state it

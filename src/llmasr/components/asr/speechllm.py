@@ -22,7 +22,7 @@ import torch
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
 from llmasr.core.metrics import normalize
-from llmasr.core.text import max_spoken_words
+from llmasr.core.text import is_decoder_loop, max_spoken_words
 from llmasr.core.types import Hypothesis, Word
 
 WEIGHTS = "model.safetensors"
@@ -128,18 +128,44 @@ class SpeechLlmRecognizer:
         Loop guard: each segment's generation stops at TOKENS_PER_WORD tokens for each word it can hold
         (`core.text.max_spoken_words`), and its hypotheses are cut to that many words, so a decoder loop
         ("five five" -> "Five years ago, a young man, a young woman, ...") cannot run on to
-        `max_new_tokens`."""
+        `max_new_tokens`. Greedy output that is a decoder loop (`core.text.is_decoder_loop`: it ran to the
+        limit its audio sets, or it repeats itself past the words its audio can hold) is decoded again with
+        repeated `BEAM_NO_REPEAT_NGRAM`-grams banned, as Whisper's is (beams always ban them): "eleven
+        seventeen fifty one" read "one seventeen fifty one one is one one one ..." before. Reaching
+        `max_new_tokens` on a long segment is not a loop by itself (a second decoding stops there too)."""
         if not segments:
             return []
         features, lengths = self._inputs(segments)
         limits = [max_spoken_words(len(a) / SAMPLE_RATE) for a in segments]
-        lists = self.model.generate_nbest(
-            features,
-            lengths,
-            max(1, n),
-            prompt if self.accepts_prompt else None,
-            max_new_tokens=[min(self.max_new_tokens, int(TOKENS_PER_WORD * w) + 1) for w in limits],
-        )
+        tokens = [min(self.max_new_tokens, int(TOKENS_PER_WORD * w) + 1) for w in limits]
+        prompt = prompt if self.accepts_prompt else None
+        lists = self.model.generate_nbest(features, lengths, max(1, n), prompt, max_new_tokens=tokens)
+        if n <= 1:
+            seconds = [len(a) / SAMPLE_RATE for a in segments]
+            loops = [
+                i
+                for i, hyps in enumerate(lists)
+                if hyps
+                and is_decoder_loop(
+                    hyps[0][0],
+                    seconds[i],
+                    len(hyps[0][2]),
+                    tokens[i] if tokens[i] < self.max_new_tokens else None,
+                )
+            ]
+            if loops:
+                from llmasr.components.speech.speechllm import BEAM_NO_REPEAT_NGRAM
+
+                again = self.model.generate_nbest(
+                    features[loops],
+                    lengths[loops],
+                    1,
+                    prompt,
+                    max_new_tokens=[tokens[i] for i in loops],
+                    no_repeat_ngram_size=BEAM_NO_REPEAT_NGRAM,
+                )
+                for i, hyps in zip(loops, again):
+                    lists[i] = hyps
         return [
             [Hypothesis(text=_cut(t, limit), am_score=s, tokens=ids) for t, s, ids in hyps if t]
             for hyps, limit in zip(lists, limits)

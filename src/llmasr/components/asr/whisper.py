@@ -8,46 +8,24 @@ from __future__ import annotations
 
 import math
 import threading
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
-from llmasr.core.text import max_spoken_words
+from llmasr.core.text import is_decoder_loop
 from llmasr.core.types import Hypothesis, Word
 
 #: faster-whisper's defaults for "this window holds no speech" and "this text repeats itself"
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
-COMPRESSION_RATIO_THRESHOLD = 2.4
 MAX_LENGTH = 448
 #: Whisper attends to at most 223 prompt tokens (half its 448-token context)
 MAX_PROMPT_TOKENS = 223
 #: punctuation glued to the neighbouring word in word timings (faster-whisper's defaults)
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
-
-
-def compression_ratio(text: str) -> float:
-    data = text.encode("utf-8")
-    return len(data) / max(1, len(zlib.compress(data)))
-
-
-def is_decoder_loop(text: str, seconds: float, tokens: int = 0, max_tokens: int = MAX_LENGTH) -> bool:
-    """True when a hypothesis is a decoder loop rather than speech that repeats itself: it is repetitive
-    (zlib compression ratio over COMPRESSION_RATIO_THRESHOLD, faster-whisper's test) AND longer than the
-    audio can hold (more spoken words than `core.text.max_spoken_words(seconds)`, numbers counted as spoken
-    words), or it ran into the decoder's length limit. Genuine repetition ("no, no, no ..." twelve times
-    in 6 s, a chant, a counting drill) passes; "montreal forced aligner" forty times in 5 s does not."""
-    from llmasr.core.metrics import normalize
-
-    if tokens >= max_tokens:
-        return True
-    if compression_ratio(text) <= COMPRESSION_RATIO_THRESHOLD:
-        return False
-    return len(normalize(text).split()) > max_spoken_words(seconds)
 
 
 def total_logprob(score: float, ids: Sequence[int]) -> float:

@@ -614,6 +614,7 @@ class SpeechLLM(nn.Module):
         prompt: str | None = None,
         *,
         max_new_tokens: int | Sequence[int] = 128,
+        no_repeat_ngram_size: int | None = None,
     ) -> list[list[tuple[str, float, list[int]]]]:
         """Beam search (`n` beams, `n` results; greedy for n=1): per example, (text, total log-probability
         in nats of its tokens and EOS, token ids), best first. The LLM's `generate` keeps the KV cache.
@@ -626,7 +627,10 @@ class SpeechLLM(nn.Module):
 
         `max_new_tokens`: one limit, or one per example (B,). Greedy: the batch generates to the largest
         and each example is cut to its own; beam search: the examples of each limit decode as a batch of
-        their own. Either way an example reads the same batched as alone."""
+        their own. Either way an example reads the same batched as alone.
+
+        `no_repeat_ngram_size`: the n-gram ban (None: `BEAM_NO_REPEAT_NGRAM` for beams, none for greedy;
+        0: none)."""
         rows = features.shape[0]
         limits = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else list(max_new_tokens)
         if len(limits) != rows:
@@ -643,10 +647,17 @@ class SpeechLLM(nn.Module):
                     n,
                     prompt,
                     max_new_tokens=limit,
+                    no_repeat_ngram_size=no_repeat_ngram_size,
                 )
                 for i, hyps in zip(rows_of, part):
                     grouped[i] = hyps
             return grouped
+        ngram = no_repeat_ngram_size
+        if ngram is None:
+            ngram = BEAM_NO_REPEAT_NGRAM if n > 1 else 0
+        guard = {"length_penalty": 0.0} if n > 1 else {}
+        if ngram:
+            guard["no_repeat_ngram_size"] = ngram
         was_training = self.training
         self.eval()
         try:
@@ -668,9 +679,7 @@ class SpeechLLM(nn.Module):
                     output_scores=True,
                     return_dict_in_generate=True,
                     **self._vocabulary_kw(),
-                    **(
-                        {"length_penalty": 0.0, "no_repeat_ngram_size": BEAM_NO_REPEAT_NGRAM} if n > 1 else {}
-                    ),
+                    **guard,
                 )
             step_logp = self.causal_lm.compute_transition_scores(
                 out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=n == 1
@@ -692,7 +701,8 @@ class SpeechLLM(nn.Module):
         return results
 
 
-#: beam search repeats no token sequence this long (a loop guard; greedy decoding is not guarded)
+#: beam search repeats no token sequence this long (a loop guard; a recogniser decodes a greedy decoder
+#: loop again with the same ban: `components.asr.speechllm.SpeechLlmRecognizer.nbest`)
 BEAM_NO_REPEAT_NGRAM = 4
 
 
