@@ -102,7 +102,7 @@ def verbose_json(transcript: Transcript, *, words: bool = False) -> dict[str, An
                 "tokens": tokens,
                 "temperature": 0.0,
                 "avg_logprob": round(chosen.am_score / max(1, len(tokens)), 4) if chosen else 0.0,
-                "compression_ratio": round(compression_ratio(seg.text), 4) if seg.text else 0.0,
+                "compression_ratio": round(compression_ratio(seg.text), 4),
                 "no_speech_prob": 0.0,
                 "first_pass_text": seg.first_pass_text,
             }

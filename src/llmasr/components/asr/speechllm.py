@@ -136,12 +136,12 @@ class SpeechLlmRecognizer:
         if not segments:
             return []
         features, lengths = self._inputs(segments)
-        limits = [max_spoken_words(len(a) / SAMPLE_RATE) for a in segments]
+        seconds = [len(a) / SAMPLE_RATE for a in segments]
+        limits = [max_spoken_words(s) for s in seconds]
         tokens = [min(self.max_new_tokens, int(TOKENS_PER_WORD * w) + 1) for w in limits]
         prompt = prompt if self.accepts_prompt else None
         lists = self.model.generate_nbest(features, lengths, max(1, n), prompt, max_new_tokens=tokens)
         if n <= 1:
-            seconds = [len(a) / SAMPLE_RATE for a in segments]
             loops = [
                 i
                 for i, hyps in enumerate(lists)
