@@ -13,7 +13,6 @@ from torch import nn
 
 from llmasr.components.speech.adapters import CharCtcCompressor, ConvAdapter, StackAdapter
 from llmasr.components.speech.speechllm import (
-    BEAM_NO_REPEAT_NGRAM,
     IGNORE,
     LoraSettings,
     PromptTemplate,
@@ -22,6 +21,7 @@ from llmasr.components.speech.speechllm import (
     encoder_output_lengths,
 )
 from llmasr.core.errors import ModelError
+from llmasr.core.text import NO_REPEAT_NGRAM
 from tests.tiny import save_tiny_lm
 
 torch.set_num_threads(1)
@@ -303,7 +303,7 @@ def test_generate_nbest_cuts_each_example_to_its_own_limit(llama_dir: Path) -> N
         warnings.simplefilter("always")
         model.generate_nbest(padded, lengths, 3, max_new_tokens=40)
     assert not [w for w in caught if "no_repeat_ngram_size" in str(w.message)]
-    n = BEAM_NO_REPEAT_NGRAM
+    n = NO_REPEAT_NGRAM
     for seq in generated:
         seq = seq[: seq.index(model._eos)] if model._eos in seq else seq
         grams = [tuple(seq[j : j + n]) for j in range(len(seq) - n + 1)]
@@ -371,7 +371,7 @@ def test_normalized_model_writes_only_its_heads_tokens(
 
 def test_greedy_decoder_loop_is_decoded_again_with_the_ngram_ban() -> None:
     """The recogniser's loop guard: a greedy output that ran to the token limit its audio sets, or repeats
-    itself past the words its audio can hold, is decoded again with repeated BEAM_NO_REPEAT_NGRAM-grams
+    itself past the words its audio can hold, is decoded again with repeated NO_REPEAT_NGRAM-grams
     banned (only those segments); an output that ended by itself (even a repetitive one the audio can hold)
     or reached `max_new_tokens` on a long segment is kept; beams are not decoded twice."""
     from types import SimpleNamespace
@@ -408,7 +408,7 @@ def test_greedy_decoder_loop_is_decoded_again_with_the_ngram_ban() -> None:
     assert limits[3] == 64 and limits[1] < 64
     assert calls == [
         {"rows": 4, "limits": limits, "ban": None},
-        {"rows": 2, "limits": limits[:2], "ban": BEAM_NO_REPEAT_NGRAM},
+        {"rows": 2, "limits": limits[:2], "ban": NO_REPEAT_NGRAM},
     ]
     assert [[h.text for h in hyps] for hyps in lists[:2]] == [["again 0"], ["again 1"]]
     assert [h.text for h in lists[2]] == ["no no no no"]

@@ -19,6 +19,10 @@ def max_spoken_words(seconds: float) -> int:
     return int(MAX_WORDS_PER_SECOND * max(0.0, seconds) + 2)
 
 
+#: the repeated n-gram length banned when a decoder loop is decoded again (Whisper's and the speech-LLMs'
+#: recognisers) and in every speech-LLM beam search
+NO_REPEAT_NGRAM = 4
+
 #: zlib compression ratio above which a text is repetitive (faster-whisper's and Whisper's threshold)
 COMPRESSION_RATIO_THRESHOLD = 2.4
 

@@ -22,7 +22,7 @@ import torch
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
 from llmasr.core.metrics import normalize
-from llmasr.core.text import is_decoder_loop, max_spoken_words
+from llmasr.core.text import NO_REPEAT_NGRAM, is_decoder_loop, max_spoken_words
 from llmasr.core.types import Hypothesis, Word
 
 WEIGHTS = "model.safetensors"
@@ -130,7 +130,7 @@ class SpeechLlmRecognizer:
         ("five five" -> "Five years ago, a young man, a young woman, ...") cannot run on to
         `max_new_tokens`. Greedy output that is a decoder loop (`core.text.is_decoder_loop`: it ran to the
         limit its audio sets, or it repeats itself past the words its audio can hold) is decoded again with
-        repeated `BEAM_NO_REPEAT_NGRAM`-grams banned, as Whisper's is (beams always ban them): "eleven
+        repeated `NO_REPEAT_NGRAM`-grams banned, as Whisper's is (beams always ban them): "eleven
         seventeen fifty one" read "one seventeen fifty one one is one one one ..." before. Reaching
         `max_new_tokens` on a long segment is not a loop by itself (a second decoding stops there too)."""
         if not segments:
@@ -154,15 +154,13 @@ class SpeechLlmRecognizer:
                 )
             ]
             if loops:
-                from llmasr.components.speech.speechllm import BEAM_NO_REPEAT_NGRAM
-
                 again = self.model.generate_nbest(
                     features[loops],
                     lengths[loops],
                     1,
                     prompt,
                     max_new_tokens=[tokens[i] for i in loops],
-                    no_repeat_ngram_size=BEAM_NO_REPEAT_NGRAM,
+                    no_repeat_ngram_size=NO_REPEAT_NGRAM,
                 )
                 for i, hyps in zip(loops, again):
                     lists[i] = hyps

@@ -14,7 +14,7 @@ import numpy as np
 
 from llmasr.core.audio import SAMPLE_RATE
 from llmasr.core.errors import ModelError
-from llmasr.core.text import is_decoder_loop
+from llmasr.core.text import NO_REPEAT_NGRAM, is_decoder_loop
 from llmasr.core.types import Hypothesis, Word
 
 #: faster-whisper's defaults for "this window holds no speech" and "this text repeats itself"
@@ -164,7 +164,7 @@ class WhisperRecognizer:
         return out
 
     def _unloop(self, encoded: np.ndarray, prompt_ids: list[int], n: int) -> list[Hypothesis]:
-        """Every hypothesis is a decoder loop: decode again forbidding repeated 4-grams."""
+        """Every hypothesis is a decoder loop: decode again forbidding repeated NO_REPEAT_NGRAM-grams."""
         import ctranslate2
 
         res = self._fw.model.generate(
@@ -173,7 +173,7 @@ class WhisperRecognizer:
             beam_size=max(self.beam_size, n),
             num_hypotheses=n,
             return_scores=True,
-            no_repeat_ngram_size=4,
+            no_repeat_ngram_size=NO_REPEAT_NGRAM,
             max_length=MAX_LENGTH,
         )[0]
         return [

@@ -29,6 +29,7 @@ from llmasr.components.speech.adapters import AdapterOutput, build_adapter
 from llmasr.components.speech.ctc_head import ctc_targets
 from llmasr.components.speech.xattn import XAttnFusion
 from llmasr.core.errors import ModelError
+from llmasr.core.text import NO_REPEAT_NGRAM
 
 AUDIO_PLACEHOLDER = "<audio>"
 DEFAULT_TEMPLATE = "<audio>\nTranscribe the speech.{prompt_suffix}\n"
@@ -621,7 +622,7 @@ class SpeechLLM(nn.Module):
 
         The beam ranks by total log-probability (transformers' `length_penalty` 0, the ranking returned
         here; its default divides by length, which lets a loop of likely tokens outlive the finished
-        hypotheses) and repeats no `BEAM_NO_REPEAT_NGRAM`-token sequence (its `no_repeat_ngram_size`):
+        hypotheses) and repeats no `NO_REPEAT_NGRAM`-token sequence (its `no_repeat_ngram_size`):
         a loop guard. On a read 8 s clip with 0.2 s of edge silence the shipped D3's 4 beams all read
         "had then, then, then, ..." to the token limit (53 s); with both, the finished sentence (7.5 s).
 
@@ -629,7 +630,7 @@ class SpeechLLM(nn.Module):
         and each example is cut to its own; beam search: the examples of each limit decode as a batch of
         their own. Either way an example reads the same batched as alone.
 
-        `no_repeat_ngram_size`: the n-gram ban (None: `BEAM_NO_REPEAT_NGRAM` for beams, none for greedy;
+        `no_repeat_ngram_size`: the n-gram ban (None: `NO_REPEAT_NGRAM` for beams, none for greedy;
         0: none)."""
         rows = features.shape[0]
         limits = [max_new_tokens] * rows if isinstance(max_new_tokens, int) else list(max_new_tokens)
@@ -654,7 +655,7 @@ class SpeechLLM(nn.Module):
             return grouped
         ngram = no_repeat_ngram_size
         if ngram is None:
-            ngram = BEAM_NO_REPEAT_NGRAM if n > 1 else 0
+            ngram = NO_REPEAT_NGRAM if n > 1 else 0
         guard = {"length_penalty": 0.0} if n > 1 else {}
         if ngram:
             guard["no_repeat_ngram_size"] = ngram
@@ -699,11 +700,6 @@ class SpeechLLM(nn.Module):
                 hyps.append((text, total, ids))
             results.append(sorted(hyps, key=lambda h: -h[1]))
         return results
-
-
-#: beam search repeats no token sequence this long (a loop guard; a recogniser decodes a greedy decoder
-#: loop again with the same ban: `components.asr.speechllm.SpeechLlmRecognizer.nbest`)
-BEAM_NO_REPEAT_NGRAM = 4
 
 
 def _row_sums(values: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
