@@ -36,7 +36,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "notes.wav").write_text("this is not audio\n", encoding="utf-8")
     sf.write(d / "silence.wav", np.zeros(16000 * 2, dtype=np.float32), 16000)
     (d / "empty.wav").write_bytes(b"")
+    sf.write(d / "blip.wav", audio[: int(0.1 * sr)], sr)  # 0.1 s of the speech: too short for a word
     return {
+        "blip": d / "blip.wav",
         "speech": SPEECH,
         "speech8k": d / "speech_8k_stereo.wav",
         "notaudio": d / "notes.wav",
@@ -86,6 +88,16 @@ def test_subtitles_and_stdout(inputs: dict[str, Path], tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("WEBVTT")
     assert "00:00:00.000 --> 00:00:0" in res.stdout
+
+
+def test_several_inputs_on_stdout_can_be_split_again(inputs: dict[str, Path]) -> None:
+    """Without --out, several JSON transcripts come as JSON Lines; a 0.1 s clip reads as no words."""
+    res = llmasr("transcribe", str(inputs["speech"]), str(inputs["blip"]), "--lm", "none", "-f", "json")
+    assert res.returncode == 0, res.stderr
+    docs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [Path(d["source"]).name for d in docs] == [inputs["speech"].name, "blip.wav"]
+    assert "young man" in docs[0]["text"].lower()
+    assert docs[1]["text"] == "" and docs[1]["segments"] == []
 
 
 @pytest.mark.parametrize(

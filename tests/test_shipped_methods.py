@@ -126,6 +126,7 @@ def test_speechllm_reads_real_speech(tmp_path: Path, name: str) -> None:
         pytest.skip("Debian package pocketsphinx-testdata not installed")
     utts = pocketsphinx_utterances(tmp_path)
     rec = load_recognizer(name)
+    assert rec.window == 20.0  # its training utterances' limit (recipe data.max_duration), not Whisper's 30 s
     audio = [load_audio(u.audio) for u in utts]
     lists = rec.nbest(audio, 1)
     texts = [nb[0].text if nb else "" for nb in lists]

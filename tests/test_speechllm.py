@@ -416,3 +416,37 @@ def test_greedy_decoder_loop_is_decoded_again_with_the_ngram_ban() -> None:
     calls.clear()
     rec.nbest(audio, 2)  # beams ban repeated n-grams already: one decoding
     assert [c["ban"] for c in calls] == [None]
+
+
+def test_word_times_leave_speech_the_model_dropped_as_a_gap() -> None:
+    """`match_times`: matched words take the head's times; a word the head spelled otherwise takes the
+    head words opposite it; a word opposite no head word shares its neighbours' gap; an unmatched word
+    never lasts more than MAX_WORD_SECONDS (a dropped sentence is not stretched into the word before)."""
+    from llmasr.components.asr.speechllm import MAX_WORD_SECONDS, match_times
+
+    spoken = [("for", 5.0, 5.3), ("them", 5.3, 5.6)]
+    spoken += [(f"w{k}", 6.0 + k, 6.8 + k) for k in range(15)]  # a sentence the model left out
+    spoken += [("he", 22.4, 22.6), ("might", 22.6, 23.0)]
+    words = match_times(["for", "thum,", "he", "might"], spoken, 30.0)
+    assert [(w.word, w.start, w.end) for w in words[2:]] == [("he", 22.4, 22.6), ("might", 22.6, 23.0)]
+    assert words[0].end == 5.3 and words[1].start == 5.3
+    assert words[1].end - words[1].start <= MAX_WORD_SECONDS
+    # spelled otherwise, one for one: the head's own times
+    words = match_times(["four", "them"], [("for", 1.0, 1.2), ("them", 1.3, 1.5)], 3.0)
+    assert [(w.start, w.end) for w in words] == [(1.0, 1.2), (1.3, 1.5)]
+    # opposite no head word: the gap between the neighbours, each word within the cap
+    words = match_times(["a", "b", "c"], [("a", 0.0, 0.5), ("c", 1.5, 2.0)], 3.0)
+    assert (words[1].start, words[1].end) == (0.5, 1.5)
+    words = match_times(["x"], [], 10.0)
+    assert (words[0].start, words[0].end) == (0.0, MAX_WORD_SECONDS)
+
+
+def test_a_speechllm_reads_segments_no_longer_than_it_was_trained_on() -> None:
+    from types import SimpleNamespace
+
+    from llmasr.components.asr.speechllm import SpeechLlmRecognizer
+
+    model = SimpleNamespace(eval=lambda: model)
+    assert SpeechLlmRecognizer(model, name="m", accepts_prompt=False, window=20.0).window == 20.0
+    assert SpeechLlmRecognizer(model, name="m", accepts_prompt=False, window=45.0).window == 30.0
+    assert SpeechLlmRecognizer(model, name="m", accepts_prompt=False).window == 30.0

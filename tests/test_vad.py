@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llmasr.core.vad import _pack, split
+from llmasr.core.vad import MIN_SPEECH_SECONDS, _pack, split
 
 SR = 16000
 LIBRIVOX = sorted(glob.glob("/usr/share/pocketsphinx/test/data/librivox/*.wav"))
@@ -74,6 +74,13 @@ def test_short_audio_is_one_span_without_vad(monkeypatch):
     audio = np.zeros(20 * SR, np.float32)
     assert split(audio, max_seconds=30) == [(0, 20 * SR)]
     assert split(np.zeros(0, np.float32)) == []
+
+
+def test_audio_too_short_for_a_word_has_no_spans():
+    assert split(np.ones(int(0.1 * SR), np.float32)) == []
+    assert split(np.ones(int(MIN_SPEECH_SECONDS * SR) - 1, np.float32)) == []
+    n = int(MIN_SPEECH_SECONDS * SR)
+    assert split(np.ones(n, np.float32)) == [(0, n)]
 
 
 def test_long_silence_has_no_spans():

@@ -5,7 +5,16 @@ import re
 
 import pytest
 
-from llmasr.apps.writers import OPENAI_FORMATS, WRITERS, format_timestamp, render, segment_cues, write
+from llmasr.apps.writers import (
+    CUE_PAUSE,
+    OPENAI_FORMATS,
+    WRITERS,
+    format_timestamp,
+    render,
+    render_stream,
+    segment_cues,
+    write,
+)
 from llmasr.core.types import Hypothesis, Segment, Transcript, Word
 
 
@@ -123,6 +132,29 @@ def test_cues_use_word_times():
     assert cues[-1].end == pytest.approx(5.0 + 16 * 0.5 + 0.4)
 
 
+def test_a_long_pause_between_words_ends_a_cue():
+    # "four five" follow a 12 s silence: no cue spans it, though the text fits one cue
+    seg = Segment(
+        0.0,
+        15.0,
+        "one two three four five",
+        words=[
+            Word("one", 0.0, 0.4),
+            Word("two", 0.5, 0.9),
+            Word("three", 1.0, 1.5),
+            Word("four", 13.5, 13.9),
+            Word("five", 14.0, 14.5),
+        ],
+    )
+    cues = segment_cues(seg)
+    assert [c.lines for c in cues] == [["one two three"], ["four five"]]
+    assert (cues[0].start, cues[0].end) == (0.0, 1.5)
+    assert (cues[1].start, cues[1].end) == (13.5, 14.5)
+    # a pause of CUE_PAUSE or less keeps the words together
+    seg.words[3:] = [Word("four", 1.5 + CUE_PAUSE, 3.9), Word("five", 4.0, 4.5)]
+    assert len(segment_cues(seg)) == 1
+
+
 def test_cues_without_matching_words_share_time_by_length():
     # words are stale (text changed by rescoring): time proportionally over the segment
     seg = Segment(0.0, 10.0, "aaaa " * 20, words=[Word("other", 0.0, 1.0)])
@@ -130,6 +162,19 @@ def test_cues_without_matching_words_share_time_by_length():
     assert cues[0].start == 0.0 and cues[-1].end == pytest.approx(10.0)
     for a, b in zip(cues, cues[1:], strict=False):
         assert a.end == pytest.approx(b.start)
+
+
+def test_several_transcripts_on_one_stream_can_be_split_again(transcript):
+    other = Transcript("b.wav", 1.0, segments=[Segment(0.0, 1.0, "Bee.")])
+    assert render_stream(transcript, "json", several=False) == render(transcript, "json")
+    for fmt in ("json", "verbose_json", "openai_json"):
+        stream = render_stream(transcript, fmt, several=True) + render_stream(other, fmt, several=True)
+        docs = [json.loads(line) for line in stream.splitlines()]
+        assert [d["text"] for d in docs] == [transcript.text, "Bee."]
+    stream = render_stream(transcript, "srt", several=True) + render_stream(other, "srt", several=True)
+    first, second = stream.split("==> b.wav <==\n")
+    assert first.startswith("==> talk.wav <==\n1\n") and first.endswith("\n\n")
+    assert second == render(other, "srt").rstrip("\n") + "\n\n"
 
 
 def test_empty_transcript():

@@ -97,8 +97,10 @@ def transcribe(
     *,
     run_flags: dict[str, Any],
 ) -> None:
-    """Transcribe audio files; with --out, one output file per input, else print to stdout."""
-    from llmasr.apps.writers import output_paths, render, write
+    """Transcribe audio files; with --out, one output file per input, else print to stdout (several
+    inputs: JSON formats as JSON Lines, one document per input; the others each after a
+    `==> FILE <==` line)."""
+    from llmasr.apps.writers import output_paths, render_stream, write
     from llmasr.core.audio import check_path
 
     if fmt.lower().lstrip(".") not in WRITERS:
@@ -133,7 +135,7 @@ def transcribe(
                     done.add(target)
                 else:
                     progress.stop()
-                    sys.stdout.write(render(transcript, fmt))
+                    sys.stdout.write(render_stream(transcript, fmt, several=len(readable) > 1))
                     sys.stdout.flush()
                     progress.start()
             except LlmasrError as exc:

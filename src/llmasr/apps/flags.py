@@ -54,7 +54,7 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("asr_prompt", ("--asr-prompt/--no-asr-prompt",), bool | None,
          "Also prompt the recogniser with the domain text and terms."),
     Flag("lm_dtype", ("--lm-dtype",), str | None,
-         "LLM precision: auto (bf16 where native), float32, bfloat16."),
+         "LLM precision: auto (bf16 where native), float32, bfloat16, float16."),
     Flag("max_terms", ("--max-terms",), int | None,
          "Terms per segment; longer lists are narrowed by retrieval (0: all)."),
     Flag("term_retrieval", ("--term-retrieval",), str | None,

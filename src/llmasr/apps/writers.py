@@ -31,6 +31,8 @@ from llmasr.core.types import Segment, Transcript
 #: subtitle line length and lines per cue (common broadcast guidelines)
 MAX_LINE_CHARS = 42
 MAX_CUE_LINES = 2
+#: a pause between timed words longer than this ends a cue (seconds), so no cue stays up over silence
+CUE_PAUSE = 2.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class RenderOptions:
 
     nbest: bool = False
     words: bool = True
+    #: JSON on one line (JSON Lines, when several transcripts share one stream)
+    compact: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ def _txt(transcript: Transcript, options: RenderOptions) -> str:
 
 
 def _json(transcript: Transcript, options: RenderOptions) -> str:
-    return json.dumps(transcript.to_dict(nbest=options.nbest), indent=2, ensure_ascii=False) + "\n"
+    indent = None if options.compact else 2
+    return json.dumps(transcript.to_dict(nbest=options.nbest), indent=indent, ensure_ascii=False) + "\n"
 
 
 def _subtitles(fmt: str) -> Callable[[Transcript, RenderOptions], str]:
@@ -150,6 +155,19 @@ def render(transcript: Transcript, fmt: str, *, nbest: bool = False, words: bool
     return WRITERS[_check_format(fmt)].render(transcript, RenderOptions(nbest=nbest, words=words))
 
 
+def render_stream(transcript: Transcript, fmt: str, *, several: bool) -> str:
+    """What goes to a stream shared by `several` transcripts or not (`llmasr transcribe` without --out):
+    one transcript as `render` gives it; several, the JSON formats one document per line (JSON Lines)
+    and the others each after a `==> SOURCE <==` line and before a blank one, as `head` and `tail` print
+    several files, so that the stream can be split again."""
+    writer = WRITERS[_check_format(fmt)]
+    if not several:
+        return writer.render(transcript, RenderOptions())
+    if writer.media_type == "application/json":
+        return writer.render(transcript, RenderOptions(compact=True))
+    return f"==> {transcript.source} <==\n{writer.render(transcript, RenderOptions()).rstrip(chr(10))}\n\n"
+
+
 def write(transcript: Transcript, fmt: str, path: Path, *, nbest: bool = False) -> Path:
     """Render and write to `path` atomically (temp file in the same folder, then os.replace)."""
     text = render(transcript, fmt, nbest=nbest)
@@ -201,28 +219,36 @@ def segment_cues(seg: Segment) -> list[Cue]:
     """Split a segment into cues of at most MAX_CUE_LINES lines of about MAX_LINE_CHARS characters.
 
     Word timings (absolute seconds, as in a Transcript) time each cue when they spell the segment's
-    text; otherwise (e.g. the text was changed by rescoring and not realigned) cue times are shared
-    out over the segment in proportion to their length in characters.
+    text, and a pause of more than CUE_PAUSE seconds between two words ends a cue; otherwise (e.g. the
+    text was changed by rescoring and not realigned) cue times are shared out over the segment in
+    proportion to their length in characters.
     """
     tokens = seg.text.split()
     if not tokens:
         return []
     timed = [w for w in seg.words if w.word.strip()]
-    use_words = [w.word.strip() for w in timed] == tokens
-    groups = _group(tokens)
     cues: list[Cue] = []
-    index = 0
+    if [w.word.strip() for w in timed] == tokens:
+        first = 0
+        for last in range(1, len(timed) + 1):
+            if last < len(timed) and timed[last].start - timed[last - 1].end <= CUE_PAUSE:
+                continue
+            index = first
+            for lines in _group(tokens[first:last]):
+                count = sum(len(line.split()) for line in lines)
+                start, end = timed[index].start, timed[index + count - 1].end
+                cues.append(Cue(start=start, end=max(start, end), lines=lines))
+                index += count
+            first = last
+        return cues
     total_chars = sum(len(t) for t in tokens)
-    chars_before = 0
-    for lines in groups:
+    index = chars_before = 0
+    span = seg.end - seg.start
+    for lines in _group(tokens):
         count = sum(len(line.split()) for line in lines)
         chars = sum(len(t) for t in tokens[index : index + count])
-        if use_words:
-            start, end = timed[index].start, timed[index + count - 1].end
-        else:
-            span = seg.end - seg.start
-            start = seg.start + span * chars_before / total_chars
-            end = seg.start + span * (chars_before + chars) / total_chars
+        start = seg.start + span * chars_before / total_chars
+        end = seg.start + span * (chars_before + chars) / total_chars
         cues.append(Cue(start=start, end=max(start, end), lines=lines))
         index += count
         chars_before += chars

@@ -11,6 +11,11 @@ import numpy as np
 
 from llmasr.core.audio import SAMPLE_RATE
 
+#: audio shorter than this holds no word (seconds): faster-whisper's VAD drops speech chunks under 250 ms
+#: (`VadOptions.min_speech_duration_ms`). Given whole, a 0.1 s clip read "Transcribe the speech." (the
+#: speech-LLMs' own instruction) or "c b c b c" where Whisper returns nothing.
+MIN_SPEECH_SECONDS = 0.25
+
 
 def split(
     audio: np.ndarray, max_seconds: float = 30.0, min_silence_ms: int = 500, pad_ms: int = 200
@@ -20,13 +25,14 @@ def split(
     Each span is at most `max_seconds` long. Nearby speech chunks are merged greedily (with the pauses
     between them) up to that length, so the recogniser sees as much context as it can take; a speech
     chunk longer than that with no usable pause is cut hard. Audio no longer than `max_seconds` is
-    returned whole without running the VAD (empty audio gives []); long audio with no speech gives [].
+    returned whole without running the VAD; audio shorter than MIN_SPEECH_SECONDS (or empty) gives [], as
+    does long audio with no speech.
     """
     if max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     n = len(audio)
     max_len = int(max_seconds * SAMPLE_RATE)
-    if n == 0:
+    if n < MIN_SPEECH_SECONDS * SAMPLE_RATE:
         return []
     if n <= max_len:
         return [(0, n)]

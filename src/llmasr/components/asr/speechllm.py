@@ -84,9 +84,22 @@ class SpeechLlmRecognizer:
     #: longest segment the encoder takes (Whisper's 30 s window)
     window = 30.0
 
-    def __init__(self, model: Any, *, name: str, accepts_prompt: bool, max_new_tokens: int = 128) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        name: str,
+        accepts_prompt: bool,
+        max_new_tokens: int = 128,
+        window: float | None = None,
+    ) -> None:
         self.model = model.eval()
         self.name = name
+        #: longest segment it is given (seconds): at most the encoder's window, and no longer than the
+        #: utterances it was trained on (`load`: its recipe's `data.max_duration`), since a speech-LLM
+        #: trained on short utterances drops speech from a longer segment (the shipped D3 left out a
+        #: sentence of the 25.8 s first segment of the bundled sample, D1 everything after 6.5 s)
+        self.window = min(self.window, window) if window else self.window
         #: whether its training data had domain prompts (else a prompt would only confuse it)
         self.accepts_prompt = accepts_prompt
         self.max_nbest = 32
@@ -113,6 +126,7 @@ class SpeechLlmRecognizer:
             name=name or str(location),
             accepts_prompt=accepts_prompt,
             max_new_tokens=config.max_new_tokens,
+            window=data.get("max_duration"),
         )
 
     # ---- the Recognizer protocol ---------------------------------------------------------------
@@ -219,19 +233,40 @@ def head_words(
     return [(normalize(w), s, e) for w, s, e in words if normalize(w)]
 
 
+#: the longest a word is taken to last (seconds) where no word of the head's times it
+MAX_WORD_SECONDS = 1.5
+
+
 def match_times(
     words: Sequence[str], spoken: Sequence[tuple[str, float, float]], duration: float
 ) -> list[Word]:
-    """Times for `words` (as written) from the head's timed words, matched on normalised spelling."""
+    """Times for `words` (as written) from the head's timed words, matched on normalised spelling
+    (difflib's opcodes): a matched word takes its head word's time; a run of words the head spelled
+    otherwise shares out the time of the head words opposite it; a run opposite no head word shares the
+    gap between its neighbours. A word not matched lasts at most MAX_WORD_SECONDS, so a model that left
+    out speech does not stretch the word before the gap over it (the shipped D3 timed "them," from
+    7.0 s to 22.5 s over a sentence it had dropped)."""
     keys = [normalize(w) for w in words]
     times: list[tuple[float, float] | None] = [None] * len(words)
+    matched = [False] * len(words)
     matcher = difflib.SequenceMatcher(a=keys, b=[w for w, _, _ in spoken], autojunk=False)
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            _, s, e = spoken[block.b + k]
-            times[block.a + k] = (s, e)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            for k in range(i2 - i1):
+                times[i1 + k] = spoken[j1 + k][1:]
+                matched[i1 + k] = True
+        elif tag == "replace":
+            a, b = i2 - i1, j2 - j1
+            if b >= a:  # each word takes a consecutive share of the head words
+                for k in range(a):
+                    first, last = j1 + k * b // a, j1 + (k + 1) * b // a - 1
+                    times[i1 + k] = (spoken[first][1], spoken[last][2])
+            else:  # fewer head words: their span shared evenly
+                s0, e0 = spoken[j1][1], spoken[j2 - 1][2]
+                for k in range(a):
+                    times[i1 + k] = (s0 + k * (e0 - s0) / a, s0 + (k + 1) * (e0 - s0) / a)
     i = 0
-    while i < len(words):  # a run of unmatched words shares the gap between its matched neighbours
+    while i < len(words):  # a run opposite no head word shares the gap between its neighbours
         if times[i] is not None:
             i += 1
             continue
@@ -245,7 +280,9 @@ def match_times(
             times[k] = (before + (k - i) * width, before + (k - i + 1) * width)
         i = j
     out = []
-    for w, t in zip(words, times):
+    for w, t, exact in zip(words, times, matched):
         s, e = t if t is not None else (0.0, 0.0)
+        if not exact:
+            e = min(e, s + MAX_WORD_SECONDS)
         out.append(Word(w, round(min(s, duration), 3), round(min(max(e, s), duration), 3)))
     return out
