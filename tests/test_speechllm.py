@@ -439,6 +439,15 @@ def test_word_times_leave_speech_the_model_dropped_as_a_gap() -> None:
     assert (words[1].start, words[1].end) == (0.5, 1.5)
     words = match_times(["x"], [], 10.0)
     assert (words[0].start, words[0].end) == (0.0, MAX_WORD_SECONDS)
+    # two words against a dropped sentence: each takes the head word it most resembles
+    words = match_times(["for", "thum,", "hee", "might"], spoken, 30.0)
+    assert [(w.start, w.end) for w in words[1:3]] == [(5.3, 5.6), (22.4, 22.6)]
+    # a run opposite no head word: word after word from its left neighbour, each at most the cap
+    words = match_times(["a", "x", "y", "z", "b"], [("a", 0.0, 0.3), ("b", 15.0, 15.3)], 20.0)
+    assert [(w.start, w.end) for w in words[1:4]] == [(0.3, 1.8), (1.8, 3.3), (3.3, 4.8)]
+    # ... and back from its right neighbour when it opens the segment
+    words = match_times(["x", "y", "a"], [("a", 9.0, 9.4)], 10.0)
+    assert [(w.start, w.end) for w in words[:2]] == [(6.0, 7.5), (7.5, 9.0)]
 
 
 def test_a_speechllm_reads_segments_no_longer_than_it_was_trained_on() -> None:
@@ -450,3 +459,5 @@ def test_a_speechllm_reads_segments_no_longer_than_it_was_trained_on() -> None:
     assert SpeechLlmRecognizer(model, name="m", accepts_prompt=False, window=20.0).window == 20.0
     assert SpeechLlmRecognizer(model, name="m", accepts_prompt=False, window=45.0).window == 30.0
     assert SpeechLlmRecognizer(model, name="m", accepts_prompt=False).window == 30.0
+    with pytest.raises(ModelError, match="max_duration"):
+        SpeechLlmRecognizer(model, name="m", accepts_prompt=False, window=0.0)

@@ -153,6 +153,9 @@ def test_a_long_pause_between_words_ends_a_cue():
     # a pause of CUE_PAUSE or less keeps the words together
     seg.words[3:] = [Word("four", 1.5 + CUE_PAUSE, 3.9), Word("five", 4.0, 4.5)]
     assert len(segment_cues(seg)) == 1
+    seg.words = [Word("one", 0.0, 2.009), Word("two", 4.009, 4.5)]  # 2.000 s, whatever the float error
+    seg.text = "one two"
+    assert len(segment_cues(seg)) == 1
 
 
 def test_cues_without_matching_words_share_time_by_length():
@@ -167,10 +170,12 @@ def test_cues_without_matching_words_share_time_by_length():
 def test_several_transcripts_on_one_stream_can_be_split_again(transcript):
     other = Transcript("b.wav", 1.0, segments=[Segment(0.0, 1.0, "Bee.")])
     assert render_stream(transcript, "json", several=False) == render(transcript, "json")
-    for fmt in ("json", "verbose_json", "openai_json"):
-        stream = render_stream(transcript, fmt, several=True) + render_stream(other, fmt, several=True)
-        docs = [json.loads(line) for line in stream.splitlines()]
-        assert [d["text"] for d in docs] == [transcript.text, "Bee."]
+    stream = render_stream(transcript, "json", several=True) + render_stream(other, "json", several=True)
+    docs = [json.loads(line) for line in stream.splitlines()]  # JSON Lines, each naming its input
+    assert [(d["source"], d["text"]) for d in docs] == [("talk.wav", transcript.text), ("b.wav", "Bee.")]
+    # OpenAI's formats name no input: each after its header, as the text formats
+    stream = render_stream(other, "verbose_json", several=True)
+    assert stream.startswith("==> b.wav <==\n") and json.loads(stream.split("\n")[1])["text"] == "Bee."
     stream = render_stream(transcript, "srt", several=True) + render_stream(other, "srt", several=True)
     first, second = stream.split("==> b.wav <==\n")
     assert first.startswith("==> talk.wav <==\n1\n") and first.endswith("\n\n")

@@ -98,7 +98,7 @@ def transcribe(
     run_flags: dict[str, Any],
 ) -> None:
     """Transcribe audio files; with --out, one output file per input, else print to stdout (several
-    inputs: JSON formats as JSON Lines, one document per input; the others each after a
+    inputs: `-f json` as JSON Lines, one document per input; the other formats each after a
     `==> FILE <==` line)."""
     from llmasr.apps.writers import output_paths, render_stream, write
     from llmasr.core.audio import check_path

@@ -157,15 +157,15 @@ def render(transcript: Transcript, fmt: str, *, nbest: bool = False, words: bool
 
 def render_stream(transcript: Transcript, fmt: str, *, several: bool) -> str:
     """What goes to a stream shared by `several` transcripts or not (`llmasr transcribe` without --out):
-    one transcript as `render` gives it; several, the JSON formats one document per line (JSON Lines)
-    and the others each after a `==> SOURCE <==` line and before a blank one, as `head` and `tail` print
-    several files, so that the stream can be split again."""
-    writer = WRITERS[_check_format(fmt)]
+    one transcript as `render` gives it; several, `json` one document per line (JSON Lines; each names
+    its `source`) and the other formats each after a `==> SOURCE <==` line and before a blank one, as
+    `head` and `tail` print several files, so that the stream can be split again by input."""
+    key = _check_format(fmt)
     if not several:
-        return writer.render(transcript, RenderOptions())
-    if writer.media_type == "application/json":
-        return writer.render(transcript, RenderOptions(compact=True))
-    return f"==> {transcript.source} <==\n{writer.render(transcript, RenderOptions()).rstrip(chr(10))}\n\n"
+        return render(transcript, key)
+    if key == "json":
+        return WRITERS[key].render(transcript, RenderOptions(compact=True))
+    return f"==> {transcript.source} <==\n{render(transcript, key).rstrip(chr(10))}\n\n"
 
 
 def write(transcript: Transcript, fmt: str, path: Path, *, nbest: bool = False) -> Path:
@@ -231,7 +231,7 @@ def segment_cues(seg: Segment) -> list[Cue]:
     if [w.word.strip() for w in timed] == tokens:
         first = 0
         for last in range(1, len(timed) + 1):
-            if last < len(timed) and timed[last].start - timed[last - 1].end <= CUE_PAUSE:
+            if last < len(timed) and round(timed[last].start - timed[last - 1].end, 3) <= CUE_PAUSE:
                 continue
             index = first
             for lines in _group(tokens[first:last]):

@@ -11,9 +11,10 @@ import numpy as np
 
 from llmasr.core.audio import SAMPLE_RATE
 
-#: audio shorter than this holds no word (seconds): faster-whisper's VAD drops speech chunks under 250 ms
-#: (`VadOptions.min_speech_duration_ms`). Given whole, a 0.1 s clip read "Transcribe the speech." (the
-#: speech-LLMs' own instruction) or "c b c b c" where Whisper returns nothing.
+#: audio or a speech chunk shorter than this holds no word (seconds): Silero VAD's default minimum speech
+#: duration (250 ms; faster-whisper's `VadOptions.min_speech_duration_ms` is 0 since 1.1, so it is set
+#: here). Given whole, a 0.1 s clip read "Transcribe the speech." (the speech-LLMs' own instruction) or
+#: "c b c b c" where Whisper returns nothing.
 MIN_SPEECH_SECONDS = 0.25
 
 
@@ -41,6 +42,7 @@ def split(
 
     options = VadOptions(
         min_silence_duration_ms=min_silence_ms,
+        min_speech_duration_ms=int(MIN_SPEECH_SECONDS * 1000),
         speech_pad_ms=pad_ms,
         # lets the VAD itself split over-long speech at its last pause (>98 ms) before we cut hard
         max_speech_duration_s=max_seconds,

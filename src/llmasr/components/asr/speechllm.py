@@ -81,7 +81,7 @@ def is_speechllm(path: str | Path) -> bool:
 class SpeechLlmRecognizer:
     """Audio segments (16 kHz float32, at most `window` seconds) -> N-best lists with a speech-LLM."""
 
-    #: longest segment the encoder takes (Whisper's 30 s window)
+    #: longest segment it is given (seconds): at most the encoder's (Whisper's 30 s window)
     window = 30.0
 
     def __init__(
@@ -99,7 +99,9 @@ class SpeechLlmRecognizer:
         #: utterances it was trained on (`load`: its recipe's `data.max_duration`), since a speech-LLM
         #: trained on short utterances drops speech from a longer segment (the shipped D3 left out a
         #: sentence of the 25.8 s first segment of the bundled sample, D1 everything after 6.5 s)
-        self.window = min(self.window, window) if window else self.window
+        if window is not None and window <= 0:
+            raise ModelError(f"{name}: its recipe's data.max_duration ({window}) must be positive")
+        self.window = min(self.window, window) if window is not None else self.window
         #: whether its training data had domain prompts (else a prompt would only confuse it)
         self.accepts_prompt = accepts_prompt
         self.max_nbest = 32
@@ -193,8 +195,7 @@ class SpeechLlmRecognizer:
     @torch.no_grad()
     def align(self, audio: np.ndarray, hypothesis: Hypothesis) -> list[Word]:
         """Word times (seconds from the segment start) from the token CTC head's emissions: the head's
-        words are matched to the hypothesis's by their normalised spelling; unmatched words share the
-        time between their matched neighbours. No head: no timings."""
+        words are matched to the hypothesis's by their spelling (`match_times`). No head: no timings."""
         head = self.model.head
         words = hypothesis.text.split()
         if head is None or not words:
@@ -237,52 +238,72 @@ def head_words(
 MAX_WORD_SECONDS = 1.5
 
 
+def _pair_by_spelling(words: Sequence[str], heard: Sequence[str]) -> list[int]:
+    """For len(words) <= len(heard): the index in `heard` of each word, in order (a monotonic pairing),
+    that maximises the summed character similarity (difflib ratio) of the pairs."""
+    a, b = len(words), len(heard)
+    sim = [[difflib.SequenceMatcher(a=w, b=h, autojunk=False).ratio() for h in heard] for w in words]
+    best = [[0.0] * (b + 1) for _ in range(a + 1)]
+    for i in range(1, a + 1):
+        best[i][i - 1] = float("-inf")
+        for j in range(i, b + 1):
+            best[i][j] = max(best[i][j - 1], best[i - 1][j - 1] + sim[i - 1][j - 1])
+    pairs, j = [], b
+    for i in range(a, 0, -1):
+        while j > i and best[i][j] == best[i][j - 1]:
+            j -= 1
+        pairs.append(j - 1)
+        j -= 1
+    return pairs[::-1]
+
+
 def match_times(
     words: Sequence[str], spoken: Sequence[tuple[str, float, float]], duration: float
 ) -> list[Word]:
     """Times for `words` (as written) from the head's timed words, matched on normalised spelling
-    (difflib's opcodes): a matched word takes its head word's time; a run of words the head spelled
-    otherwise shares out the time of the head words opposite it; a run opposite no head word shares the
-    gap between its neighbours. A word not matched lasts at most MAX_WORD_SECONDS, so a model that left
-    out speech does not stretch the word before the gap over it (the shipped D3 timed "them," from
-    7.0 s to 22.5 s over a sentence it had dropped)."""
+    (difflib's opcodes): a matched word takes its head word's time; in a run the head spelled otherwise,
+    each word takes the time of the head word opposite it that it most resembles (or, with fewer head
+    words than words, an even share of their span); a run opposite no head word is laid out word after
+    word from its left neighbour (from its right one when it opens the segment). A word not matched
+    lasts at most MAX_WORD_SECONDS, so a model that left out speech does not stretch its words over it
+    (the shipped D3 timed "them," from 7.0 s to 22.5 s over a sentence it had dropped)."""
     keys = [normalize(w) for w in words]
     times: list[tuple[float, float] | None] = [None] * len(words)
-    matched = [False] * len(words)
     matcher = difflib.SequenceMatcher(a=keys, b=[w for w, _, _ in spoken], autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             for k in range(i2 - i1):
                 times[i1 + k] = spoken[j1 + k][1:]
-                matched[i1 + k] = True
+        elif tag == "replace" and i2 - i1 <= j2 - j1:
+            heard = [w for w, _, _ in spoken[j1:j2]]
+            for k, j in enumerate(_pair_by_spelling(keys[i1:i2], heard)):
+                times[i1 + k] = spoken[j1 + j][1:]
         elif tag == "replace":
-            a, b = i2 - i1, j2 - j1
-            if b >= a:  # each word takes a consecutive share of the head words
-                for k in range(a):
-                    first, last = j1 + k * b // a, j1 + (k + 1) * b // a - 1
-                    times[i1 + k] = (spoken[first][1], spoken[last][2])
-            else:  # fewer head words: their span shared evenly
-                s0, e0 = spoken[j1][1], spoken[j2 - 1][2]
-                for k in range(a):
-                    times[i1 + k] = (s0 + k * (e0 - s0) / a, s0 + (k + 1) * (e0 - s0) / a)
+            s0, e0 = spoken[j1][1], spoken[j2 - 1][2]
+            width = min(MAX_WORD_SECONDS, (e0 - s0) / (i2 - i1))
+            for k in range(i2 - i1):
+                times[i1 + k] = (s0 + k * width, s0 + (k + 1) * width)
     i = 0
-    while i < len(words):  # a run opposite no head word shares the gap between its neighbours
+    while i < len(words):  # a run opposite no head word
         if times[i] is not None:
             i += 1
             continue
         j = i
         while j < len(words) and times[j] is None:
             j += 1
-        before = times[i - 1][1] if i > 0 and times[i - 1] is not None else 0.0
-        after = times[j][0] if j < len(words) and times[j] is not None else duration
-        width = max(0.0, after - before) / (j - i)
+        after = times[j][0] if j < len(words) else duration
+        if i > 0:
+            before = times[i - 1][1]
+        elif j < len(words):  # the run opens the segment: laid out back from its right neighbour
+            before = max(0.0, after - (j - i) * MAX_WORD_SECONDS)
+        else:  # no word was timed
+            before = 0.0
+        width = min(MAX_WORD_SECONDS, max(0.0, after - before) / (j - i))
         for k in range(i, j):
             times[k] = (before + (k - i) * width, before + (k - i + 1) * width)
         i = j
     out = []
-    for w, t, exact in zip(words, times, matched):
+    for w, t in zip(words, times):
         s, e = t if t is not None else (0.0, 0.0)
-        if not exact:
-            e = min(e, s + MAX_WORD_SECONDS)
         out.append(Word(w, round(min(s, duration), 3), round(min(max(e, s), duration), 3)))
     return out
