@@ -165,7 +165,8 @@ def render_stream(transcript: Transcript, fmt: str, *, several: bool) -> str:
         return render(transcript, key)
     if key == "json":
         return WRITERS[key].render(transcript, RenderOptions(compact=True))
-    return f"==> {transcript.source} <==\n{render(transcript, key).rstrip(chr(10))}\n\n"
+    body = render(transcript, key).rstrip("\n")
+    return f"==> {transcript.source} <==\n{body}\n\n"
 
 
 def write(transcript: Transcript, fmt: str, path: Path, *, nbest: bool = False) -> Path:
@@ -227,31 +228,29 @@ def segment_cues(seg: Segment) -> list[Cue]:
     if not tokens:
         return []
     timed = [w for w in seg.words if w.word.strip()]
+    use_words = [w.word.strip() for w in timed] == tokens
+    pauses = [
+        k
+        for k in range(1, len(timed))
+        if use_words and round(timed[k].start - timed[k - 1].end, 3) > CUE_PAUSE
+    ]
+    bounds = [0, *pauses, len(tokens)]
     cues: list[Cue] = []
-    if [w.word.strip() for w in timed] == tokens:
-        first = 0
-        for last in range(1, len(timed) + 1):
-            if last < len(timed) and round(timed[last].start - timed[last - 1].end, 3) <= CUE_PAUSE:
-                continue
-            index = first
-            for lines in _group(tokens[first:last]):
-                count = sum(len(line.split()) for line in lines)
-                start, end = timed[index].start, timed[index + count - 1].end
-                cues.append(Cue(start=start, end=max(start, end), lines=lines))
-                index += count
-            first = last
-        return cues
     total_chars = sum(len(t) for t in tokens)
     index = chars_before = 0
     span = seg.end - seg.start
-    for lines in _group(tokens):
-        count = sum(len(line.split()) for line in lines)
-        chars = sum(len(t) for t in tokens[index : index + count])
-        start = seg.start + span * chars_before / total_chars
-        end = seg.start + span * (chars_before + chars) / total_chars
-        cues.append(Cue(start=start, end=max(start, end), lines=lines))
-        index += count
-        chars_before += chars
+    for first, last in zip(bounds, bounds[1:]):
+        for lines in _group(tokens[first:last]):
+            count = sum(len(line.split()) for line in lines)
+            chars = sum(len(t) for t in tokens[index : index + count])
+            if use_words:
+                start, end = timed[index].start, timed[index + count - 1].end
+            else:
+                start = seg.start + span * chars_before / total_chars
+                end = seg.start + span * (chars_before + chars) / total_chars
+            cues.append(Cue(start=start, end=max(start, end), lines=lines))
+            index += count
+            chars_before += chars
     return cues
 
 
